@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` prints figures and ratios; targets live here, never in timed tests."""

@@ -1,0 +1,157 @@
+"""Policy → bundle: the exact files that run as root on a node, content-addressed.
+
+The hash names the ConfigMap, the host directory and the Job label, so it must change whenever
+anything that reaches the node changes, and only then: rollout pacing, selectors and the Azure
+check are not part of the bundle. Nothing from the policy is ever placed on a shell command line:
+values the shell reads travel in `bundle.env`, restricted to a safe alphabet and parsed, not sourced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from nodeaudit import rules as rules_mod
+from nodeaudit.policy import NodeAuditPolicy
+
+BUNDLE_SCHEMA = 1
+HOST_BUNDLES_DIR = "/var/lib/nodeaudit/bundles"
+INSTALL_TIMEOUT_SECONDS = 300
+_ENV_VALUE = re.compile(r"[A-Za-z0-9._:/,-]*")
+# Scripts shipped verbatim from the package; the rest is generated.
+_HOST_SCRIPTS = ("apply.sh", "job-entry.sh")
+
+
+def rules_file_name(policy_name: str) -> str:
+    """The one file in /etc/audit/rules.d/ a policy owns."""
+    return f"60-nodeaudit-{policy_name}.rules"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The rendered files of one policy and their content hash."""
+
+    policy: str
+    hash: str
+    files: Mapping[str, bytes] = field(repr=False)
+    rules: tuple[rules_mod.AuditRule, ...] = field(repr=False, default=())
+
+    @property
+    def hex(self) -> str:
+        """The hash without its `sha256:` prefix: the host directory and ConfigMap suffix."""
+        return self.hash.split(":", 1)[1]
+
+    @property
+    def host_dir(self) -> str:
+        return f"{HOST_BUNDLES_DIR}/{self.hex}"
+
+    def write(self, directory: Path) -> list[Path]:
+        """Write every file into `directory` (created if missing); returns the paths written."""
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in sorted(self.files):
+            target = directory / name
+            tmp = directory / f".{name}.tmp"
+            tmp.write_bytes(self.files[name])
+            os.chmod(tmp, 0o755 if name.endswith(".sh") else 0o644)
+            os.replace(tmp, target)
+            written.append(target)
+        return written
+
+
+def content_hash(files: Mapping[str, bytes]) -> str:
+    """sha256 over names and bytes, framed so that no two file sets collide by concatenation."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name]
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return "sha256:" + digest.hexdigest()
+
+
+def _host_script(name: str) -> bytes:
+    return resources.files("nodeaudit").joinpath("host", name).read_bytes()
+
+
+def _env_file(values: Mapping[str, str]) -> bytes:
+    lines = []
+    for key, value in values.items():
+        if not _ENV_VALUE.fullmatch(value):
+            # Unreachable for a validated policy; kept so a future field cannot smuggle shell text.
+            raise ValueError(f"bundle.env value for {key} has characters outside [A-Za-z0-9._:/,-]")
+        lines.append(f"{key}={value}\n")
+    return "".join(lines).encode()
+
+
+def _plugin_config(policy: NodeAuditPolicy, *, version: int) -> bytes:
+    syslog = policy.spec.syslog
+    path, kind = ("/sbin/audisp-syslog", "always") if version == 3 else ("builtin_syslog", "builtin")
+    return (
+        "# managed by nodeaudit: audit records to syslog for the monitoring agent\n"
+        "active = yes\n"
+        "direction = out\n"
+        f"path = {path}\n"
+        f"type = {kind}\n"
+        f"args = {syslog.priority} {syslog.facility}\n"
+        "format = string\n"
+    ).encode()
+
+
+def parsed_rules(policy: NodeAuditPolicy) -> tuple[rules_mod.AuditRule, ...]:
+    """The policy's expanded rules, parsed and normalized, in load order."""
+    unsafe = policy.spec.unsafe_flags()
+    return tuple(rules_mod.parse_rule(text, unsafe=unsafe) for text in policy.expanded_rules())
+
+
+def render_rules_file(policy: NodeAuditPolicy, rules: tuple[rules_mod.AuditRule, ...]) -> bytes:
+    header = (
+        f"## Managed by nodeaudit for NodeAuditPolicy {policy.name}; changes here are overwritten.\n"
+        "## Order matters: 'never' rules come before 'always' rules (first match wins).\n"
+    )
+    return (header + "".join(rule.text + "\n" for rule in rules)).encode()
+
+
+def render_bundle(policy: NodeAuditPolicy) -> Bundle:
+    """Every file of the policy's bundle, plus bundle.json carrying the hash."""
+    rules = parsed_rules(policy)
+    rules_name = rules_file_name(policy.name)
+    expected = "".join(rule.listing + "\n" for rule in rules if rule.listing is not None)
+    files: dict[str, bytes] = {name: _host_script(name) for name in _HOST_SCRIPTS}
+    files[rules_name] = render_rules_file(policy, rules)
+    files["expected.rules"] = expected.encode()
+    files["syslog-v3.conf"] = _plugin_config(policy, version=3)
+    files["syslog-v2.conf"] = _plugin_config(policy, version=2)
+    spec = policy.spec
+    provisional_env = {
+        "NODEAUDIT_POLICY": policy.name,
+        "NODEAUDIT_RULES_FILE": rules_name,
+        "NODEAUDIT_SYSLOG": "yes" if spec.syslog.enabled else "no",
+        "NODEAUDIT_ALLOW_IMMUTABLE": "yes" if spec.unsafe.allow_immutable else "no",
+        "NODEAUDIT_INSTALL_TIMEOUT": str(INSTALL_TIMEOUT_SECONDS),
+    }
+    # The env names its own bundle hash, so hash everything else first, then add the env file
+    # under a hash of the rest (which bundle.env only restates).
+    body_hash = content_hash({**files, "bundle.env": _env_file(provisional_env)})
+    files["bundle.env"] = _env_file({"NODEAUDIT_BUNDLE": body_hash, **provisional_env})
+    manifest = {
+        "schema": BUNDLE_SCHEMA,
+        "hash": body_hash,
+        "policy": policy.name,
+        "rulesFile": rules_name,
+        "rules": len(rules),
+        "files": {name: "sha256:" + hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+    }
+    files["bundle.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return Bundle(policy=policy.name, hash=body_hash, files=files, rules=rules)
+
+
+def read_bundle_manifest(directory: Path) -> dict[str, object]:
+    """bundle.json of a written bundle (for tests and the CLI's summary)."""
+    data: dict[str, object] = json.loads((directory / "bundle.json").read_text())
+    return data

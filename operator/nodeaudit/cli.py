@@ -1,0 +1,246 @@
+"""The `nodeaudit` command: offline checks and rendering, plus the operator and demo entry points.
+
+Offline commands (validate, render, crd, presets) work on files alone so they can run as GitOps
+pre-merge checks and let a reviewer see exactly what will run as root before anything is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+import yaml
+
+from nodeaudit import __version__
+from nodeaudit import bundle as bundle_mod
+from nodeaudit import policy as policy_mod
+from nodeaudit import presets as presets_mod
+
+
+class LoadedPolicy:
+    """A policy document with where it came from, for messages."""
+
+    def __init__(self, source: str, index: int, raw: Any, policy: policy_mod.NodeAuditPolicy | None,
+                 problems: list[str]):
+        self.source = source
+        self.index = index
+        self.raw = raw
+        self.policy = policy
+        self.problems = problems
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}: {policy_mod.policy_display_name(self.raw, self.index)}"
+
+
+def _read_source(path: str) -> tuple[str, str]:
+    if path == "-":
+        return "<stdin>", sys.stdin.read()
+    return path, Path(path).read_text(encoding="utf-8")
+
+
+def _is_policy_document(doc: Any) -> bool:
+    if not isinstance(doc, dict):
+        return True  # not a Kubernetes object at all: report it rather than skip it
+    api_version = str(doc.get("apiVersion", ""))
+    return doc.get("kind") == policy_mod.KIND or api_version.startswith(policy_mod.API_GROUP + "/") or (
+        "kind" not in doc and "spec" in doc
+    )
+
+
+def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
+    """Policies from files (multi-document YAML); a str is a problem that is not about one policy."""
+    for path in paths:
+        try:
+            source, text = _read_source(path)
+        except OSError as error:
+            yield f"{path}: cannot read: {error.strerror or error}"
+            continue
+        except UnicodeDecodeError:
+            yield f"{path}: not UTF-8 text"
+            continue
+        try:
+            documents = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            yield f"{source}: {where}invalid YAML: {getattr(error, 'problem', None) or error}"
+            continue
+        for index, doc in policy_mod.iter_documents(documents):
+            if not _is_policy_document(doc):
+                continue
+            try:
+                policy = policy_mod.parse_policy(doc)
+                bundle_mod.render_bundle(policy)  # the expanded rules must render, not only parse
+                yield LoadedPolicy(source, index, doc, policy, [])
+            except policy_mod.PolicyError as error:
+                yield LoadedPolicy(source, index, doc, None, error.problems)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nodeaudit")
+def main() -> None:
+    """nodeaudit: host-level audit logging (auditd → syslog → Log Analytics) on every AKS node.
+
+    \b
+    Offline:   validate, render, crd, presets
+    In-cluster: run (the operator), check-agent
+    Try it:    demo (the real operator against a local API with simulated AKS nodes)
+    """
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE... | -")
+@click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary line.")
+def validate(files: tuple[str, ...], quiet: bool) -> None:
+    """Check NodeAuditPolicy files without a cluster.
+
+    Reads multi-document YAML (other kinds in the stream are skipped), checks every field and every
+    audit rule, and renders each policy's bundle. Exit 0 when all are valid, 1 with one line per
+    problem otherwise — usable as a GitOps pre-merge check.
+
+    \b
+    Example:
+      nodeaudit validate examples/*.yaml
+      kubectl kustomize deploy/ | nodeaudit validate -
+    """
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    valid = 0
+    for item in load_documents(files):
+        if isinstance(item, str):
+            problems.append(item)
+            continue
+        problems.extend(f"{item.label}: {problem}" for problem in item.problems)
+        if item.policy is not None:
+            name = item.policy.name
+            if name in seen:
+                problems.append(f"{item.label}: metadata.name: duplicate policy name (also in {seen[name]})")
+            else:
+                seen[name] = item.source
+                valid += 1
+    for line in problems:
+        click.echo(line)
+    if not problems and not seen:
+        click.echo("no NodeAuditPolicy found in " + ", ".join(files))
+        sys.exit(1)
+    if not quiet:
+        click.echo(f"{valid} valid, {len(problems)} problem(s)", err=True)
+    sys.exit(1 if problems else 0)
+
+
+def _single_policy(path: str, name: str | None) -> policy_mod.NodeAuditPolicy:
+    loaded = [item for item in load_documents((path,))]
+    errors = [item for item in loaded if isinstance(item, str)]
+    policies = [item for item in loaded if not isinstance(item, str)]
+    if name is not None:
+        policies = [p for p in policies if p.policy is None or p.policy.name == name]
+    if errors:
+        raise click.ClickException("\n".join(errors))
+    bad = [f"{p.label}: {problem}" for p in policies for problem in p.problems]
+    if bad:
+        raise click.ClickException("invalid policy:\n" + "\n".join(bad))
+    if len(policies) != 1:
+        found = ", ".join(p.policy.name for p in policies if p.policy) or "none"
+        raise click.ClickException(f"{path}: expected exactly one NodeAuditPolicy (found: {found}); pick one with --policy")
+    result = policies[0].policy
+    assert result is not None
+    return result
+
+
+@main.command()
+@click.argument("file", metavar="POLICY.yaml")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write the bundle into (created if missing).")
+@click.option("--policy", "policy_name", help="Policy to render when FILE holds several.")
+@click.option("--node", "node_file", type=click.Path(exists=True, dir_okay=False),
+              help="A Node (YAML) to also write the Job manifest the operator would create for it.")
+@click.option("--image", envvar="NODEAUDIT_IMAGE", default="ghcr.io/nodeaudit/nodeaudit:" + __version__,
+              show_default=True, help="Image for the Job manifest (env NODEAUDIT_IMAGE).")
+@click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default="nodeaudit-system", show_default=True,
+              help="Namespace of the Job and bundle ConfigMap (env NODEAUDIT_NAMESPACE).")
+def render(file: str, output: Path, policy_name: str | None, node_file: str | None, image: str,
+           namespace: str) -> None:
+    """Write the bundle that runs as root on each matching node.
+
+    The bundle is apply.sh, the rules file, the syslog plugin configs, expected.rules and
+    bundle.json (with the content hash). The same policy always gives the same bytes and hash.
+    With --node, also writes the bundle ConfigMap and the exact Job manifest the operator would
+    create for that node, so a security reviewer sees everything that will run.
+
+    \b
+    Example:
+      nodeaudit render examples/procmon.yaml -o out/procmon
+      nodeaudit render examples/procmon.yaml -o out/procmon --node node.yaml
+    """
+    policy = _single_policy(file, policy_name)
+    rendered = bundle_mod.render_bundle(policy)
+    rendered.write(output)
+    click.echo(f"bundle {rendered.hash} for policy {policy.name} -> {output}/")
+    click.echo(f"rules ({bundle_mod.rules_file_name(policy.name)}, load order):")
+    for rule in rendered.rules:
+        click.echo(f"  {rule.text}")
+    if node_file is not None:
+        from nodeaudit import jobs
+
+        node = yaml.safe_load(Path(node_file).read_text(encoding="utf-8"))
+        if not isinstance(node, dict) or node.get("kind") not in (None, "Node"):
+            raise click.ClickException(f"{node_file}: not a Node")
+        node_name = str((node.get("metadata") or {}).get("name") or "")
+        if not node_name:
+            raise click.ClickException(f"{node_file}: metadata.name missing")
+        manifests = [
+            jobs.configmap_manifest(rendered, namespace),
+            jobs.job_manifest(
+                policy_name=policy.name, policy_uid=policy.metadata.uid or "", node_name=node_name,
+                bundle_hash=rendered.hash, image=image, namespace=namespace, action="apply",
+            ),
+        ]
+        target = output.parent / f"{output.name}-{node_name}.job.yaml"
+        target.write_text(yaml.safe_dump_all(manifests, sort_keys=False), encoding="utf-8")
+        click.echo(f"job manifest for node {node_name} -> {target}")
+
+
+@main.command()
+def crd() -> None:
+    """Print the CustomResourceDefinition generated from the policy model (what `make crds` writes)."""
+    from nodeaudit import crd as crd_mod
+
+    click.echo(crd_mod.crd_yaml(), nl=False)
+
+
+@main.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def presets_command(as_json: bool) -> None:
+    """List the named rule sets, volume levels and the AKS noise list, with what each records.
+
+    \b
+    Example:
+      nodeaudit presets
+    """
+    out: TextIO = sys.stdout
+    if as_json:
+        json.dump(presets_mod.describe(), out, indent=2)
+        out.write("\n")
+        return
+    click.echo(presets_mod.describe_text(), nl=False)
+
+
+def _add_optional_commands() -> None:
+    """Commands that live beside their subsystem (operator, Azure, cost) join the group here."""
+    from nodeaudit.cli_check_agent import check_agent
+    from nodeaudit.cli_run import demo, run
+
+    main.add_command(run)
+    main.add_command(demo)
+    main.add_command(check_agent)
+
+
+try:
+    _add_optional_commands()
+except ImportError:  # pragma: no cover - during development, before the subsystems exist
+    pass

@@ -1,0 +1,124 @@
+"""The bundle renderer: content-addressed, deterministic, and sensitive to what reaches the node."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from policies import policy_dict
+
+from nodeaudit.bundle import content_hash, render_bundle, rules_file_name
+from nodeaudit.policy import parse_policy
+
+
+def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
+    return render_bundle(parse_policy(policy_dict(**spec)))
+
+
+def test_files_of_the_seed_bundle() -> None:
+    bundle = _bundle()
+    assert set(bundle.files) == {
+        "apply.sh", "job-entry.sh", "bundle.env", "bundle.json", "expected.rules",
+        "syslog-v3.conf", "syslog-v2.conf", rules_file_name("procmon"),
+    }
+    assert bundle.hash.startswith("sha256:") and len(bundle.hex) == 64
+    rules = bundle.files["60-nodeaudit-procmon.rules"].decode()
+    assert "-a always,exit -F arch=b64 -S execve -k procmon\n" in rules
+    assert "-a always,exit -F arch=b32 -S execve -k procmon\n" in rules
+    v3 = bundle.files["syslog-v3.conf"].decode()
+    assert "path = /sbin/audisp-syslog\n" in v3 and "type = always\n" in v3
+    assert "args = LOG_INFO LOG_AUTHPRIV\n" in v3 and "format = string\n" in v3 and "direction = out\n" in v3
+    v2 = bundle.files["syslog-v2.conf"].decode()
+    assert "path = builtin_syslog\n" in v2 and "type = builtin\n" in v2
+    manifest = json.loads(bundle.files["bundle.json"])
+    assert manifest["hash"] == bundle.hash and manifest["policy"] == "procmon"
+    assert manifest["files"]["apply.sh"] == "sha256:" + hashlib.sha256(bundle.files["apply.sh"]).hexdigest()
+    env = dict(line.split("=", 1) for line in bundle.files["bundle.env"].decode().splitlines())
+    assert env["NODEAUDIT_BUNDLE"] == bundle.hash and env["NODEAUDIT_POLICY"] == "procmon"
+    assert env["NODEAUDIT_RULES_FILE"] == "60-nodeaudit-procmon.rules"
+    assert env["NODEAUDIT_SYSLOG"] == "yes" and env["NODEAUDIT_ALLOW_IMMUTABLE"] == "no"
+
+
+def test_expected_rules_are_the_kernel_listing() -> None:
+    bundle = _bundle()
+    expected = bundle.files["expected.rules"].decode().splitlines()
+    assert expected == [
+        "-a always,exit -F arch=b64 -S execve -F key=procmon",
+        "-a always,exit -F arch=b32 -S execve -F key=procmon",
+    ]
+
+
+def test_same_policy_same_bytes() -> None:
+    first, second = _bundle(), _bundle()
+    assert first.hash == second.hash
+    assert dict(first.files) == dict(second.files)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rules": ["-a always,exit -F arch=b64 -S execve -k procmon"]},
+        {"rules": ["-a always,exit -F arch=b64 -S execve -k procmon2", "-a always,exit -F arch=b32 -S execve -k procmon"]},
+        {"volume": "lean"},
+        {"syslog": {"facility": "LOG_LOCAL6"}},
+        {"syslog": {"priority": "LOG_NOTICE"}},
+        {"syslog": {"enabled": False}},
+        {"exclude": {"executables": ["/usr/bin/true"]}},
+        {"presets": ["procmon"], "rules": []},
+        {"auditd": {"rateLimit": 100}},
+    ],
+)
+def test_what_reaches_the_node_changes_the_hash(change: dict[str, Any]) -> None:
+    assert _bundle(**change).hash != _bundle().hash
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rollout": {"maxUnavailable": 1, "maxFailures": 0, "paused": True}},
+        {"nodeSelector": {"matchLabels": {"agentpool": "x"}}},
+        {"verifyInterval": "1h"},
+        {"removeOnDelete": False},
+        {"monitoringAgent": {"check": "None"}},
+    ],
+)
+def test_what_stays_in_the_cluster_keeps_the_hash(change: dict[str, Any]) -> None:
+    assert _bundle(**change).hash == _bundle().hash
+
+
+def test_policy_name_changes_the_hash() -> None:
+    other = policy_dict()
+    other["metadata"] = {"name": "procmon-b"}
+    assert render_bundle(parse_policy(other)).hash != _bundle().hash
+
+
+def test_hash_frames_names_and_bytes() -> None:
+    assert content_hash({"a": b"bc"}) != content_hash({"ab": b"c"})
+    assert content_hash({"a": b"1", "b": b"2"}) == content_hash({"b": b"2", "a": b"1"})
+
+
+def test_write_creates_the_files(tmp_path: Path) -> None:
+    bundle = _bundle()
+    written = bundle.write(tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(bundle.files)
+    assert (tmp_path / "out" / "apply.sh").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "bundle.json").stat().st_mode & 0o777 == 0o644
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_never_rules_come_before_always_rules() -> None:
+    bundle = _bundle(exclude={"executables": ["/usr/bin/true"]})
+    lines = [r.text for r in bundle.rules]
+    never = [i for i, line in enumerate(lines) if line.startswith("-a never,exit")]
+    always = [i for i, line in enumerate(lines) if line.startswith("-a always,exit")]
+    assert never and always and max(never) < min(always)
+
+
+def test_nothing_from_the_policy_reaches_bundle_env_unchecked() -> None:
+    bundle = _bundle()
+    for line in bundle.files["bundle.env"].decode().splitlines():
+        key, value = line.split("=", 1)
+        assert all(ch.isalnum() or ch in "._:/,-" for ch in value), line
