@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from policies import policy_dict
 
 from nodeaudit.bundle import content_hash, render_bundle, rules_file_name
 from nodeaudit.policy import parse_policy
+from policies import policy_dict
 
 
 def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
@@ -46,6 +46,8 @@ def test_expected_rules_are_the_kernel_listing() -> None:
     bundle = _bundle()
     expected = bundle.files["expected.rules"].decode().splitlines()
     assert expected == [
+        "-a always,exclude -F msgtype=EOE",
+        "-a always,exclude -F msgtype=BPRM_FCAPS",
         "-a always,exit -F arch=b64 -S execve -F key=procmon",
         "-a always,exit -F arch=b32 -S execve -F key=procmon",
     ]
@@ -67,7 +69,7 @@ def test_same_policy_same_bytes() -> None:
         {"syslog": {"priority": "LOG_NOTICE"}},
         {"syslog": {"enabled": False}},
         {"exclude": {"executables": ["/usr/bin/true"]}},
-        {"presets": ["procmon"], "rules": []},
+        {"presets": ["modules"]},
         {"auditd": {"rateLimit": 100}},
     ],
 )
@@ -122,3 +124,8 @@ def test_nothing_from_the_policy_reaches_bundle_env_unchecked() -> None:
     for line in bundle.files["bundle.env"].decode().splitlines():
         key, value = line.split("=", 1)
         assert all(ch.isalnum() or ch in "._:/,-" for ch in value), line
+
+
+def test_procmon_preset_is_the_seed_rules() -> None:
+    """The preset and the hand-written seed rules are the same bytes on the node, so the same hash."""
+    assert _bundle(presets=["procmon"], rules=[]).hash == _bundle().hash

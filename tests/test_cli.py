@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from policies import EXAMPLES, REPO, policy_dict
 
 from nodeaudit.cli import main
+from policies import EXAMPLES, REPO, policy_dict
 
 runner = CliRunner()
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
-from policies import EXAMPLES, policy_dict
 
 from nodeaudit import policy as policy_mod
 from nodeaudit.policy import PolicyError, parse_duration, parse_policy
+from policies import EXAMPLES, policy_dict
 
 
 def test_seed_policy_gets_every_default() -> None:

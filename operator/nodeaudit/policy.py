@@ -246,6 +246,9 @@ class UnsafeSpec(_Model):
     """Allow `-D`: deletes every rule on the node, including other tools' rules."""
 
 
+_ALLOW_ALL = rules_mod.Unsafe(allow_immutable=True, allow_panic=True, allow_delete_all=True)
+
+
 class NodeAuditPolicySpec(_Model):
     """What a NodeAuditPolicy asks of the matching nodes."""
 
@@ -274,6 +277,21 @@ class NodeAuditPolicySpec(_Model):
     """Kernel audit rate and backlog settings."""
     unsafe: UnsafeSpec = Field(default_factory=UnsafeSpec)
     """Opt-ins for dangerous control rules."""
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_parse(cls, value: list[str]) -> list[str]:
+        # Grammar first, with every opt-in granted, so these problems are reported even when
+        # another field is wrong; the unsafe opt-ins are checked once the whole spec is known.
+        problems = []
+        for index, text in enumerate(value):
+            try:
+                rules_mod.parse_rule(text, unsafe=_ALLOW_ALL)
+            except rules_mod.RuleError as error:
+                problems.append(f"[{index}]: {error}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
 
     @model_validator(mode="after")
     def _check_rules(self) -> NodeAuditPolicySpec:
@@ -381,6 +399,7 @@ class NodeAuditPolicy(_Model):
             rate_limit=spec.auditd.rate_limit,
             backlog_limit=spec.auditd.backlog_limit,
             backlog_wait_time=spec.auditd.backlog_wait_time,
+            unsafe=spec.unsafe_flags(),
         )
 
 
@@ -406,7 +425,9 @@ def format_validation_error(error: ValidationError) -> list[str]:
         message = message.removeprefix("Value error, ")
         for sub in message.split("\n"):
             # Rule problems carry their own `rules[i]:` prefix; put them under the field path.
-            if sub.startswith("rules"):
+            if sub.startswith("["):  # an item of the list at `where`
+                lines.append(f"{where}{sub}")
+            elif sub.startswith("rules["):  # a spec-level check naming its own list item
                 lines.append(f"{where}.{sub}" if where else sub)
             else:
                 lines.append(f"{where}: {sub}" if where else sub)
