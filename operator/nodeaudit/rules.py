@@ -9,6 +9,7 @@ the bundle verifies a node by finding each listing line in `auditctl -l`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,6 +128,13 @@ def parse_rule(text: str, *, unsafe: Unsafe = Unsafe()) -> AuditRule:
     """Parse exactly one audit rule line; raise RuleError (only) naming what is wrong."""
     if not isinstance(text, str):
         raise RuleError(f"a rule must be a string, not {type(text).__name__}")
+    # A policy's rules are parsed by the model, the renderer and the operator on every reconcile:
+    # the same few strings again and again, and parsing is pure.
+    return _parse_rule_cached(text, unsafe)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_rule_cached(text: str, unsafe: Unsafe) -> AuditRule:
     _refuse_characters(text)
     tokens = text.split()
     if not tokens:
