@@ -49,9 +49,10 @@ lint: install apt-deps ## ruff on everything, mypy on the pure core, shellcheck 
 	$(VENV)/bin/mypy
 	shellcheck -s sh operator/nodeaudit/host/*.sh
 
-crds: install ## regenerate crds/nodeauditpolicy.yaml from the pydantic model
+crds: install ## regenerate crds/nodeauditpolicy.yaml and docs/policy.md from the pydantic model
 	$(VENV)/bin/nodeaudit crd > crds/nodeauditpolicy.yaml
-	@echo "wrote crds/nodeauditpolicy.yaml"
+	@mkdir -p docs && $(VENV)/bin/nodeaudit crd --reference > docs/policy.md
+	@echo "wrote crds/nodeauditpolicy.yaml and docs/policy.md"
 
 demo: install ## the real operator against an embedded local API with simulated AKS nodes
 	$(VENV)/bin/nodeaudit demo

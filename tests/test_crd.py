@@ -64,3 +64,12 @@ def test_printer_columns() -> None:
     assert list(columns) == ["Ready", "Configured", "Matched", "Failed", "Age", "Bundle"]
     assert columns["Bundle"]["priority"] == 1
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+
+
+def test_committed_reference_matches_the_model() -> None:
+    from nodeaudit.reference import policy_reference_markdown
+
+    text = (REPO / "docs" / "policy.md").read_text()
+    assert text == policy_reference_markdown(), "docs/policy.md is stale: run `make crds`"
+    for field in ("spec.rules", "spec.rollout.maxUnavailable", "spec.monitoringAgent.check", "spec.unsafe.allowImmutable"):
+        assert f"| `{field}` |" in text

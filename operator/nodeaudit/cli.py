@@ -211,7 +211,8 @@ def render(file: str, output: Path, policy_name: str | None, node_file: str | No
 
 
 @main.command()
-def crd() -> None:
+@click.option("--reference", is_flag=True, help="Print the policy reference (docs/policy.md) instead.")
+def crd(reference: bool) -> None:
     """Print the CustomResourceDefinition generated from the policy model.
 
     This is what `make crds` writes to crds/nodeauditpolicy.yaml: a structural schema with a
@@ -222,6 +223,11 @@ def crd() -> None:
       nodeaudit crd | kubectl apply -f -
       kubectl explain nodeauditpolicy.spec.rollout
     """
+    if reference:
+        from nodeaudit.reference import policy_reference_markdown
+
+        click.echo(policy_reference_markdown(), nl=False)
+        return
     from nodeaudit import crd as crd_mod
 
     click.echo(crd_mod.crd_yaml(), nl=False)
