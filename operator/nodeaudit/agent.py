@@ -1,0 +1,661 @@
+"""Monitoring-agent verdicts: which scale sets ship syslog to Log Analytics, and why not.
+
+Pure: this module imports nothing of Azure, HTTP or Kubernetes. The edge (``nodeaudit.azure``) turns
+SDK objects into the small facts defined here (``ExtensionFact``, ``SyslogSource``), and this module
+turns facts into verdicts, reports, conditions and tables.
+
+The path of the data: Node objects -> ``parse_provider_id`` -> ``group_nodes`` (one entry per scale
+set) -> the edge lists each scale set's extensions once -> ``extension_verdict`` -> ``AgentReport``
+-> ``agent_condition`` / ``agent_status`` / ``render_table`` / ``report_to_json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+# -- names -----------------------------------------------------------------------------------------
+
+AMA = "AzureMonitorLinuxAgent"
+OMS = "OmsAgentForLinux"
+DEFAULT_EXTENSION_TYPES: tuple[str, ...] = (OMS, AMA)
+#: The publisher of each known agent type. An extension of a known type from another publisher is
+#: not an agent (somebody's look-alike); unknown types in ``extensionTypes`` are taken from anyone.
+KNOWN_PUBLISHERS: dict[str, str] = {
+    OMS.lower(): "Microsoft.EnterpriseCloud.Monitoring",
+    AMA.lower(): "Microsoft.Azure.Monitor",
+}
+OMS_RETIRED_ON = "2024-08-31"
+OMS_RETIRED_WARNING = (
+    f"{OMS} (the Log Analytics agent) is retired since {OMS_RETIRED_ON}: migrate to {AMA} "
+    "with a Data Collection Rule (syslog facility authpriv)"
+)
+EXTENSIONS_READ_PERMISSION = "Microsoft.Compute/virtualMachineScaleSets/extensions/read"
+READER_ROLE_HINT = "grant the operator's identity Reader on the node resource group"
+CONDITION_TYPE = "AgentReady"
+
+CheckKind = Literal["VMSSExtension", "ContainerInsights", "None"]
+#: Present: an agent is installed and provisioned. Missing: none of the accepted types.
+#: Failed: an agent exists but its provisioning failed. Pending: it is being created/updated.
+#: Error: the check itself failed (permission, throttling, timeout, bad response). Skipped: check None.
+State = Literal["Present", "Missing", "Failed", "Pending", "Error", "Skipped"]
+LACKING_STATES: frozenset[str] = frozenset({"Missing", "Failed", "Pending"})
+
+# -- providerID -> scale set -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class ScaleSetRef:
+    """One VM scale set. ``key`` compares case-insensitively, as ARM does."""
+
+    subscription: str
+    resource_group: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.subscription.lower(), self.resource_group.lower(), self.name.lower())
+
+    @property
+    def resource_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{self.name}"
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.resource_group}/{self.name}"
+
+
+@dataclass(frozen=True)
+class NotCheckable:
+    """A node whose monitoring agent cannot be checked through a scale set, and why."""
+
+    reason: str
+
+
+_SEG = r"[^/\s]+"
+_VMSS_RE = re.compile(
+    rf"^azure:///subscriptions/(?P<sub>{_SEG})/resourceGroups/(?P<rg>{_SEG})"
+    rf"/providers/Microsoft\.Compute/virtualMachineScaleSets/(?P<vmss>{_SEG})/virtualMachines/(?P<vm>{_SEG})/?$",
+    re.IGNORECASE,
+)
+_VM_RE = re.compile(
+    rf"^azure:///subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Compute/virtualMachines/{_SEG}/?$",
+    re.IGNORECASE,
+)
+
+
+def parse_provider_id(provider_id: object) -> ScaleSetRef | NotCheckable:
+    """``spec.providerID`` of a node -> its scale set, or why it has none. Never raises."""
+    if not isinstance(provider_id, str) or not provider_id.strip():
+        return NotCheckable("node has no spec.providerID (not yet initialised by the cloud provider?)")
+    pid = provider_id.strip()
+    m = _VMSS_RE.match(pid)
+    if m:
+        return ScaleSetRef(m.group("sub"), m.group("rg"), m.group("vmss"))
+    if _VM_RE.match(pid):
+        return NotCheckable(
+            "node is a standalone VM (VirtualMachines node pool or availability set), not a VM scale set; "
+            "check its VM extensions instead"
+        )
+    scheme = pid.split("://", 1)[0] if "://" in pid else ""
+    if scheme.lower() != "azure":
+        return NotCheckable(f"not an Azure node (providerID scheme {scheme or 'missing'!r})")
+    return NotCheckable("unrecognised Azure providerID (expected .../virtualMachineScaleSets/<vmss>/virtualMachines/<n>)")
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    meta = node.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    return name if isinstance(name, str) and name else "<unnamed>"
+
+
+def _node_labels(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = node.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def node_scale_set(node: Mapping[str, Any]) -> ScaleSetRef | NotCheckable:
+    """A Node object (a dict as the API returns it) -> its scale set, or why not."""
+    os_label = _node_labels(node).get("kubernetes.io/os")
+    if isinstance(os_label, str) and os_label and os_label != "linux":
+        return NotCheckable(f"not a Linux node (kubernetes.io/os={os_label})")
+    spec = node.get("spec")
+    pid = spec.get("providerID") if isinstance(spec, Mapping) else None
+    return parse_provider_id(pid)
+
+
+@dataclass
+class NodeGroups:
+    """Nodes grouped by scale set (in first-seen order) plus the nodes that have none."""
+
+    scale_sets: dict[ScaleSetRef, list[str]] = field(default_factory=dict)
+    not_checkable: dict[str, str] = field(default_factory=dict)
+
+
+def group_nodes(nodes: Iterable[Mapping[str, Any]]) -> NodeGroups:
+    groups = NodeGroups()
+    canonical: dict[tuple[str, str, str], ScaleSetRef] = {}
+    for node in nodes:
+        if not isinstance(node, Mapping):
+            continue
+        name = node_name(node)
+        where = node_scale_set(node)
+        if isinstance(where, NotCheckable):
+            groups.not_checkable[name] = where.reason
+            continue
+        ref = canonical.setdefault(where.key, where)
+        groups.scale_sets.setdefault(ref, []).append(name)
+    return groups
+
+
+# -- extensions -> verdict -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtensionFact:
+    """What matters of one scale-set extension (the edge fills it from either SDK generation)."""
+
+    name: str | None
+    type: str | None
+    publisher: str | None
+    provisioning_state: str | None
+    type_handler_version: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentVerdict:
+    state: State
+    agent: str | None
+    message: str
+    warnings: tuple[str, ...] = ()
+
+
+def _is_agent(ext: ExtensionFact, wanted: Mapping[str, str]) -> str | None:
+    """The canonical agent type name when ``ext`` is one of the wanted agents, else None."""
+    if not ext.type:
+        return None
+    canon = wanted.get(ext.type.lower())
+    if canon is None:
+        return None
+    expected = KNOWN_PUBLISHERS.get(canon.lower())
+    if expected and ext.publisher and ext.publisher.lower() != expected.lower():
+        return None
+    return canon
+
+
+def extension_verdict(extensions: Sequence[ExtensionFact], extension_types: Sequence[str]) -> AgentVerdict:
+    """The agent verdict of one scale set from its extension list."""
+    wanted = {t.lower(): t for t in extension_types if t}
+    if not wanted:
+        return AgentVerdict("Error", None, "monitoringAgent.extensionTypes is empty: nothing counts as an agent")
+    found: list[tuple[str, ExtensionFact]] = []
+    for ext in extensions:
+        canon = _is_agent(ext, wanted)
+        if canon:
+            found.append((canon, ext))
+    if not found:
+        seen = sorted({e.type or e.name or "?" for e in extensions})
+        return AgentVerdict(
+            "Missing",
+            None,
+            f"no monitoring agent ({', '.join(wanted.values())}) among the scale set's extensions"
+            + (f" [{', '.join(seen)}]" if seen else " (it has none)"),
+        )
+
+    def rank(item: tuple[str, ExtensionFact]) -> tuple[int, int]:
+        canon, ext = item
+        ok = (ext.provisioning_state or "").lower() == "succeeded"
+        return (0 if ok else 1, 0 if canon == AMA else 1)
+
+    found.sort(key=rank)
+    canon, ext = found[0]
+    state_raw = ext.provisioning_state or "unknown"
+    warnings = (OMS_RETIRED_WARNING,) if any(c == OMS for c, _ in found) else ()
+    label = f"{canon} ({ext.name})" if ext.name and ext.name != canon else canon
+    if state_raw.lower() == "succeeded":
+        msg = f"{label} provisioned"
+        if canon == OMS:
+            msg += f"; retired since {OMS_RETIRED_ON}"
+        return AgentVerdict("Present", canon, msg, warnings)
+    if state_raw.lower() in ("creating", "updating"):
+        return AgentVerdict("Pending", canon, f"{label} provisioningState {state_raw}", warnings)
+    return AgentVerdict("Failed", canon, f"{label} provisioningState {state_raw}", warnings)
+
+
+# -- syslog collection (DCR / workspace) ------------------------------------------------------------
+
+#: syslog(3) severities, most severe first (index = numeric severity).
+SEVERITIES: tuple[str, ...] = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+_SEVERITY_ALIASES = {
+    "emergency": "emerg", "panic": "emerg", "critical": "crit", "error": "err", "warn": "warning",
+    "information": "info", "informational": "info",
+}
+#: DCR ``logLevels`` spelling of each severity.
+DCR_LEVELS: dict[str, str] = {
+    "emerg": "Emergency", "alert": "Alert", "crit": "Critical", "err": "Error",
+    "warning": "Warning", "notice": "Notice", "info": "Info", "debug": "Debug",
+}
+FACILITIES: frozenset[str] = frozenset({
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+})
+
+
+def facility_name(facility: str) -> str:
+    """``LOG_AUTHPRIV`` / ``authpriv`` -> ``authpriv``; raises ValueError on an unknown facility."""
+    f = facility.strip().lower()
+    f = f[4:] if f.startswith("log_") else f
+    if f not in FACILITIES:
+        raise ValueError(f"unknown syslog facility {facility!r}")
+    return f
+
+
+def severity_name(priority: str) -> str:
+    """``LOG_INFO`` / ``Info`` / ``info`` -> ``info``; raises ValueError on an unknown level."""
+    p = priority.strip().lower()
+    p = p[4:] if p.startswith("log_") else p
+    p = _SEVERITY_ALIASES.get(p, p)
+    if p not in SEVERITIES:
+        raise ValueError(f"unknown syslog level {priority!r}")
+    return p
+
+
+@dataclass(frozen=True)
+class SyslogSource:
+    """One syslog data source: a DCR ``dataSources.syslog[]`` item or a workspace LinuxSyslog source."""
+
+    name: str | None
+    facilities: tuple[str, ...]
+    levels: tuple[str, ...]
+    streams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    kind: Literal["DataCollectionRule", "Workspace"]
+    resource_id: str
+    state: Literal["Collected", "NotCollected", "Error"]
+    message: str
+
+
+def _accepts(values: Iterable[str], wanted: str, normalise: Any) -> bool:
+    for v in values:
+        if not isinstance(v, str):
+            continue
+        if v.strip() == "*":
+            return True
+        try:
+            if normalise(v) == wanted:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def dcr_collection_verdict(
+    resource_id: str,
+    sources: Sequence[SyslogSource],
+    flow_streams: Sequence[str],
+    facility: str,
+    priority: str,
+) -> CollectionResult:
+    """Does a Data Collection Rule collect ``facility`` at ``priority``?
+
+    A DCR lists its log levels explicitly (the portal's "minimum level" writes every level from
+    there up), so the policy's level itself must be listed (or ``*``), and the ``Microsoft-Syslog``
+    stream must flow to a destination.
+    """
+    fac, sev = facility_name(facility), severity_name(priority)
+    want = f"{fac}.{sev}"
+    if not sources:
+        return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
+                                f"the DCR has no syslog data source: add one with facility {fac} at level {DCR_LEVELS[sev]}")
+    by_fac = [s for s in sources if _accepts(s.facilities, fac, facility_name)]
+    if not by_fac:
+        return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
+                                f"no syslog data source of the DCR has facility {fac}")
+    by_level = [s for s in by_fac if _accepts(s.levels, sev, severity_name)]
+    if not by_level:
+        have = sorted({lvl for s in by_fac for lvl in s.levels})
+        return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
+                                f"facility {fac} is collected only at levels [{', '.join(have)}], not {DCR_LEVELS[sev]}")
+    streams = {st.lower() for s in by_level for st in s.streams}
+    if streams and "microsoft-syslog" not in streams:
+        return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
+                                f"the syslog data source for {fac} does not emit the Microsoft-Syslog stream")
+    if not any(s.lower() == "microsoft-syslog" for s in flow_streams):
+        return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
+                                "no dataFlow of the DCR sends Microsoft-Syslog to a destination")
+    names = ", ".join(sorted({s.name or "?" for s in by_level}))
+    return CollectionResult("DataCollectionRule", resource_id, "Collected", f"{want} collected by data source {names}")
+
+
+def workspace_collection_verdict(
+    resource_id: str, sources: Sequence[SyslogSource], facility: str, priority: str
+) -> CollectionResult:
+    """Does a workspace's legacy LinuxSyslog data sources collect ``facility`` at ``priority``?"""
+    fac, sev = facility_name(facility), severity_name(priority)
+    by_fac = [s for s in sources if _accepts(s.facilities, fac, facility_name)]
+    if not by_fac:
+        return CollectionResult("Workspace", resource_id, "NotCollected",
+                                f"the workspace has no LinuxSyslog data source for facility {fac}")
+    if not any(_accepts(s.levels, sev, severity_name) for s in by_fac):
+        have = sorted({lvl for s in by_fac for lvl in s.levels})
+        return CollectionResult("Workspace", resource_id, "NotCollected",
+                                f"facility {fac} is collected only at [{', '.join(have)}], not {sev}")
+    return CollectionResult("Workspace", resource_id, "Collected", f"{fac}.{sev} collected (LinuxSyslog)")
+
+
+def collection_error(kind: Literal["DataCollectionRule", "Workspace"], resource_id: str, message: str) -> CollectionResult:
+    return CollectionResult(kind, resource_id, "Error", message)
+
+
+# -- Container Insights: does the ama-logs DaemonSet admit / cover a node? -------------------------
+
+
+def _match_expression(labels: Mapping[str, Any], expr: Mapping[str, Any]) -> bool:
+    key = expr.get("key")
+    op = expr.get("operator")
+    values = [v for v in (expr.get("values") or []) if isinstance(v, str)]
+    has = isinstance(key, str) and key in labels
+    val = labels.get(key) if isinstance(key, str) else None
+    if op == "In":
+        return has and val in values
+    if op == "NotIn":
+        return not has or val not in values
+    if op == "Exists":
+        return has
+    if op == "DoesNotExist":
+        return not has
+    if op in ("Gt", "Lt") and has and values:
+        try:
+            a, b = int(str(val)), int(values[0])
+        except ValueError:
+            return False
+        return a > b if op == "Gt" else a < b
+    return False
+
+
+def _tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
+    for tol in tolerations:
+        if not isinstance(tol, Mapping):
+            continue
+        effect = tol.get("effect")
+        if effect and effect != taint.get("effect"):
+            continue
+        op = tol.get("operator") or "Equal"
+        key = tol.get("key")
+        if op == "Exists" and not key:
+            return True
+        if key != taint.get("key"):
+            continue
+        if op == "Exists" or (tol.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def pod_spec_admits_node(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -> tuple[bool, str]:
+    """Would a DaemonSet with this pod template run on ``node``? (nodeSelector, required node
+    affinity, tolerations of NoSchedule/NoExecute taints). Returns (admitted, reason-if-not)."""
+    labels = _node_labels(node)
+    selector = pod_spec.get("nodeSelector") or {}
+    if isinstance(selector, Mapping):
+        for k, v in selector.items():
+            if labels.get(k) != v:
+                return False, f"nodeSelector {k}={v} does not match"
+    affinity = pod_spec.get("affinity") or {}
+    node_aff = affinity.get("nodeAffinity") if isinstance(affinity, Mapping) else None
+    required = node_aff.get("requiredDuringSchedulingIgnoredDuringExecution") if isinstance(node_aff, Mapping) else None
+    if isinstance(required, Mapping):
+        terms = [t for t in (required.get("nodeSelectorTerms") or []) if isinstance(t, Mapping)]
+        if terms and not any(
+            all(_match_expression(labels, e) for e in (t.get("matchExpressions") or []) if isinstance(e, Mapping))
+            for t in terms
+        ):
+            return False, "required node affinity does not match"
+    spec = node.get("spec")
+    taints = spec.get("taints") if isinstance(spec, Mapping) else None
+    tolerations = [t for t in (pod_spec.get("tolerations") or []) if isinstance(t, Mapping)]
+    for taint in taints or []:
+        if not isinstance(taint, Mapping) or taint.get("effect") not in ("NoSchedule", "NoExecute"):
+            continue
+        if not _tolerates(tolerations, taint):
+            return False, f"taint {taint.get('key')}={taint.get('value') or ''}:{taint.get('effect')} not tolerated"
+    return True, ""
+
+
+def container_insights_verdict(
+    node_names: Sequence[str],
+    nodes_by_name: Mapping[str, Mapping[str, Any]],
+    daemonset: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+) -> AgentVerdict:
+    """The ama-logs verdict for the nodes of one scale set."""
+    if daemonset is None:
+        return AgentVerdict("Missing", None, "DaemonSet kube-system/ama-logs not found (Container Insights is not enabled)")
+    template = daemonset.get("spec", {}).get("template", {}) if isinstance(daemonset.get("spec"), Mapping) else {}
+    pod_spec = template.get("spec", {}) if isinstance(template, Mapping) else {}
+    running: set[str] = set()
+    placed: set[str] = set()
+    for pod in pods:
+        spec = pod.get("spec")
+        status = pod.get("status")
+        host = spec.get("nodeName") if isinstance(spec, Mapping) else None
+        if not isinstance(host, str):
+            continue
+        placed.add(host)
+        if isinstance(status, Mapping) and status.get("phase") == "Running":
+            running.add(host)
+    not_admitted: list[str] = []
+    waiting: list[str] = []
+    for name in node_names:
+        if name in running:
+            continue
+        node = nodes_by_name.get(name, {"metadata": {"name": name}})
+        ok, why = pod_spec_admits_node(pod_spec if isinstance(pod_spec, Mapping) else {}, node)
+        if not ok:
+            not_admitted.append(f"{name} ({why})")
+        else:
+            waiting.append(name)
+    if not_admitted:
+        return AgentVerdict("Missing", "ama-logs",
+                            f"ama-logs does not run on {len(not_admitted)} node(s): {_few(not_admitted)}")
+    if waiting:
+        return AgentVerdict("Pending", "ama-logs",
+                            f"ama-logs admits but is not running on {len(waiting)} node(s): {_few(waiting)}")
+    return AgentVerdict("Present", "ama-logs", f"ama-logs running on all {len(node_names)} node(s)")
+
+
+def _few(items: Sequence[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleSetResult:
+    ref: ScaleSetRef
+    nodes: list[str]
+    state: State
+    agent: str | None
+    message: str
+    warnings: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    checked_at: datetime | None = None
+    cached: bool = False
+    remediation: str | None = None
+
+    @classmethod
+    def from_verdict(cls, ref: ScaleSetRef, nodes: list[str], v: AgentVerdict, **kw: Any) -> ScaleSetResult:
+        return cls(ref=ref, nodes=nodes, state=v.state, agent=v.agent, message=v.message, warnings=v.warnings, **kw)
+
+
+@dataclass
+class AgentReport:
+    check: str
+    scale_sets: list[ScaleSetResult] = field(default_factory=list)
+    not_checkable: dict[str, str] = field(default_factory=dict)
+    collection: list[CollectionResult] = field(default_factory=list)
+    arm_requests: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def lacking(self) -> list[ScaleSetResult]:
+        return [s for s in self.scale_sets if s.state in LACKING_STATES]
+
+    @property
+    def failed_checks(self) -> list[ScaleSetResult]:
+        return [s for s in self.scale_sets if s.state == "Error"]
+
+    @property
+    def collection_missing(self) -> list[CollectionResult]:
+        return [c for c in self.collection if c.state == "NotCollected"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 every scale set has an agent (and collection is confirmed where asked); 1 one lacks it;
+        2 the check could not be completed (errors win: an incomplete answer is not a clean one)."""
+        if self.errors or self.failed_checks or any(c.state == "Error" for c in self.collection):
+            return 2
+        if self.lacking or self.collection_missing:
+            return 1
+        return 0
+
+
+def _iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def agent_condition(
+    report: AgentReport, *, observed_generation: int | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """The ``AgentReady`` condition (metav1.Condition shape) for the policy status."""
+    if report.check == "None":
+        status, reason, message = "True", "CheckDisabled", "monitoringAgent.check is None: the agent is not checked"
+    elif report.errors or report.failed_checks or any(c.state == "Error" for c in report.collection):
+        problems = [f"{s.ref.label}: {s.message}" for s in report.failed_checks]
+        problems += [f"{c.resource_id}: {c.message}" for c in report.collection if c.state == "Error"]
+        problems += report.errors
+        missing = [s.ref.label for s in report.lacking]
+        status = "False" if missing else "Unknown"
+        reason = "AgentMissing" if missing else "CheckFailed"
+        message = (f"no agent on {', '.join(missing)}; " if missing else "") + "check failed: " + "; ".join(problems)
+    elif report.lacking:
+        status, reason = "False", "AgentMissing"
+        message = "scale sets without a working monitoring agent: " + "; ".join(
+            f"{s.ref.label} ({s.state}: {s.message})" for s in report.lacking
+        )
+    elif report.collection_missing:
+        status, reason = "False", "SyslogNotCollected"
+        message = "; ".join(f"{c.kind} {c.resource_id}: {c.message}" for c in report.collection_missing)
+    elif not report.scale_sets:
+        status, reason = "True", "NoScaleSets"
+        message = "no node of this policy runs in a VM scale set"
+        if report.not_checkable:
+            message += f" ({len(report.not_checkable)} node(s) not checkable)"
+    else:
+        status, reason = "True", "AgentPresent"
+        message = f"all {len(report.scale_sets)} scale set(s) have a monitoring agent"
+        if any(s.warnings for s in report.scale_sets):
+            retired = [s.ref.label for s in report.scale_sets if s.agent == OMS]
+            if retired:
+                message += f"; {OMS} (retired since {OMS_RETIRED_ON}) on {', '.join(retired)}"
+    cond: dict[str, Any] = {
+        "type": CONDITION_TYPE,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": _iso(now or datetime.now(timezone.utc)),
+    }
+    if observed_generation is not None:
+        cond["observedGeneration"] = observed_generation
+    return cond
+
+
+def agent_status(report: AgentReport) -> list[dict[str, Any]]:
+    """The per-scale-set list for the policy status (node counts, not names: 500 names don't fit)."""
+    out: list[dict[str, Any]] = []
+    for s in report.scale_sets:
+        item: dict[str, Any] = {
+            "subscription": s.ref.subscription,
+            "resourceGroup": s.ref.resource_group,
+            "scaleSet": s.ref.name,
+            "nodes": len(s.nodes),
+            "state": s.state,
+            "agent": s.agent or "",
+            "message": s.message,
+        }
+        if s.checked_at:
+            item["lastChecked"] = _iso(s.checked_at)
+        if s.warnings:
+            item["warnings"] = list(s.warnings)
+        if s.remediation:
+            item["remediation"] = s.remediation
+        out.append(item)
+    return out
+
+
+def report_to_json(report: AgentReport) -> dict[str, Any]:
+    return {
+        "check": report.check,
+        "exitCode": report.exit_code,
+        "armRequests": report.arm_requests,
+        "scaleSets": [
+            {
+                **item,
+                "resourceId": s.ref.resource_id,
+                "nodeNames": list(s.nodes),
+                "extensions": list(s.extensions),
+                "cached": s.cached,
+            }
+            for item, s in zip(agent_status(report), report.scale_sets, strict=True)
+        ],
+        "notCheckable": [{"node": n, "reason": r} for n, r in sorted(report.not_checkable.items())],
+        "collection": [
+            {"kind": c.kind, "resourceId": c.resource_id, "state": c.state, "message": c.message}
+            for c in report.collection
+        ],
+        "errors": list(report.errors),
+    }
+
+
+def render_json(report: AgentReport) -> str:
+    return json.dumps(report_to_json(report), indent=2, sort_keys=False)
+
+
+def render_table(report: AgentReport) -> str:
+    """A plain-text table: SCALE SET, NODES, AGENT, STATE, MESSAGE (then notes)."""
+    rows = [("SCALE SET", "NODES", "AGENT", "STATE", "MESSAGE")]
+    for s in report.scale_sets:
+        rows.append((s.ref.label, str(len(s.nodes)), s.agent or "-", s.state, s.message))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows
+    ]
+    if len(rows) == 1:
+        lines.append("(no scale sets)")
+    for s in report.scale_sets:
+        for w in s.warnings:
+            lines.append(f"warning: {s.ref.label}: {w}")
+        if s.remediation:
+            lines.append(f"remediation: {s.ref.label}: {s.remediation}")
+    for c in report.collection:
+        lines.append(f"collection: {c.kind} {c.resource_id}: {c.state}: {c.message}")
+    for n, r in sorted(report.not_checkable.items()):
+        lines.append(f"not checkable: node {n}: {r}")
+    for e in report.errors:
+        lines.append(f"error: {e}")
+    return "\n".join(lines) + "\n"
+

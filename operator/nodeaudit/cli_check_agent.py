@@ -1,0 +1,166 @@
+"""``nodeaudit check-agent``: does every node pool's scale set run a monitoring agent?"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from nodeaudit import agent as A
+
+EPILOG = """\b
+Examples:
+  # nodes saved with kubectl, default policy (VMSSExtension, OMS or AMA counts)
+  kubectl get node aks-user-12345678-vmss000000 -o yaml > node.yaml
+  nodeaudit check-agent --node node.yaml
+
+\b
+  # every node a policy selects, in the current kubectl context, as JSON
+  nodeaudit check-agent --cluster --policy procmon.yaml --json
+
+\b
+Exit status: 0 every scale set has an agent (and the DCR/workspace collects the
+policy's facility where one is named), 1 one lacks it, 2 the check could not be
+completed (permission, throttling, timeout, bad input).
+Environment: NODEAUDIT_ARM_ENDPOINT (default https://management.azure.com),
+NODEAUDIT_ARM_TOKEN_FILE (a bearer token; else DefaultAzureCredential).
+"""
+
+
+def _load_nodes(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    nodes: list[dict[str, Any]] = []
+    for p in paths:
+        try:
+            docs = list(yaml.safe_load_all(Path(p).read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as e:
+            raise click.UsageError(f"--node {p}: {e}") from None
+        for doc in docs:
+            if not isinstance(doc, Mapping):
+                continue
+            items = doc.get("items")
+            if isinstance(items, list):  # NodeList / List from `kubectl get nodes -o yaml`
+                nodes.extend(i for i in items if isinstance(i, dict) and i.get("kind", "Node") == "Node")
+            elif doc.get("kind", "Node") == "Node":
+                nodes.append(dict(doc))
+    if not nodes:
+        raise click.UsageError("no Node object in the --node file(s)")
+    return nodes
+
+
+def _load_policy(path: str | None) -> tuple[Any, Any]:
+    """(settings, nodeSelector) from a policy file, or the defaults."""
+    from nodeaudit.azure import AgentSettings, settings_from_spec
+
+    if path is None:
+        return AgentSettings(), None
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
+    except (OSError, yaml.YAMLError) as e:
+        raise click.UsageError(f"--policy {path}: {e}") from None
+    if len(docs) != 1:
+        raise click.UsageError(f"--policy {path}: expected one NodeAuditPolicy, found {len(docs)} documents")
+    from nodeaudit.policy import PolicyError, parse_policy
+
+    try:
+        policy = parse_policy(docs[0])
+    except PolicyError as e:
+        raise click.UsageError(f"--policy {path}: {e}") from None
+    return settings_from_spec(policy.spec), policy.spec.node_selector
+
+
+def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig or context:
+            cfg = client.Configuration()
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
+            return client.ApiClient(cfg)
+        try:
+            cfg = client.Configuration()
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return client.ApiClient(cfg)
+    except Exception as e:
+        raise click.UsageError(f"cannot reach the cluster: {e}") from None
+
+
+@click.command("check-agent", epilog=EPILOG)
+@click.option("--node", "node_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A Node (or NodeList) YAML file, e.g. from `kubectl get node NAME -o yaml`. Repeatable.")
+@click.option("--cluster", is_flag=True, help="Read the nodes from the cluster (kubeconfig or in-cluster).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig for --cluster / ContainerInsights.")
+@click.option("--context", help="kubeconfig context.")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
+              help="A NodeAuditPolicy: its monitoringAgent/syslog settings and (with --cluster) its nodeSelector.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--remediate", is_flag=True,
+              help="Install the policy's remediation extension where the agent is missing, then upgrade the "
+                   "instances (changes AKS node resources: AKS support discourages it).")
+@click.option("--endpoint", envvar="NODEAUDIT_ARM_ENDPOINT", help="ARM endpoint (default https://management.azure.com).")
+@click.option("--ca-file", envvar="NODEAUDIT_ARM_CA_FILE", type=click.Path(dir_okay=False),
+              help="CA bundle for the ARM endpoint (private endpoints, tests).")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds allowed per scale set (all pages and retries).")
+def check_agent(
+    node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
+    policy_file: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
+    timeout: float,
+) -> None:
+    """Check that every node pool's VM scale set runs a monitoring agent.
+
+    Groups the nodes by scale set (spec.providerID), lists each scale set's extensions once through
+    ARM, and reports the agent (AzureMonitorLinuxAgent, or OmsAgentForLinux — retired since
+    2024-08-31) and its provisioning state. With a policy that names a Data Collection Rule or a
+    workspace, also confirms that its syslog source collects the policy's facility and level.
+    """
+    from nodeaudit import azure as Z
+
+    if bool(node_files) == cluster:
+        raise click.UsageError("give --node FILE... or --cluster (one of them)")
+    settings, selector = _load_policy(policy_file)
+    if remediate:
+        settings.remediate = True
+    kube = None
+    if cluster or kubeconfig or context or settings.check == "ContainerInsights" or (
+        settings.remediate and settings.remediation_extension == A.OMS
+    ):
+        kube = _kube_client(kubeconfig, context)
+    if cluster:
+        try:
+            nodes = Z.list_nodes(kube)
+        except Exception as e:
+            click.echo(f"error: listing nodes failed: {type(e).__name__}: {getattr(e, 'reason', '') or e}", err=True)
+            sys.exit(2)
+        if selector is not None:
+            from nodeaudit.nodes import matches
+
+            nodes = [n for n in nodes if matches(selector, (n.get("metadata") or {}).get("labels") or {})]
+    else:
+        nodes = _load_nodes(node_files)
+
+    try:
+        options = Z.ArmOptions(connection_verify=ca_file or True, deadline=timeout)
+        clients = Z.ArmClients(endpoint=endpoint, options=options)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+    async def run() -> A.AgentReport:
+        async with clients:
+            checker = Z.AgentChecker(clients, ttl=0.0)
+            return await Z.check_policy_agents(nodes, settings, checker, kube_api_client=kube)
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        if kube is not None:
+            kube.close()
+    click.echo(A.render_json(report) if as_json else A.render_table(report), nl=as_json)
+    sys.exit(report.exit_code)

@@ -1,0 +1,80 @@
+"""Fixtures for the Azure tests: one local https ARM endpoint per session (127.0.0.1, trustme CA)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from armserver import ArmServer  # noqa: E402
+
+from nodeaudit.azure import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def arm_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmServer]:
+    server = ArmServer(str(tmp_path_factory.mktemp("arm"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def arm(arm_session: ArmServer) -> Iterator[ArmServer]:
+    arm_session.reset()
+    yield arm_session
+    arm_session.reset()
+
+
+@pytest.fixture
+def token_file(tmp_path: Path, arm: ArmServer) -> Path:
+    p = tmp_path / "arm-token"
+    p.write_text(arm.token + "\n")
+    return p
+
+
+def fast_options(arm: ArmServer, **kw: object) -> ArmOptions:
+    """Short timeouts and backoffs so failure cases take fractions of a second."""
+    base: dict[str, object] = dict(
+        connection_verify=arm.ca_file, connection_timeout=2.0, read_timeout=2.0, retry_total=2,
+        retry_backoff_factor=0.01, retry_backoff_max=0.05, max_retry_after=5.0, deadline=10.0,
+        concurrency=8, polling_interval=0.0,
+    )
+    base.update(kw)
+    return ArmOptions(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def aloop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for a whole test: the SDK clients (aiohttp sessions) belong to one loop."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+@pytest.fixture
+def arun(aloop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+    return aloop.run_until_complete
+
+
+@pytest.fixture
+def make_checker(arm: ArmServer, token_file: Path, aloop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+    made: list[ArmClients] = []
+
+    def make(ttl: float = 3600.0, clock=None, **opts: object) -> AgentChecker:  # type: ignore[no-untyped-def]
+        clients = ArmClients(TokenFileCredential(str(token_file)), endpoint=arm.endpoint, options=fast_options(arm, **opts))
+        clients._test_loop = aloop  # type: ignore[attr-defined]
+        made.append(clients)
+        kw = {"clock": clock} if clock else {}
+        return AgentChecker(clients, ttl=ttl, **kw)
+
+    yield make
+    for c in made:
+        aloop.run_until_complete(c.close())
