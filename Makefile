@@ -9,7 +9,7 @@ APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench e2e-kind clean
+.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,7 +43,7 @@ test: install apt-deps $(AZ37)/.stamp ## every suite: unit, host (real kernel au
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## the pure unit tests only (seconds)
-	$(PY) -m pytest -m "not host and not operator and not azure" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not host and not operator and not azure and not slow" $(PYTEST_ARGS)
 
 test-host: install apt-deps ## apply.sh in a real Debian rootfs against the real kernel audit facility
 	$(PY) -m pytest -m host $(PYTEST_ARGS)
@@ -58,6 +58,8 @@ lint: install apt-deps ## ruff on everything, mypy on the pure core, shellcheck 
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
 	shellcheck -s sh operator/nodeaudit/host/*.sh
+	shellcheck tests/e2e/kind-smoke.sh
+	$(VENV)/bin/hadolint Dockerfile
 
 crds: install ## regenerate crds/nodeauditpolicy.yaml and docs/policy.md from the pydantic model
 	$(VENV)/bin/nodeaudit crd > crds/nodeauditpolicy.yaml
@@ -69,6 +71,12 @@ demo: install ## the real operator against an embedded local API with simulated 
 
 bench: install apt-deps ## performance figures (validate, host apply, exec cost, operator scale, ARM calls)
 	$(PY) -m bench $(BENCH)
+
+image: ## build the container image (operator and node Jobs)
+	docker build -t nodeaudit:$$($(PY) -c 'import nodeaudit; print(nodeaudit.__version__)') .
+
+sync-examples: ## refresh deploy/examples from examples/ (a test checks they are the same)
+	cp examples/*.yaml deploy/examples/
 
 e2e-kind: ## smoke test on a kind cluster (needs Docker and kind; cannot run in the dev sandbox)
 	./tests/e2e/kind-smoke.sh
