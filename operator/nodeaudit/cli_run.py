@@ -1,0 +1,105 @@
+"""`nodeaudit run` and `nodeaudit demo`: start the operator (or the whole demo) the right way.
+
+Why a wrapper around kopf: the operator must watch Nodes and policies cluster-wide but Jobs, Pods
+and ConfigMaps only in its own namespace (so its Role stays namespaced), expose a liveness
+endpoint, bound its watches, and post only warnings as Events. ``kopf run`` would need all of
+that on every command line; here it is the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+import click
+
+from nodeaudit.controller import DEFAULT_NAMESPACE
+
+
+def make_settings(*, posting_level: str = "WARNING", server_timeout: float = 300,
+                  client_timeout: float = 330, verbose: bool = False) -> Any:
+    import kopf
+
+    from nodeaudit import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings)
+    settings.posting.level = getattr(logging, posting_level.upper())
+    settings.watching.server_timeout = server_timeout
+    settings.watching.client_timeout = client_timeout
+    settings.watching.connect_timeout = 30
+    settings.watching.inactivity_timeout = client_timeout + 30
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4
+    if not verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    return settings
+
+
+async def operator(*, namespace: str, peering: str | None = None, liveness: str | None = None,
+                   stop_flag: Any = None, ready_flag: Any = None, settings: Any = None) -> None:
+    """Run the operator until ``stop_flag`` (a threading/asyncio event) is set."""
+    import kopf
+
+    from nodeaudit import handlers  # noqa: F401 - registers the handlers
+
+    settings = settings or make_settings()
+    await kopf.operator(
+        registry=kopf.get_default_registry(),
+        settings=settings,
+        namespaces=[namespace],  # Jobs/Pods in our namespace; Nodes and policies are cluster-scoped
+        standalone=peering is None,
+        peering_name=peering,
+        liveness_endpoint=liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+@click.command("run")
+@click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default=DEFAULT_NAMESPACE, show_default=True,
+              help="Where Jobs and bundle ConfigMaps live.")
+@click.option("--peering", default=None, help="kopf peering name for several replicas (default: standalone).")
+@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True,
+              help="kopf liveness endpoint ('' to disable).")
+@click.option("--posting-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Lowest kopf log level also posted as a Kubernetes Event.")
+@click.option("--watch-timeout", default=300.0, show_default=True, help="Server-side watch timeout (seconds).")
+@click.option("-v", "--verbose", is_flag=True)
+def run(namespace: str, peering: str | None, liveness: str, posting_level: str, watch_timeout: float,
+        verbose: bool) -> None:
+    """Run the operator (cluster-wide for Nodes and policies; Jobs in NAMESPACE)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ["NODEAUDIT_NAMESPACE"] = namespace
+    settings = make_settings(posting_level=posting_level, server_timeout=watch_timeout,
+                             client_timeout=watch_timeout + 30, verbose=verbose)
+    stop = threading.Event()
+    try:
+        asyncio.run(operator(namespace=namespace, peering=peering, liveness=liveness or None,
+                             stop_flag=stop, settings=settings))
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@click.command("demo")
+@click.option("--nodes-per-pool", default=3, show_default=True, help="Simulated nodes in each of the three pools.")
+@click.option("--policy", "policy_path", default=None, help="Policy YAML (default: examples/procmon.yaml).")
+@click.option("--fail-node", "fail_nodes", multiple=True, help="Make this simulated node's Job fail.")
+@click.option("--keep-running", is_flag=True, help="Keep serving after the table until Ctrl-C.")
+@click.option("--port", default=0, help="API server port on 127.0.0.1 (0: pick one).")
+def demo(nodes_per_pool: int, policy_path: str | None, fail_nodes: tuple[str, ...], keep_running: bool,
+         port: int) -> None:
+    """Run the real operator against an embedded local API with simulated AKS nodes."""
+    from nodeaudit.demo.main import run_demo
+
+    raise SystemExit(run_demo(nodes_per_pool=nodes_per_pool, policy_path=policy_path,
+                              fail_nodes=set(fail_nodes), keep_running=keep_running, port=port or None))
+
+
+if __name__ == "__main__":  # `python -m nodeaudit.cli_run` (used by the tests and the benchmark)
+    run()

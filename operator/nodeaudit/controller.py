@@ -1,0 +1,645 @@
+"""The reconciler: keeps every policy's nodes configured, one pass per policy at a time.
+
+Why one controller object instead of logic in kopf handlers: a policy's decision needs all of its
+nodes and Jobs at once (budgets, failure counts), and a burst of 1,000 node events must become a
+handful of passes, not 1,000. kopf's index/event handlers only feed this object's in-memory view
+(node facts, Jobs, Job results) and mark policies dirty; a single loop debounces and reconciles.
+
+Per-node state lives on the Node itself, in the annotation ``nodeaudit.io/<policy>`` (JSON):
+it survives operator restarts, ``kubectl get node -o yaml`` shows it, it disappears with the node,
+and the result write can carry the startup-taint removal in the same request. In-flight work needs
+no record: the Job (deterministic name, labels) is the record, and a restarted operator finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from nodeaudit import jobs as jobs_mod
+from nodeaudit import kube as kube_mod
+from nodeaudit import nodes as nodes_mod
+from nodeaudit import rollout, status
+
+log = logging.getLogger("nodeaudit.controller")
+
+DEFAULT_NAMESPACE = "nodeaudit-system"
+DEFAULT_IMAGE = "ghcr.io/nodeaudit/nodeaudit:0.1.0"
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass
+class Config:
+    namespace: str = DEFAULT_NAMESPACE
+    image: str = DEFAULT_IMAGE
+    debounce: float = 0.3
+    retry_limit: int = rollout.DEFAULT_RETRY_LIMIT
+    retry_backoff: float = rollout.DEFAULT_RETRY_BACKOFF
+    removal_timeout: float = 600.0
+    result_grace: float = 3.0
+    concurrency: int = 48
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            namespace=os.environ.get("NODEAUDIT_NAMESPACE", DEFAULT_NAMESPACE),
+            image=os.environ.get("NODEAUDIT_IMAGE", DEFAULT_IMAGE),
+            debounce=_env_float("NODEAUDIT_DEBOUNCE_SECONDS", 0.3),
+            retry_limit=int(_env_float("NODEAUDIT_RETRY_LIMIT", rollout.DEFAULT_RETRY_LIMIT)),
+            retry_backoff=_env_float("NODEAUDIT_RETRY_BACKOFF_SECONDS", rollout.DEFAULT_RETRY_BACKOFF),
+            removal_timeout=_env_float("NODEAUDIT_REMOVAL_TIMEOUT_SECONDS", 600.0),
+            result_grace=_env_float("NODEAUDIT_RESULT_GRACE_SECONDS", 3.0),
+        )
+
+
+@dataclass
+class JobInfo:
+    name: str
+    policy: str
+    node: str
+    action: str
+    budget: str
+    bundle: str
+    outcome: str  # running | succeeded | failed
+    created: float  # monotonic time first seen
+    finished_at: float | None = None
+
+
+@dataclass
+class PolicyEntry:
+    name: str
+    uid: str
+    generation: int
+    created: str
+    body: dict[str, Any]
+    policy: Any = None  # nodeaudit.policy.NodeAuditPolicy
+    bundle: Any = None  # nodeaudit.bundle.Bundle
+    error: str | None = None
+    deleting: bool = False
+    delete_started: float | None = None
+    status: dict[str, Any] | None = None
+    requeue_at: float | None = None
+    stalled_reported: frozenset[str] = frozenset()
+    failures_reported: set[str] = field(default_factory=set)
+
+    @property
+    def order(self) -> tuple[str, str]:
+        return (self.created, self.name)
+
+
+class Waiting(Exception):
+    """Removal is still in progress (the delete handler retries)."""
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def syslog_key(policy: Any) -> tuple[str, str] | None:
+    syslog = policy.spec.syslog
+    if not syslog.enabled:
+        return None
+    return (str(syslog.facility), str(syslog.priority))
+
+
+class Controller:
+    def __init__(self, kube: kube_mod.Kube, config: Config | None = None) -> None:
+        self.kube = kube
+        self.config = config or Config.from_env()
+        self.nodes: dict[str, nodes_mod.NodeFacts] = {}
+        self.raw_taints: dict[str, list[dict[str, Any]]] = {}
+        self.jobs: dict[str, JobInfo] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.policies: dict[str, PolicyEntry] = {}
+        self.recorded: set[str] = set()
+        # Records this operator wrote whose watch event has not come back yet (node → policy → record,
+        # None = removed): an older event must not make a configured node look new again.
+        self.overlay: dict[str, dict[str, dict[str, Any] | None]] = {}
+        self.configmaps: set[str] = set()
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+        self.sem = asyncio.Semaphore(self.config.concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+        self.primed = False
+        self._deleted: set[str] = set()  # uids seen deleted while priming
+
+    # ---- feeding the view (called from kopf handlers; never awaits the API) ----------------
+
+    def _mark(self, name: str | None = None) -> None:
+        if name is None:
+            self.dirty.update(n for n, e in self.policies.items() if not e.deleting)
+        elif name in self.policies:
+            self.dirty.add(name)
+        self.wake.set()
+
+    def on_node(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        name = str((body.get("metadata") or {}).get("name", ""))
+        if deleted:
+            if not self.primed:
+                self._deleted.add(str((body.get("metadata") or {}).get("uid", "")))
+            self.nodes.pop(name, None)
+            self.raw_taints.pop(name, None)
+        else:
+            facts = self._apply_overlay(nodes_mod.facts_from_node(body))
+            old = self.nodes.get(name)
+            self.nodes[name] = facts
+            self.raw_taints[name] = [dict(t) for t in (body.get("spec") or {}).get("taints") or []]
+            if old is not None and _same_for_us(old, facts):
+                return
+        self._mark()
+
+    def _apply_overlay(self, facts: nodes_mod.NodeFacts) -> nodes_mod.NodeFacts:
+        pending = self.overlay.get(facts.name)
+        if not pending:
+            return facts
+        records = dict(facts.records)
+        for policy, record in list(pending.items()):
+            if records.get(policy) == record:
+                del pending[policy]  # the API caught up
+            elif record is None:
+                records.pop(policy, None)
+            else:
+                records[policy] = record
+        if not pending:
+            self.overlay.pop(facts.name, None)
+        return replace(facts, records=records)
+
+    def _remember(self, node_name: str, policy: str, record: dict[str, Any] | None) -> None:
+        self.overlay.setdefault(node_name, {})[policy] = record
+        current = self.nodes.get(node_name)
+        if current is not None:
+            self.nodes[node_name] = self._apply_overlay(current)
+
+    def on_job(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        labels = meta.get("labels") or {}
+        policy = labels.get(jobs_mod.LABEL_POLICY)
+        if not policy:
+            return
+        if deleted:
+            if not self.primed:
+                self._deleted.add(str(meta.get("uid", "")))
+            self.jobs.pop(name, None)
+            self.results.pop(name, None)
+            self.recorded.discard(name)
+            return
+        outcome = jobs_mod.job_outcome(body)
+        old = self.jobs.get(name)
+        spec_node = (((body.get("spec") or {}).get("template") or {}).get("spec") or {}).get("nodeName")
+        info = JobInfo(
+            name=name, policy=str(policy), node=str(spec_node or labels.get(jobs_mod.LABEL_NODE, "")),
+            action=str(labels.get(jobs_mod.LABEL_ACTION, "apply")),
+            budget=str(labels.get(jobs_mod.LABEL_BUDGET, "update")),
+            bundle=str((meta.get("annotations") or {}).get(jobs_mod.ANNOTATION_BUNDLE, "")),
+            outcome=outcome, created=old.created if old else time.monotonic(),
+            finished_at=(old.finished_at if old and old.finished_at else
+                         (time.monotonic() if outcome != "running" else None)),
+        )
+        self.jobs[name] = info
+        if old is None or old.outcome != outcome:
+            self._mark(info.policy)
+
+    def on_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        if deleted:
+            return
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        if not job:
+            return
+        result = jobs_mod.pod_result(body)
+        if result is not None and job not in self.results:
+            self.results[str(job)] = result
+            info = self.jobs.get(str(job))
+            if info is not None:
+                self._mark(info.policy)
+
+    def set_policy(self, body: Mapping[str, Any]) -> None:
+        """A policy was created, changed or seen at start: parse and render it once."""
+        from nodeaudit.bundle import render_bundle
+        from nodeaudit.policy import PolicyError, parse_policy
+
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        old = self.policies.get(name)
+        entry = PolicyEntry(
+            name=name, uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 1),
+            created=str(meta.get("creationTimestamp") or ""), body=json.loads(json.dumps(dict(body))),
+            status=dict(body.get("status") or {}) or (old.status if old else None),
+        )
+        if old is not None:
+            entry.failures_reported = old.failures_reported
+            entry.stalled_reported = old.stalled_reported
+        try:
+            entry.policy = parse_policy(entry.body)
+            entry.bundle = render_bundle(entry.policy)
+        except PolicyError as e:
+            entry.error = str(e)
+        except Exception as e:  # noqa: BLE001 - any rendering failure is an invalid spec, reported
+            entry.error = f"{type(e).__name__}: {e}"
+        self.policies[name] = entry
+        self._mark()  # other policies may now conflict with this one
+
+    def forget_policy(self, name: str) -> None:
+        self.policies.pop(name, None)
+        self.dirty.discard(name)
+        self._mark()
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="nodeaudit-reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.kube.close()
+
+    async def prime(self) -> None:
+        """One LIST each of Nodes, our Jobs and our Pods: the full view before the first plan."""
+        ns = self.config.namespace
+        selector = {"labelSelector": jobs_mod.LABEL_POLICY}
+        while True:
+            try:
+                nodes = await self.kube.get("/api/v1/nodes")
+                jobs = await self.kube.get(kube_mod.jobs_path(ns), selector)
+                pods = await self.kube.get(kube_mod.pods_path(ns), selector)
+                break
+            except (kube_mod.ApiError, OSError, asyncio.TimeoutError) as e:
+                log.warning("priming the operator's view failed (%s); retrying", e)
+                await asyncio.sleep(2)
+        for items, feed, known in (((nodes or {}).get("items") or [], self.on_node, self.nodes),
+                                   ((jobs or {}).get("items") or [], self.on_job, self.jobs),
+                                   ((pods or {}).get("items") or [], self.on_pod, None)):
+            for obj in items:
+                meta = obj.get("metadata") or {}
+                if meta.get("uid") in self._deleted:
+                    continue
+                if known is not None and meta.get("name") in known:
+                    continue  # a watch event already brought this object (at least as fresh)
+                feed(obj)
+        self.primed = True
+        self._deleted.clear()
+        self._mark()
+
+    async def _loop(self) -> None:
+        await self.prime()
+        while True:
+            now = time.monotonic()
+            due = [e.requeue_at for e in self.policies.values() if e.requeue_at is not None]
+            timeout = max(0.05, min(due) - now) if due else 30.0
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+            await asyncio.sleep(self.config.debounce)
+            self.wake.clear()
+            now = time.monotonic()
+            for e in self.policies.values():
+                if e.requeue_at is not None and e.requeue_at <= now:
+                    e.requeue_at = None
+                    self.dirty.add(e.name)
+            todo = sorted(self.dirty)
+            self.dirty.clear()
+            for name in todo:
+                entry = self.policies.get(name)
+                if entry is None or entry.deleting:
+                    continue
+                try:
+                    await self.reconcile(entry)
+                except Exception:  # noqa: BLE001 - keep the loop alive; retry soon
+                    log.exception("reconcile of policy %s failed; retrying", name)
+                    entry.requeue_at = time.monotonic() + 2.0
+
+    # ---- one pass ------------------------------------------------------------------------
+
+    def matched_nodes(self, entry: PolicyEntry) -> list[nodes_mod.NodeFacts]:
+        selector = entry.policy.spec.node_selector
+        return [n for n in self.nodes.values() if n.eligible and nodes_mod.matches(selector, n.labels)]
+
+    def conflicts(self, entry: PolicyEntry, matched: list[nodes_mod.NodeFacts]) -> dict[str, list[str]]:
+        mine = syslog_key(entry.policy)
+        if mine is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        names = {n.name for n in matched}
+        for other in self.policies.values():
+            if other is entry or other.error or other.policy is None or other.deleting:
+                continue
+            theirs = syslog_key(other.policy)
+            if theirs is None or theirs == mine or other.order > entry.order:
+                continue
+            both = sorted(n.name for n in self.matched_nodes(other) if n.name in names)
+            if both:
+                out[other.name] = both
+        return out
+
+    async def reconcile(self, entry: PolicyEntry) -> None:
+        self.passes += 1
+        if entry.error is not None:
+            await self._write_status(entry, status.Summary(generation=entry.generation, invalid=entry.error))
+            return
+        await self._record_finished(entry)
+        matched = self.matched_nodes(entry)
+        conflicts = self.conflicts(entry, matched)
+        excluded = {n for nodes in conflicts.values() for n in nodes}
+        spec = entry.policy.spec
+        settings = rollout.Settings(
+            bundle=entry.bundle.hash, max_unavailable=spec.rollout.max_unavailable,
+            max_failures=spec.rollout.max_failures, paused=spec.rollout.paused,
+            verify_interval=_duration(spec.verify_interval),
+            retry_limit=self.config.retry_limit, retry_backoff=self.config.retry_backoff,
+        )
+        running = {j.node: j.budget for j in self.jobs.values()
+                   if j.policy == entry.name and j.action == "apply" and j.outcome == "running"}
+        now = dt.datetime.now(dt.timezone.utc)
+        records = {n.name: n.record(entry.name) for n in matched}
+        plan = rollout.plan(settings, matched, records, running, now, excluded)
+        # A finished Job of the same run (same deterministic name) is never created again.
+        starts = [s for s in plan.start
+                  if jobs_mod.job_name(entry.name, s.node, "apply", s.run_key) not in self.jobs]
+        if starts:
+            await self._ensure_configmap(entry)
+            await asyncio.gather(*(self._start_job(entry, s) for s in starts))
+        if plan.requeue_after is not None:
+            entry.requeue_at = time.monotonic() + max(0.05, plan.requeue_after)
+        # Unrecorded finished Jobs still waiting for their result line: look again shortly.
+        if any(j.policy == entry.name and j.outcome != "running" and j.name not in self.recorded
+               for j in self.jobs.values()):
+            entry.requeue_at = min(entry.requeue_at or 1e18, time.monotonic() + 0.5)
+        summary = status.Summary(
+            generation=entry.generation, bundle=entry.bundle.hash, matched=plan.matched,
+            configured=plan.count("configured"), applying=plan.count("applying"),
+            pending=plan.count("pending"), waiting=plan.count("waiting"), retrying=plan.count("retrying"),
+            failed=plan.count("failed"), failed_nodes=plan.failed_nodes, stalled=plan.stalled,
+            paused=plan.paused, conflicts=conflicts,
+        )
+        await self._write_status(entry, summary)
+        if plan.stalled and frozenset(plan.failed_nodes) != entry.stalled_reported:
+            entry.stalled_reported = frozenset(plan.failed_nodes)
+            await self.event(entry, "Warning", "RolloutStalled",
+                             f"rollout stopped: {len(plan.failed_nodes)} node(s) failed after retries: "
+                             + ", ".join(plan.failed_nodes[:20]))
+        elif not plan.stalled:
+            entry.stalled_reported = frozenset()
+
+    async def _record_finished(self, entry: PolicyEntry) -> None:
+        writes = []
+        for job in list(self.jobs.values()):
+            if job.policy != entry.name or job.action != "apply" or job.outcome == "running":
+                continue
+            if job.name in self.recorded:
+                continue
+            node = self.nodes.get(job.node)
+            if node is None:
+                self.recorded.add(job.name)
+                continue
+            record = node.record(entry.name)
+            if record is not None and record.get("job") == job.name:
+                self.recorded.add(job.name)
+                continue
+            result = self.results.get(job.name)
+            if result is None:
+                age = time.monotonic() - (job.finished_at or job.created)
+                if age < self.config.result_grace:
+                    continue
+                result = await self._fetch_result(job)
+            writes.append(self._record(entry, job, node, record, result))
+        if writes:
+            await asyncio.gather(*writes)
+
+    async def _fetch_result(self, job: JobInfo) -> dict[str, Any] | None:
+        try:
+            pods = await self.kube.get(kube_mod.pods_path(self.config.namespace),
+                                       {"labelSelector": f"batch.kubernetes.io/job-name={job.name}"})
+        except kube_mod.ApiError:
+            return None
+        for pod in (pods or {}).get("items") or []:
+            result = jobs_mod.pod_result(pod)
+            if result is not None:
+                return result
+        return None
+
+    async def _record(self, entry: PolicyEntry, job: JobInfo, node: nodes_mod.NodeFacts,
+                      previous: Mapping[str, Any] | None, result: dict[str, Any] | None) -> None:
+        ok = job.outcome == "succeeded" and (result is None or bool(result.get("ok", True)))
+        same_run = (previous is not None and previous.get("bundle") == job.bundle
+                    and previous.get("bootID") == node.boot_id and previous.get("uid") == node.uid)
+        failures = 0 if ok else (int(previous.get("failures") or 0) + 1 if same_run and previous
+                                 and previous.get("result") == "failed" else 1)
+        now = _now_iso()
+        record: dict[str, Any] = {
+            "bundle": job.bundle, "result": "ok" if ok else "failed", "time": now,
+            "bootID": node.boot_id, "uid": node.uid, "job": job.name, "failures": failures,
+        }
+        last_ok = now if ok else (previous or {}).get("lastSuccess")
+        if last_ok:
+            record["lastSuccess"] = last_ok
+        if result:
+            for key in ("distro", "auditVersion", "rulesLoaded"):
+                if key in result:
+                    record[key] = result[key]
+        if not ok:
+            record["error"] = str((result or {}).get("message") or f"Job {job.name} failed without a result line")[:512]
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        key = nodes_mod.state_annotation(entry.name)
+        records = dict(node.records)
+        records[entry.name] = record
+        updated = replace(node, records=records)
+        remove_taint = ok and node.has_startup_taint and self._all_configured(updated)
+        try:
+            if remove_taint:
+                taints = self.raw_taints.get(node.name, [])
+                keep = [t for t in taints if t.get("key") != nodes_mod.STARTUP_TAINT_KEY]
+                ops: list[dict[str, Any]] = [{"op": "test", "path": "/spec/taints", "value": taints},
+                                             {"op": "replace", "path": "/spec/taints", "value": keep}]
+                await self.kube.json_patch(kube_mod.node_path(node.name), ops)
+                await self.kube.merge_patch(kube_mod.node_path(node.name), {"metadata": {"annotations": {key: text}}})
+                self.raw_taints[node.name] = keep
+            else:
+                await self.kube.merge_patch(kube_mod.node_path(node.name), {"metadata": {"annotations": {key: text}}})
+        except kube_mod.ApiError as e:
+            if e.status == 404:
+                self.recorded.add(job.name)
+                return
+            log.warning("could not record %s on node %s: %s", job.name, node.name, e)
+            return
+        self.recorded.add(job.name)
+        self._remember(node.name, entry.name, json.loads(text))
+        if remove_taint and node.name in self.nodes:
+            current = self.nodes[node.name]
+            self.nodes[node.name] = replace(current, taints=tuple(
+                t for t in current.taints if t.key != nodes_mod.STARTUP_TAINT_KEY))
+        if not ok and job.name not in entry.failures_reported:
+            entry.failures_reported.add(job.name)
+            await self.event(entry, "Warning", "ApplyFailed",
+                             f"node {node.name}: {record['error']} (attempt {failures})")
+
+    def _all_configured(self, node: nodes_mod.NodeFacts) -> bool:
+        """Every valid policy that selects this node has a successful record for its bundle."""
+        for other in self.policies.values():
+            if other.error or other.policy is None or other.deleting:
+                continue
+            if not nodes_mod.matches(other.policy.spec.node_selector, node.labels):
+                continue
+            rec = node.record(other.name)
+            if not rec or rec.get("result") != "ok" or rec.get("bundle") != other.bundle.hash:
+                return False
+        return True
+
+    async def _ensure_configmap(self, entry: PolicyEntry) -> None:
+        name = jobs_mod.configmap_name(entry.bundle.hash)
+        if name in self.configmaps:
+            return
+        manifest = jobs_mod.configmap_manifest(entry.bundle, self.config.namespace)
+        await self.kube.create(kube_mod.configmaps_path(self.config.namespace), manifest)
+        self.configmaps.add(name)
+
+    async def _start_job(self, entry: PolicyEntry, start: rollout.Start, action: str = "apply") -> None:
+        manifest = jobs_mod.job_manifest(
+            policy_name=entry.name, policy_uid=entry.uid, node_name=start.node,
+            bundle_hash=entry.bundle.hash, image=self.config.image, namespace=self.config.namespace,
+            action="remove" if action == "remove" else "apply", run_key=start.run_key,
+            reason=start.reason, budget=start.budget,
+        )
+        async with self.sem:
+            await self.kube.create(kube_mod.jobs_path(self.config.namespace), manifest)
+        name = manifest["metadata"]["name"]
+        if name not in self.jobs:  # count it as running before its watch event arrives
+            self.on_job(manifest)
+
+    async def _write_status(self, entry: PolicyEntry, summary: status.Summary) -> None:
+        previous = entry.status or {}
+        new = status.build_status(summary, _now_iso(), previous.get("conditions") or ())
+        if not status.status_changed(previous, new):
+            return
+        try:
+            await self.kube.merge_patch(kube_mod.policy_status_path(entry.name), {"status": new})
+        except kube_mod.ApiError as e:
+            if e.status != 404:
+                raise
+        entry.status = new
+
+    async def event(self, entry: PolicyEntry, type_: str, reason: str, message: str) -> None:
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "metadata": {"generateName": f"{entry.name}.", "namespace": self.config.namespace},
+            "involvedObject": {"apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy",
+                               "name": entry.name, "uid": entry.uid},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": "nodeaudit"}, "reportingComponent": "nodeaudit.io/operator",
+            "reportingInstance": os.environ.get("HOSTNAME", "nodeaudit"),
+            "firstTimestamp": now, "lastTimestamp": now, "eventTime": now, "count": 1, "action": reason,
+        }
+        try:
+            await self.kube.create(kube_mod.events_path(self.config.namespace), body)
+        except kube_mod.ApiError as e:
+            log.warning("could not post event %s: %s", reason, e)
+
+    # ---- removal -------------------------------------------------------------------------
+
+    async def remove_policy(self, body: Mapping[str, Any]) -> None:
+        """Run the removal entry point on the policy's nodes; raise Waiting until done."""
+        name = str((body.get("metadata") or {}).get("name"))
+        entry = self.policies.get(name)
+        if entry is None:
+            self.set_policy(body)
+            entry = self.policies[name]
+        entry.deleting = True
+        if entry.delete_started is None:
+            entry.delete_started = time.monotonic()
+        remove = entry.error is None and bool(entry.policy.spec.remove_on_delete)
+        holders = [n for n in self.nodes.values() if name in n.records]
+        if not remove:
+            await asyncio.gather(*(self._clear_record(name, n.name) for n in holders))
+            self.forget_policy(name)
+            return
+        timed_out = time.monotonic() - entry.delete_started > self.config.removal_timeout
+        waiting: list[str] = []
+        starts = []
+        for node in holders:
+            record = node.record(name) or {}
+            run_key = f"remove|{record.get('bundle')}|{node.uid}|{node.boot_id}"
+            job_name = jobs_mod.job_name(name, node.name, "remove", run_key)
+            job = self.jobs.get(job_name)
+            if job is None:
+                if not node.ready or not node.eligible or timed_out:
+                    await self._clear_record(name, node.name)  # nothing to run it on: let go
+                    continue
+                starts.append(rollout.Start(node.name, "update", 0, run_key))
+                waiting.append(node.name)
+            elif job.outcome == "running":
+                if timed_out or not node.ready:
+                    await self._clear_record(name, node.name)
+                    continue
+                waiting.append(node.name)
+            else:
+                if job.outcome == "failed":
+                    await self.event(entry, "Warning", "RemoveFailed", f"node {node.name}: removal Job {job.name} failed")
+                await self._clear_record(name, node.name)
+        if starts:
+            await self._ensure_configmap(entry)
+            await asyncio.gather(*(self._start_job(entry, s, action="remove") for s in starts))
+        if waiting:
+            raise Waiting(f"waiting for removal on {len(waiting)} node(s)")
+        self.forget_policy(name)
+        await self._gc_configmaps()
+
+    async def _clear_record(self, policy: str, node_name: str) -> None:
+        node = self.nodes.get(node_name)
+        try:
+            await self.kube.merge_patch(kube_mod.node_path(node_name),
+                                        {"metadata": {"annotations": {nodes_mod.state_annotation(policy): None}}})
+        except kube_mod.ApiError as e:
+            if e.status != 404:
+                raise
+        if node is not None:
+            self._remember(node_name, policy, None)
+
+    async def _gc_configmaps(self) -> None:
+        """Delete bundle ConfigMaps that no policy's current bundle and no running Job needs."""
+        try:
+            listing = await self.kube.get(kube_mod.configmaps_path(self.config.namespace),
+                                          {"labelSelector": f"{jobs_mod.LABEL_MANAGED_BY}=nodeaudit,"
+                                                            f"{jobs_mod.LABEL_COMPONENT}=bundle"})
+        except kube_mod.ApiError:
+            return
+        keep = {jobs_mod.configmap_name(e.bundle.hash) for e in self.policies.values() if e.bundle is not None}
+        keep |= {jobs_mod.configmap_name(j.bundle) for j in self.jobs.values() if j.outcome == "running" and j.bundle}
+        for cm in (listing or {}).get("items") or []:
+            name = cm["metadata"]["name"]
+            if name not in keep:
+                await self.kube.delete(kube_mod.configmaps_path(self.config.namespace, name))
+                self.configmaps.discard(name)
+
+    async def resync(self) -> None:
+        """Periodic safety net (kopf timer): look at every policy again and collect garbage."""
+        self._mark()
+        await self._gc_configmaps()
+
+
+def _duration(text: str) -> dt.timedelta:
+    from nodeaudit.policy import parse_duration
+    return parse_duration(text)
+
+
+def _same_for_us(a: nodes_mod.NodeFacts, b: nodes_mod.NodeFacts) -> bool:
+    return (a.labels == b.labels and a.ready == b.ready and a.boot_id == b.boot_id and a.uid == b.uid
+            and a.taints == b.taints and a.deleting == b.deleting and a.records == b.records)

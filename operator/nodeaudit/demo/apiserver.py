@@ -1,0 +1,623 @@
+"""A small, fast, in-memory Kubernetes API server for tests, the demo and the benchmark.
+
+Why it exists: no real kube-apiserver can run here (DESIGN.md). kmock 0.8 serves the real HTTP
+API and discovery, but assigns no uid/resourceVersion/generation/creationTimestamp, ignores label
+and field selectors, cannot resume a watch, has no generateName, no status subresource and scans
+every stored object (and its whole request log) on every request, so 1,000 creates take ~90 s.
+
+This subclass keeps kmock for what it does well (the HTTP server, request parsing, API discovery
+from ``kmock.resources``) and serves every resource request itself from a dict keyed by
+(resource, namespace, name):
+
+* uid, resourceVersion (one global counter), generation (bumped on non-metadata/status changes
+  only), creationTimestamp, generateName;
+* label selectors (=, ==, !=, in, notin, exists, !exists) and field selectors (any dotted path,
+  e.g. ``spec.nodeName``, ``metadata.name``), on list and watch;
+* watch from a resourceVersion (replayed from a bounded history, 410 Gone when too old), or a
+  consistent snapshot + live events when no resourceVersion is given; ``timeoutSeconds``;
+* the status subresource (main writes keep status, /status writes change only status);
+* merge, strategic-merge (treated as merge) and JSON patches (incl. ``test``), PUT with
+  resourceVersion conflict checks, finalizers/deletionTimestamp, ownerReference cascading;
+* the request log is cleared after every request; a compact log of (verb, group, resource,
+  namespace, subresource, name, agent) is kept instead for the RBAC check and write counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import random
+import re
+import string
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+
+ResKey = tuple[str, str, str]  # group, version, plural
+ObjKey = tuple[ResKey, str | None, str]  # resource, namespace, name
+
+HISTORY_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One API request as the RBAC check and the write counter need it."""
+
+    verb: str  # get list watch create update patch delete
+    group: str
+    resource: str
+    namespace: str | None
+    subresource: str | None
+    name: str | None
+    agent: str  # "kopf", "nodeaudit", "kubernetes-client", ...
+    status: int = 0
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _copy(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    cur = obj
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors
+
+_SET_RE = re.compile(r"^\s*([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+
+
+def _split_selector(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_label_selector(text: str | None) -> Callable[[dict[str, str]], bool]:
+    """Compile a Kubernetes label selector string into a predicate over a labels dict."""
+    if not text:
+        return lambda labels: True
+    tests: list[Callable[[dict[str, str]], bool]] = []
+    for term in _split_selector(text):
+        m = _SET_RE.match(term)
+        if m:
+            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
+            if op == "in":
+                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
+            else:
+                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+        elif "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
+        elif "==" in term or "=" in term:
+            key, value = (s.strip() for s in re.split(r"==?", term, maxsplit=1))
+            tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
+        elif term.startswith("!"):
+            key = term[1:].strip()
+            tests.append(lambda lb, k=key: k not in lb)
+        else:
+            tests.append(lambda lb, k=term: k in lb)
+    return lambda labels: all(t(labels) for t in tests)
+
+
+def parse_field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
+    """Compile a field selector (``a.b=v``, ``a.b==v``, ``a.b!=v``, comma-joined) into a predicate."""
+    if not text:
+        return lambda obj: True
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for term in _split_selector(text):
+        negate = "!=" in term
+        path, value = (s.strip() for s in (term.split("!=", 1) if negate else re.split(r"==?", term, maxsplit=1)))
+        if negate:
+            tests.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") != v)
+        else:
+            tests.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") == v)
+    return lambda obj: all(t(obj) for t in tests)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (also used for strategic merge patches: lists are replaced)."""
+    if not isinstance(patch, dict):
+        return _copy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    return [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
+
+
+def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
+    """RFC 6902 JSON patch: add, remove, replace, test (what kopf and kubectl send)."""
+    doc = _copy(target)
+    for op in ops:
+        parts = _pointer(op["path"])
+        parent: Any = doc
+        for p in parts[:-1]:
+            parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
+        last = parts[-1] if parts else None
+        kind = op["op"]
+        try:
+            if kind == "test":
+                current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+                if current != op.get("value"):
+                    raise ApiError(422, "Invalid", f"test operation failed at {op['path']}")
+            elif kind in ("add", "replace"):
+                if isinstance(parent, list):
+                    if last == "-":
+                        parent.append(op["value"])
+                    elif kind == "add":
+                        parent.insert(int(last), op["value"])
+                    else:
+                        parent[int(last)] = op["value"]
+                else:
+                    parent[last] = op["value"]
+            elif kind == "remove":
+                if isinstance(parent, list):
+                    del parent[int(last)]
+                else:
+                    del parent[last]
+            else:
+                raise ApiError(422, "Invalid", f"unsupported JSON patch op {kind!r}")
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise ApiError(422, "Invalid", f"JSON patch failed at {op['path']}: {e!r}") from e
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Watcher:
+    res: ResKey
+    namespace: str | None
+    labels: Callable[[dict[str, str]], bool]
+    fields: Callable[[dict[str, Any]], bool]
+    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+
+    def matches(self, ns: str | None, obj: dict[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace is not None and ns != self.namespace:
+            return False
+        return self.labels(obj.get("metadata", {}).get("labels") or {}) and self.fields(obj)
+
+
+def _agent(headers: Any) -> str:
+    ua = str(headers.get("User-Agent", "") or "")
+    for name in ("nodeaudit-sim", "nodeaudit", "kopf", "kubectl", "OpenAPI-Generator"):
+        if ua.startswith(name) or f" {name}" in ua:
+            return "kubernetes-client" if name == "OpenAPI-Generator" else name
+    return ua.split("/")[0] or "unknown"
+
+
+@attrs.define(kw_only=True)
+class ApiServer(kmock.KubernetesScaffold):
+    """kmock's scaffold (HTTP + discovery) with a fast, stateful Kubernetes object store."""
+
+    objects: dict[ObjKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    log: list[LogEntry] = attrs.field(factory=list, init=False)
+    rv: int = attrs.field(default=1, init=False)
+    _history: dict[ResKey, collections.deque[tuple[int, str, str | None, dict[str, Any]]]] = attrs.field(
+        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=HISTORY_LIMIT)), init=False)
+    _watchers: dict[ResKey, list[_Watcher]] = attrs.field(
+        factory=lambda: collections.defaultdict(list), init=False)
+    _by_res: dict[ResKey, dict[tuple[str | None, str], dict[str, Any]]] = attrs.field(
+        factory=lambda: collections.defaultdict(dict), init=False)
+    listeners: list[Callable[[ResKey, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    _info_cache: dict[ResKey, kmock.ResourceInfo | None] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.resources.load_bundled()
+
+    # ---- discovery helpers ----------------------------------------------------------------
+
+    def add_crd(self, crd: dict[str, Any]) -> None:
+        """Serve a CustomResourceDefinition's resource (discovery + storage) and store the CRD."""
+        spec = crd["spec"]
+        names = spec["names"]
+        for version in spec["versions"]:
+            subresources = set((version.get("subresources") or {}).keys())
+            self.resources[f"{spec['group']}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
+                kind=names["kind"], singular=names.get("singular", names["kind"].lower()),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                shortnames=set(names.get("shortNames", [])), categories=set(names.get("categories", [])),
+                subresources=subresources,
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
+            )
+        self._info_cache.clear()
+        self.put_object(("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, crd)
+
+    def info(self, res: ResKey) -> kmock.ResourceInfo | None:
+        try:
+            return self._info_cache[res]
+        except KeyError:
+            key = kmock.resource(*res)
+            found = self.resources[key] if key in self.resources else None  # noqa: SIM401 - not a dict
+            self._info_cache[res] = found
+            return found
+
+    # ---- in-process store API (simulators, fixtures) -------------------------------------
+
+    def get(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self._by_res[res].get((namespace, name))
+
+    def list(self, res: ResKey, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [o for (ns, _), o in self._by_res[res].items() if namespace is None or ns == namespace]
+
+    def put_object(self, res: ResKey, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._create(res, namespace, _copy(obj))
+
+    def patch_object(self, res: ResKey, namespace: str | None, name: str, patch: dict[str, Any],
+                     subresource: str | None = None) -> dict[str, Any]:
+        return self._update(res, namespace, name, lambda o: merge_patch(o, patch), subresource, None)
+
+    def delete_object(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self._delete(res, namespace, name)
+
+    def writes(self, agent: str | None = None) -> list[LogEntry]:
+        return [e for e in self.log if e.verb in ("create", "update", "patch", "delete")
+                and (agent is None or e.agent == agent)]
+
+    # ---- store internals -----------------------------------------------------------------
+
+    def _emit(self, res: ResKey, kind: str, ns: str | None, obj: dict[str, Any],
+              old: dict[str, Any] | None = None) -> None:
+        self._history[res].append((self.rv, kind, ns, obj))
+        for w in self._watchers.get(res, ()):
+            now_m = w.matches(ns, obj)
+            old_m = w.matches(ns, old) if old is not None else now_m
+            if kind == "MODIFIED" and now_m != old_m:
+                w.queue.put_nowait({"type": "ADDED" if now_m else "DELETED", "object": obj})
+            elif now_m:
+                w.queue.put_nowait({"type": kind, "object": obj})
+        for listener in self.listeners:
+            listener(res, kind, obj)
+
+    def _next_rv(self) -> str:
+        self.rv += 1
+        return str(self.rv)
+
+    def _create(self, res: ResKey, ns: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        info = self.info(res)
+        meta = obj.setdefault("metadata", {})
+        if info is not None and not info.namespaced:
+            ns = None
+        if ns is not None:
+            meta["namespace"] = ns
+        if not meta.get("name"):
+            prefix = meta.get("generateName")
+            if not prefix:
+                raise ApiError(422, "Invalid", "metadata.name or metadata.generateName is required")
+            meta["name"] = prefix + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+        key = (ns, meta["name"])
+        if key in self._by_res[res]:
+            raise ApiError(409, "AlreadyExists", f'{res[2]} "{meta["name"]}" already exists')
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        meta["resourceVersion"] = self._next_rv()
+        meta.pop("deletionTimestamp", None)
+        if info is not None and info.kind:
+            obj.setdefault("kind", info.kind)
+            obj.setdefault("apiVersion", f"{res[0]}/{res[1]}" if res[0] else res[1])
+        self._by_res[res][key] = obj
+        self.objects[(res, ns, meta["name"])] = obj
+        self._emit(res, "ADDED", ns, obj)
+        return obj
+
+    def _update(self, res: ResKey, ns: str | None, name: str,
+                change: Callable[[dict[str, Any]], dict[str, Any]], subresource: str | None,
+                expected_rv: str | None) -> dict[str, Any]:
+        info = self.info(res)
+        if info is not None and not info.namespaced:
+            ns = None
+        old = self._by_res[res].get((ns, name))
+        if old is None:
+            raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+        if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f'the object "{name}" has been modified; please apply your '
+                                            "changes to the latest version and try again")
+        new = change(_copy(old))
+        has_status = info is not None and "status" in info.subresources
+        if subresource == "status":
+            merged = _copy(old)
+            if "status" in new:
+                merged["status"] = new["status"]
+            else:
+                merged.pop("status", None)
+            new = merged
+        elif has_status:
+            if "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+        meta = new.setdefault("metadata", {})
+        for k in ("uid", "creationTimestamp", "name", "namespace", "generation", "resourceVersion",
+                  "deletionTimestamp"):
+            if k in old["metadata"]:
+                meta[k] = old["metadata"][k]
+            else:
+                meta.pop(k, None)
+        if new == old:
+            return old  # a no-op write changes nothing, like the real API server
+        strip = ("metadata", "status")
+        if {k: v for k, v in new.items() if k not in strip} != {k: v for k, v in old.items() if k not in strip}:
+            meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        meta["resourceVersion"] = self._next_rv()
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._remove(res, ns, name, new)
+            return new
+        self._by_res[res][(ns, name)] = new
+        self.objects[(res, ns, name)] = new
+        self._emit(res, "MODIFIED", ns, new, old)
+        return new
+
+    def _remove(self, res: ResKey, ns: str | None, name: str, last: dict[str, Any]) -> None:
+        self._by_res[res].pop((ns, name), None)
+        self.objects.pop((res, ns, name), None)
+        self._emit(res, "DELETED", ns, last)
+        uid = last["metadata"].get("uid")
+        if uid:  # the garbage collector: dependents go with their owner
+            for (dres, dns, dname), dobj in list(self.objects.items()):
+                refs = dobj.get("metadata", {}).get("ownerReferences") or []
+                if any(r.get("uid") == uid for r in refs):
+                    with contextlib.suppress(ApiError):
+                        self._delete(dres, dns, dname)
+
+    def _delete(self, res: ResKey, ns: str | None, name: str) -> dict[str, Any]:
+        info = self.info(res)
+        if info is not None and not info.namespaced:
+            ns = None
+        old = self._by_res[res].get((ns, name))
+        if old is None:
+            raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+        if old["metadata"].get("finalizers"):
+            if old["metadata"].get("deletionTimestamp"):
+                return old
+            new = _copy(old)
+            new["metadata"]["deletionTimestamp"] = _now()
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._by_res[res][(ns, name)] = new
+            self.objects[(res, ns, name)] = new
+            self._emit(res, "MODIFIED", ns, new, old)
+            return new
+        final = _copy(old)
+        final["metadata"]["resourceVersion"] = self._next_rv()
+        self._remove(res, ns, name, final)
+        return final
+
+    # ---- HTTP -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(path: str) -> tuple[ResKey, str | None, str | None, str | None] | None:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) >= 2 and parts[0] == "api":
+            group, version, rest = "", parts[1], parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        ns = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest:
+            return None
+        plural = rest[0]
+        name = rest[1] if len(rest) > 1 else None
+        sub = "/".join(rest[2:]) or None
+        return (group, version, plural), ns, name, sub
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """Serve resource requests from the store; leave discovery (and the rest) to kmock."""
+        parsed = self._parse(raw.path)
+        if parsed is None or self.info(parsed[0]) is None:
+            try:
+                return await super().__call__(raw)
+            finally:
+                self._requests.clear()  # kmock matches every request against this log: keep it empty
+        return await self._serve(raw, *parsed)
+
+    async def _serve(self, raw: aiohttp.web.BaseRequest, res: ResKey, ns: str | None, name: str | None,
+                     sub: str | None) -> aiohttp.web.StreamResponse:
+        method = raw.method.upper()
+        params = dict(raw.query)
+        watch = params.get("watch") in ("true", "1")
+        verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
+                "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+        entry = LogEntry(verb, res[0], res[2], ns, sub, name, _agent(raw.headers))
+        self.log.append(entry)
+        try:
+            if verb == "watch":
+                return await self._serve_watch_stream(raw, res, ns, params)
+            if verb == "list":
+                return self._json(self._list_body(res, ns, params))
+            if verb == "get":
+                obj = self._get_checked(res, ns, name)
+                return self._json(obj)
+            text = (await raw.read()).decode() if raw.can_read_body else ""
+            try:
+                body = json.loads(text) if text else None
+            except ValueError as e:
+                raise ApiError(400, "BadRequest", f"invalid JSON: {e}") from e
+            if verb == "create":
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "a JSON object is required")
+                return self._json(self._create(res, ns, body), 201)
+            if verb == "update":
+                assert name is not None
+                if not isinstance(body, dict):
+                    raise ApiError(400, "BadRequest", "a JSON object is required")
+                rv = (body.get("metadata") or {}).get("resourceVersion")
+                return self._json(self._update(res, ns, name, lambda o: _copy(body), sub, rv))
+            if verb == "patch":
+                assert name is not None
+                ctype = raw.headers.get("Content-Type", "")
+                if "json-patch" in ctype:
+                    ops = body if isinstance(body, list) else []
+                    return self._json(self._update(res, ns, name, lambda o: json_patch(o, ops), sub, None))
+                return self._json(self._update(res, ns, name, lambda o: merge_patch(o, body or {}), sub, None))
+            if verb == "delete":
+                assert name is not None
+                return self._json(self._delete(res, ns, name))
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+        except ApiError as e:
+            self.log[-1] = dataclasses.replace(entry, status=e.code)
+            return self._json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                               "code": e.code, "reason": e.reason, "message": e.message}, e.code)
+
+    def _get_checked(self, res: ResKey, ns: str | None, name: str | None) -> dict[str, Any]:
+        info = self.info(res)
+        key_ns = ns if info is None or info.namespaced else None
+        obj = self._by_res[res].get((key_ns, name or ""))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+        return obj
+
+    @staticmethod
+    def _json(obj: Any, status: int = 200) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json")
+
+    def _select(self, res: ResKey, ns: str | None, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        labels = parse_label_selector(params.get("labelSelector"))
+        fields = parse_field_selector(params.get("fieldSelector"))
+        for (ons, _), obj in self._by_res[res].items():
+            if ns is not None and ons != ns:
+                continue
+            if labels(obj.get("metadata", {}).get("labels") or {}) and fields(obj):
+                yield obj
+
+    def _list_body(self, res: ResKey, ns: str | None, params: dict[str, str]) -> dict[str, Any]:
+        info = self.info(res)
+        kind = (info.kind if info and info.kind else res[2].capitalize()) + "List"
+        return {"apiVersion": f"{res[0]}/{res[1]}" if res[0] else res[1], "kind": kind,
+                "metadata": {"resourceVersion": str(self.rv)}, "items": list(self._select(res, ns, params))}
+
+    async def _serve_watch_stream(self, raw: aiohttp.web.BaseRequest, res: ResKey, ns: str | None,
+                                  params: dict[str, str]) -> aiohttp.web.StreamResponse:
+        watcher = _Watcher(res, ns, parse_label_selector(params.get("labelSelector")),
+                           parse_field_selector(params.get("fieldSelector")))
+        since = params.get("resourceVersion")
+        initial: list[dict[str, Any]] = []
+        gone = False
+        # No await between the snapshot and the subscription: nothing can slip in between.
+        if since and since != "0":
+            since_rv = int(since)
+            history = self._history[res]
+            if history and history[0][0] > since_rv + 1 and len(history) == history.maxlen:
+                gone = True
+            for rv, kind, ons, obj in history:
+                if rv > since_rv and watcher.matches(ons, obj):
+                    initial.append({"type": kind, "object": obj})
+        else:
+            initial = [{"type": "ADDED", "object": o} for o in self._select(res, ns, params)]
+        self._watchers[res].append(watcher)
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            await response.prepare(raw)
+            if gone:
+                await response.write(json.dumps({"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                    "reason": "Expired", "message": "too old resource version"}}).encode() + b"\n")
+                return response
+            for event in initial:
+                await response.write(json.dumps(event).encode() + b"\n")
+            timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout if timeout else None
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    event = await asyncio.wait_for(watcher.queue.get(), wait)
+                except asyncio.TimeoutError:
+                    break
+                if event is None:
+                    break
+                chunk = [json.dumps(event).encode()]
+                while not watcher.queue.empty():
+                    more = watcher.queue.get_nowait()
+                    if more is None:
+                        break
+                    chunk.append(json.dumps(more).encode())
+                await response.write(b"\n".join(chunk) + b"\n")
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._watchers[res].remove(watcher)
+        return response
+
+    def close_watches(self) -> None:
+        """End every open watch stream (clients reconnect with their last resourceVersion)."""
+        for watchers in self._watchers.values():
+            for w in watchers:
+                w.queue.put_nowait(None)
+
+
+@contextlib.asynccontextmanager
+async def serving(crds: Iterable[dict[str, Any]] = (), port: int | None = None) -> AsyncIterator[ApiServer]:
+    """Start an :class:`ApiServer` on 127.0.0.1 (a random port unless given)."""
+    server = ApiServer()
+    for crd in crds:
+        server.add_crd(crd)
+    async with server, kmock.Server(server, host="127.0.0.1", port=port):
+        yield server
+
+
+def kubeconfig(url: str) -> dict[str, Any]:
+    """A kubeconfig for the local server (plain http, no credentials)."""
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {"server": url}}],
+        "users": [{"name": "local", "user": {"token": "local-dev-token"}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": "default"}}],
+    }

@@ -1,0 +1,160 @@
+"""Node facts and label-selector matching.
+
+Why: every decision about a node (is it ours to touch? is it ready? was it reimaged?) reads the
+same few fields of a raw Node object. Reading them once, here, into a small frozen value keeps the
+rollout planner pure and lets the operator keep thousands of nodes in memory cheaply (a NodeFacts
+is a few hundred bytes; a raw Node is ~10 KiB).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+STATE_ANNOTATION_PREFIX = "nodeaudit.io/"
+STARTUP_TAINT_KEY = "nodeaudit.io/unconfigured"
+VIRTUAL_KUBELET_PROVIDER_PREFIXES = ("vk://", "virtual-kubelet://", "aci://")
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    effect: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the operator needs to know about one Node."""
+
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    provider_id: str = ""
+    boot_id: str = ""
+    ready: bool = False
+    taints: tuple[Taint, ...] = ()
+    deleting: bool = False
+    records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per-policy state records from the node's ``nodeaudit.io/<policy>`` annotations."""
+
+    @property
+    def linux(self) -> bool:
+        os_label = self.labels.get("kubernetes.io/os", self.labels.get("beta.kubernetes.io/os", "linux"))
+        return os_label == "linux"
+
+    @property
+    def virtual(self) -> bool:
+        """virtual-kubelet nodes (ACI virtual nodes): no host to configure."""
+        if self.labels.get("type") == "virtual-kubelet":
+            return True
+        if self.labels.get("kubernetes.azure.com/managed") == "false" and "virtual-kubelet" in self.name:
+            return True
+        if any(k.startswith("virtual-kubelet.io/") for k in self.labels):
+            return True
+        return self.provider_id.startswith(VIRTUAL_KUBELET_PROVIDER_PREFIXES)
+
+    @property
+    def eligible(self) -> bool:
+        """A Linux, non-virtual node that is not going away."""
+        return self.linux and not self.virtual and not self.deleting
+
+    @property
+    def has_startup_taint(self) -> bool:
+        return any(t.key == STARTUP_TAINT_KEY for t in self.taints)
+
+    @property
+    def pool(self) -> str:
+        return self.labels.get("kubernetes.azure.com/agentpool", self.labels.get("agentpool", ""))
+
+    def record(self, policy: str) -> Mapping[str, Any] | None:
+        return self.records.get(policy)
+
+
+def state_annotation(policy: str) -> str:
+    """The node annotation that holds a policy's per-node record."""
+    return f"{STATE_ANNOTATION_PREFIX}{policy}"
+
+
+def facts_from_node(node: Mapping[str, Any]) -> NodeFacts:
+    """Read a raw Node (dict, as the API serves it) into NodeFacts."""
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    ready = False
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            ready = cond.get("status") == "True"
+    taints = tuple(
+        Taint(key=str(t.get("key", "")), effect=str(t.get("effect", "")), value=str(t.get("value") or ""))
+        for t in spec.get("taints") or []
+    )
+    records: dict[str, Mapping[str, Any]] = {}
+    for key, value in (meta.get("annotations") or {}).items():
+        if key.startswith(STATE_ANNOTATION_PREFIX) and "/" not in key[len(STATE_ANNOTATION_PREFIX):]:
+            try:
+                parsed = json.loads(value)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(parsed, dict):
+                records[key[len(STATE_ANNOTATION_PREFIX):]] = parsed
+    return NodeFacts(
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        labels=dict(meta.get("labels") or {}),
+        provider_id=str(spec.get("providerID") or ""),
+        boot_id=str((status.get("nodeInfo") or {}).get("bootID") or ""),
+        ready=ready,
+        taints=taints,
+        deleting=bool(meta.get("deletionTimestamp")),
+        records=records,
+    )
+
+
+class _Requirement(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def operator(self) -> str: ...
+    @property
+    def values(self) -> Sequence[str]: ...
+
+
+class _Selector(Protocol):
+    @property
+    def match_labels(self) -> Mapping[str, str]: ...
+    @property
+    def match_expressions(self) -> Sequence[Any]: ...
+
+
+def matches(selector: _Selector | Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics: matchLabels AND every matchExpression; empty matches all.
+
+    Accepts the policy model's LabelSelector or its dict form (camelCase or snake_case keys).
+    """
+    if selector is None:
+        return True
+    if isinstance(selector, Mapping):
+        match_labels = selector.get("matchLabels", selector.get("match_labels")) or {}
+        exprs = [
+            (str(e["key"]), str(e["operator"]), list(e.get("values") or []))
+            for e in (selector.get("matchExpressions", selector.get("match_expressions")) or [])
+        ]
+    else:
+        match_labels = selector.match_labels
+        exprs = [(e.key, e.operator, list(e.values)) for e in selector.match_expressions]
+    for key, value in match_labels.items():
+        if labels.get(key) != value:
+            return False
+    for key, op, values in exprs:
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True

@@ -1,0 +1,116 @@
+"""Per-node states → the policy's kstatus-style status.
+
+Why a pure module: Flux, Helm ``--wait`` and Argo CD judge the policy only by these fields, so the
+mapping from "what happened on the nodes" to Ready/Reconciling/Stalled/Degraded is a contract
+that deserves its own tests. Conditions keep their lastTransitionTime while their status holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TRUE, FALSE = "True", "False"
+
+
+@dataclass(frozen=True)
+class Summary:
+    generation: int
+    bundle: str | None = None
+    matched: int = 0
+    configured: int = 0
+    applying: int = 0
+    pending: int = 0
+    waiting: int = 0
+    retrying: int = 0
+    failed: int = 0
+    failed_nodes: Sequence[str] = ()
+    stalled: bool = False
+    paused: bool = False
+    invalid: str | None = None
+    conflicts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Other policy name → nodes where its syslog settings conflict with this (later) policy."""
+    removing: bool = False
+
+
+def _cond(type_: str, status: str, reason: str, message: str, generation: int, now: str,
+          previous: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    before = previous.get(type_)
+    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": since or now}
+
+
+def _names(nodes: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(list(nodes)[:limit])
+    return shown + (f" and {len(nodes) - limit} more" if len(nodes) > limit else "")
+
+
+def build_status(summary: Summary, now: str,
+                 previous_conditions: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The ``status`` object (camelCase, as stored) for ``summary``."""
+    prev = {str(c.get("type")): c for c in previous_conditions if isinstance(c, Mapping)}
+    g = summary.generation
+    counts = {"matched": summary.matched, "configured": summary.configured,
+              "applying": summary.applying, "failed": summary.failed}
+
+    def c(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return _cond(type_, status, reason, message, g, now, prev)
+
+    if summary.invalid is not None:
+        conditions = [
+            c("Ready", FALSE, "InvalidSpec", "the policy is invalid; no Job is created"),
+            c("Reconciling", FALSE, "InvalidSpec", "waiting for a corrected spec"),
+            c("Stalled", TRUE, "InvalidSpec", summary.invalid),
+            c("Degraded", FALSE, "InvalidSpec", ""),
+        ]
+        return {"observedGeneration": g, "conditions": conditions, "nodes": counts, "bundle": None}
+
+    outstanding = summary.applying + summary.pending + summary.retrying + summary.failed
+    progress = (f"{summary.configured} of {summary.matched} nodes configured"
+                f" ({summary.applying} applying, {summary.pending} pending, {summary.retrying} retrying,"
+                f" {summary.failed} failed, {summary.waiting} not ready)")
+    if summary.removing:
+        ready = c("Ready", FALSE, "Removing", "removing the policy's rules from its nodes")
+        reconciling = c("Reconciling", TRUE, "Removing", progress)
+    elif summary.stalled:
+        ready = c("Ready", FALSE, "RolloutStalled", progress)
+        reconciling = c("Reconciling", FALSE, "RolloutStalled", "the rollout stopped")
+    elif summary.paused and outstanding:
+        ready = c("Ready", FALSE, "RolloutPaused", progress)
+        reconciling = c("Reconciling", FALSE, "RolloutPaused", "spec.rollout.paused is true")
+    elif outstanding:
+        ready = c("Ready", FALSE, "Progressing", progress)
+        reconciling = c("Reconciling", TRUE, "Applying", progress)
+    else:
+        ready = c("Ready", TRUE, "Configured", progress)
+        reconciling = c("Reconciling", FALSE, "Configured", "")
+    if summary.stalled:
+        stalled = c("Stalled", TRUE, "MaxFailures",
+                    f"{summary.failed} node(s) failed after retries: {_names(summary.failed_nodes)}")
+    else:
+        stalled = c("Stalled", FALSE, "NotStalled", "")
+    if summary.conflicts:
+        parts = [f"syslog settings conflict with policy {other} on {len(nodes)} node(s) ({_names(nodes, 3)})"
+                 for other, nodes in sorted(summary.conflicts.items())]
+        degraded = c("Degraded", TRUE, "Conflict", "; ".join(parts) + "; those nodes are left to the older policy")
+    elif summary.failed:
+        degraded = c("Degraded", TRUE, "NodesFailed",
+                     f"{summary.failed} node(s) failed: {_names(summary.failed_nodes)}")
+    else:
+        degraded = c("Degraded", FALSE, "NoFailures", "")
+    return {"observedGeneration": g, "conditions": [ready, reconciling, stalled, degraded],
+            "nodes": counts, "bundle": summary.bundle}
+
+
+def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when ``new`` differs from ``old`` in anything but timestamps (saves a write)."""
+    def strip(s: Mapping[str, Any] | None) -> Any:
+        if not s:
+            return None
+        out = {k: v for k, v in s.items() if k in new}
+        out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                             for c in s.get("conditions") or []]
+        return out
+    return bool(strip(old) != strip(new))

@@ -1,0 +1,43 @@
+"""Fixtures for the operator suite: a fresh local API server per test, kubeconfig in $KUBECONFIG.
+
+The operator itself is started inside each test body (``with cluster.operator():``) because
+stopping kopf in a fixture teardown costs seconds per test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from operator_harness import REPO, Cluster, load_crd, record_requests
+
+from nodeaudit.demo.runtime import ServerThread
+
+# Read when nodeaudit.handlers is imported (kopf decorators take fixed intervals).
+os.environ.setdefault("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.3")
+os.environ.setdefault("NODEAUDIT_RESYNC_SECONDS", "5")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_request_log() -> None:
+    """The RBAC check reads the requests of this run only."""
+    path = Path(os.environ.get("NODEAUDIT_REQUEST_LOG", REPO / ".cache" / "operator-api-requests.jsonl"))
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    monkeypatch.setenv("NODEAUDIT_RETRY_BACKOFF_SECONDS", "0.2")
+    monkeypatch.setenv("NODEAUDIT_DEBOUNCE_SECONDS", "0.05")
+    monkeypatch.setenv("NODEAUDIT_RESULT_GRACE_SECONDS", "1")
+    monkeypatch.setenv("NODEAUDIT_IMAGE", "example.azurecr.io/nodeaudit:test")
+    with ServerThread([load_crd()]) as st:
+        monkeypatch.setenv("KUBECONFIG", st.kubeconfig_path)
+        c = Cluster(st)
+        try:
+            yield c
+        finally:
+            record_requests(c)
+            st.call(c.sim.detach)

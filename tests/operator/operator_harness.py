@@ -1,0 +1,162 @@
+"""Helpers for the operator suite: a cluster (local API server + simulated nodes) and waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes
+import yaml
+
+from nodeaudit.demo import simulator as sim_mod
+from nodeaudit.demo.runtime import OperatorThread, ServerThread
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "nodeaudit-system"
+GROUP, VERSION, PLURAL = "nodeaudit.io", "v1alpha1", "nodeauditpolicies"
+T = TypeVar("T")
+
+
+def load_crd() -> dict[str, Any]:
+    path = REPO / "crds" / "nodeauditpolicy.yaml"
+    if path.exists() and path.stat().st_size:
+        return dict(yaml.safe_load(path.read_text()))
+    from nodeaudit.crd import crd
+
+    return crd()
+
+
+def policy(name: str = "procmon", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "nodeSelector": {},
+        "rules": ["-a always,exit -F arch=b64 -S execve -k procmon",
+                  "-a always,exit -F arch=b32 -S execve -k procmon"],
+        "syslog": {"enabled": True, "facility": "LOG_AUTHPRIV", "priority": "LOG_INFO"},
+        "monitoringAgent": {"check": "None"},
+        "rollout": {"maxUnavailable": "100%", "maxFailures": 3},
+    }
+    for key, value in spec.items():
+        base[key] = value
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeAuditPolicy", "metadata": {"name": name}, "spec": base}
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20, interval: float = 0.1, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+class Cluster:
+    """The local API server, the node simulator and typed clients for one test."""
+
+    def __init__(self, st: ServerThread) -> None:
+        self.st = st
+        assert st.server is not None
+        self.server = st.server
+        self.sim: sim_mod.NodeSimulator = st.call(lambda: sim_mod.NodeSimulator(st.server).attach())  # type: ignore[arg-type]
+        cfg = kubernetes.client.Configuration(host=st.url)
+        self.api = kubernetes.client.ApiClient(cfg)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.batch = kubernetes.client.BatchV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+
+    # -- nodes ----------------------------------------------------------------------------
+    def add_nodes(self, pool: str, count: int, start: int = 0, **kw: Any) -> list[str]:
+        names = []
+        for i in range(start, start + count):
+            node = sim_mod.aks_node(pool, i, **kw)
+            self.core.create_node(node)
+            names.append(node["metadata"]["name"])
+        return names
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(self.core.read_node(name))  # type: ignore[no-any-return]
+
+    def record(self, node: str, policy_name: str = "procmon") -> dict[str, Any] | None:
+        ann = (self.node(node)["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{policy_name}")
+        return json.loads(ann) if ann else None
+
+    # -- policies -------------------------------------------------------------------------
+    def apply_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, copy.deepcopy(body))  # type: ignore[no-any-return]
+
+    def get_policy(self, name: str = "procmon") -> dict[str, Any] | None:
+        try:
+            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)  # type: ignore[no-any-return]
+        except kubernetes.client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def condition(self, type_: str, name: str = "procmon") -> dict[str, Any] | None:
+        obj = self.get_policy(name) or {}
+        for c in (obj.get("status") or {}).get("conditions") or []:
+            if c["type"] == type_:
+                return c  # type: ignore[no-any-return]
+        return None
+
+    def counts(self, name: str = "procmon") -> dict[str, int]:
+        return dict(((self.get_policy(name) or {}).get("status") or {}).get("nodes") or {})
+
+    # -- jobs -----------------------------------------------------------------------------
+    def jobs(self, selector: str = "nodeaudit.io/policy") -> list[dict[str, Any]]:
+        items = self.batch.list_namespaced_job(NAMESPACE, label_selector=selector).items
+        return [self.api.sanitize_for_serialization(j) for j in items]
+
+    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        items = [self.api.sanitize_for_serialization(e) for e in self.core.list_namespaced_event(NAMESPACE).items]
+        return [e for e in items if reason is None or e.get("reason") == reason]
+
+    def operator_log(self) -> list[Any]:
+        return [e for e in self.server.log if e.agent in ("kopf", "nodeaudit")]
+
+    @contextlib.contextmanager
+    def operator(self) -> Iterator[OperatorThread]:
+        op = OperatorThread(NAMESPACE).start()
+        try:
+            yield op
+        finally:
+            op.stop()
+        assert op.error is None, op.error
+
+
+@contextlib.contextmanager
+def operator_process(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
+    """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive."""
+    env = dict(os.environ, KUBECONFIG=cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
+               PYTHONPATH=str(REPO / "operator"))
+    proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli_run", "--liveness", ""], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def record_requests(cluster: Cluster) -> None:
+    """Append the operator's distinct API requests for the RBAC check (issue 6)."""
+    path = Path(os.environ.get("NODEAUDIT_REQUEST_LOG", REPO / ".cache" / "operator-api-requests.jsonl"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen = set()
+    for e in cluster.operator_log():
+        seen.add((e.verb, e.group, e.resource, e.namespace or "", e.subresource or "", e.agent))
+    with path.open("a") as f:
+        for verb, group, resource, ns, sub, agent in sorted(seen):
+            f.write(json.dumps({"verb": verb, "apiGroup": group, "resource": resource, "namespace": ns,
+                                "subresource": sub, "agent": agent}) + "\n")
