@@ -6,7 +6,6 @@ pre-merge checks and let a reviewer see exactly what will run as root before any
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import textwrap
@@ -275,8 +274,8 @@ def _presets_document() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _add_optional_commands() -> None:
-    """Commands that live beside their subsystem (operator, Azure, cost) join the group here."""
+def _register_subsystem_commands() -> None:
+    """Commands that live beside their subsystem (the operator, the Azure check) join the group here."""
     from nodeaudit.cli_check_agent import check_agent
     from nodeaudit.cli_run import demo, run
 
@@ -285,5 +284,4 @@ def _add_optional_commands() -> None:
     main.add_command(check_agent)
 
 
-with contextlib.suppress(ImportError):  # during development, before the subsystems exist
-    _add_optional_commands()
+_register_subsystem_commands()

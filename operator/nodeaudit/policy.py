@@ -204,7 +204,7 @@ class RolloutSpec(_Model):
 
     max_unavailable: int | str = Field(default="25%")
     """Most apply Jobs of this policy running at once: a count or a percentage of matched nodes
-    (rounded up, never below 1). New, rebooted and reimaged nodes have their own budget of the same
+    (rounded down, as Kubernetes does, never below 1). New, rebooted and reimaged nodes have their own budget of the same
     size, so a slow update rollout never holds them back."""
     max_failures: int = Field(default=3, ge=0, le=10000)
     """Failed nodes after which the rollout stops (Stalled=True); 0 stops at the first failure."""
