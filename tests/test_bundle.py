@@ -28,6 +28,8 @@ def test_files_of_the_seed_bundle() -> None:
     rules = bundle.files["60-nodeaudit-procmon.rules"].decode()
     assert "-a always,exit -F arch=b64 -S execve -k procmon\n" in rules
     assert "-a always,exit -F arch=b32 -S execve -k procmon\n" in rules
+    # Continue past "Rule exists" (another policy's or a hand-made copy): first rule line.
+    assert [line for line in rules.splitlines() if not line.startswith("#")][0] == "-c"
     v3 = bundle.files["syslog-v3.conf"].decode()
     assert "path = /sbin/audisp-syslog\n" in v3 and "type = always\n" in v3
     assert "args = LOG_INFO LOG_AUTHPRIV\n" in v3 and "format = string\n" in v3 and "direction = out\n" in v3

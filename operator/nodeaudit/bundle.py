@@ -113,6 +113,9 @@ def render_rules_file(policy: NodeAuditPolicy, rules: tuple[rules_mod.AuditRule,
     header = (
         f"## Managed by nodeaudit for NodeAuditPolicy {policy.name}; changes here are overwritten.\n"
         "## Order matters: 'never' rules come before 'always' rules (first match wins).\n"
+        "## -c: keep loading past a rule the kernel already has (another policy's copy, or a\n"
+        "## hand-made file from before nodeaudit); apply.sh verifies every rule afterwards.\n"
+        "-c\n"
     )
     return (header + "".join(rule.text + "\n" for rule in rules)).encode()
 

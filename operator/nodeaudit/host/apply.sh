@@ -1,0 +1,655 @@
+#!/bin/sh
+# nodeaudit host side: install auditd when missing, put this bundle's audit rules and the syslog
+# plugin config in place, make auditd use them, verify, and print one JSON result line.
+#
+#   sh apply.sh            apply the bundle in this script's directory
+#   sh apply.sh --remove   take this policy's rules out again; restore the plugin config when no
+#                          other nodeaudit policy is left on the host
+#
+# Runs as root inside the host (nsenter into PID 1's namespaces, or chroot). Every other input is
+# read from this script's directory; bundle.env is parsed, never sourced, so nothing a policy says
+# ever becomes shell text.
+#
+# NODEAUDIT_HOST_ROOT (tests only, default "/"): a prefix for every host file this script reads or
+# writes, so the branch tests can run it against /etc/os-release fixtures in a temporary directory
+# with stand-in commands on PATH. When it is set, the usual sbin directories are not appended to
+# PATH, so that the stand-ins are the only audit and package tools found. Never set it on a node.
+
+set -u
+umask 077
+export LC_ALL=C
+# Keep apt, debconf and needrestart from prompting, and needrestart from restarting node services
+# (containerd, kubelet) as a side effect of installing auditd.
+export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l NEEDRESTART_SUSPEND=1
+
+R=${NODEAUDIT_HOST_ROOT:-}
+R=${R%/}
+if [ -z "${NODEAUDIT_HOST_ROOT:-}" ]; then
+	# The Job's container PATH may lack the sbin directories where auditd and auditctl live.
+	PATH="${PATH:-/usr/bin:/bin}:/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
+	export PATH
+fi
+
+ACTION=apply
+case "${1:-}" in
+	'') ;;
+	--remove) ACTION=remove ;;
+	*) echo "usage: sh apply.sh [--remove]" >&2; exit 2 ;;
+esac
+
+BUNDLE_DIR=$(cd "$(dirname "$0")" && pwd) || exit 2
+STATE_DIR="$R/var/lib/nodeaudit/state"
+RULES_D="$R/etc/audit/rules.d"
+
+# Result fields (CONTRACTS.md, "apply.sh result line").
+POLICY=""
+BUNDLE=""
+RULES_FILE=""
+SYSLOG=yes
+ALLOW_IMMUTABLE=no
+INSTALL_TIMEOUT=300
+DISTRO=unknown
+AUDIT_VERSION=""
+RULES_LOADED=0
+INSTALLED=false
+RESTARTED=false
+LOST=0
+BACKLOG=0
+
+TX=""            # backup directory while host files are being changed; empty otherwise
+PLUGIN_FILE=""   # host path of the syslog plugin config for this audit version
+PLUGIN_SRC=""    # the bundle's config for that path
+PLUGIN_KEY=""    # v2 | v3: names the saved original under $STATE_DIR
+PLUGIN_CHANGED=no
+AUDITD_PID=0
+
+log() { echo "nodeaudit: $*" >&2; }
+
+# JSON string body: printable ASCII only, so tool output of any locale cannot break the line.
+json_str() {
+	printf '%s' "$1" | tr '\n\t\r' '   ' | tr -cd ' -~' | sed 's/\\/\\\\/g; s/"/\\"/g' | cut -c1-600
+}
+
+emit() { # ok message
+	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "backlog": %d, "message": "%s"}' \
+		"$1" "$(json_str "$BUNDLE")" "$(json_str "$POLICY")" "$ACTION" "$(json_str "$DISTRO")" \
+		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$BACKLOG" \
+		"$(json_str "$2")")
+	if [ -e "$R/dev/termination-log" ]; then
+		printf '%s\n' "$line" >"$R/dev/termination-log" 2>/dev/null || true
+	fi
+	printf '%s\n' "$line"
+}
+
+fail() {
+	msg=$1
+	trap - INT TERM HUP
+	if [ -n "$TX" ]; then
+		if rollback; then
+			msg="$msg (previous rules and plugin config restored)"
+		else
+			msg="$msg (ROLLBACK INCOMPLETE: $ROLLBACK_ERR)"
+		fi
+	fi
+	read_status
+	log "failed: $msg"
+	emit false "$msg"
+	exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Bundle
+
+read_env() {
+	env_file="$BUNDLE_DIR/bundle.env"
+	[ -r "$env_file" ] || fail "bundle.env missing in $BUNDLE_DIR"
+	while IFS='=' read -r k v || [ -n "$k" ]; do
+		case $k in '' | '#'*) continue ;; esac
+		case $v in *[!A-Za-z0-9._:/,-]*) fail "bundle.env: value of $k has characters outside [A-Za-z0-9._:/,-]" ;; esac
+		case $k in
+			NODEAUDIT_POLICY) POLICY=$v ;;
+			NODEAUDIT_BUNDLE) BUNDLE=$v ;;
+			NODEAUDIT_RULES_FILE) RULES_FILE=$v ;;
+			NODEAUDIT_SYSLOG) SYSLOG=$v ;;
+			NODEAUDIT_ALLOW_IMMUTABLE) ALLOW_IMMUTABLE=$v ;;
+			NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
+			*) ;; # newer keys are ignored by older scripts on purpose
+		esac
+	done <"$env_file"
+	case $POLICY in '' | *[!a-z0-9-]*) fail "bundle.env: NODEAUDIT_POLICY missing or not a DNS-1123 label" ;; esac
+	# The rules file name becomes a path: only the one name this policy may own is accepted.
+	[ "$RULES_FILE" = "60-nodeaudit-$POLICY.rules" ] || fail "bundle.env: NODEAUDIT_RULES_FILE must be 60-nodeaudit-$POLICY.rules"
+	case $SYSLOG in yes | no) ;; *) fail "bundle.env: NODEAUDIT_SYSLOG must be yes or no" ;; esac
+	case $ALLOW_IMMUTABLE in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_IMMUTABLE must be yes or no" ;; esac
+	case $INSTALL_TIMEOUT in '' | *[!0-9]*) fail "bundle.env: NODEAUDIT_INSTALL_TIMEOUT must be seconds" ;; esac
+	[ "$ACTION" = remove ] && return 0
+	for f in "$RULES_FILE" expected.rules syslog-v3.conf syslog-v2.conf; do
+		[ -r "$BUNDLE_DIR/$f" ] || fail "bundle file $f missing"
+	done
+	# -e 2 locks the rules until reboot (no later fix or removal possible); -f 2 panics the kernel
+	# when audit fails. A policy may opt into the first, never into the second.
+	if [ "$ALLOW_IMMUTABLE" != yes ] && grep -Eq '^[[:space:]]*-e[[:space:]]+2([[:space:]]|$)' "$BUNDLE_DIR/$RULES_FILE"; then
+		fail "rules file sets -e 2 (immutable) but the policy does not allow it"
+	fi
+	if grep -Eq '^[[:space:]]*-f[[:space:]]+2([[:space:]]|$)' "$BUNDLE_DIR/$RULES_FILE"; then
+		fail "rules file sets -f 2 (kernel panic on audit failure): refused"
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Distro and package
+
+PM=""
+os_field() { # KEY -> value from os-release, quotes stripped
+	sed -n "s/^$1=//p" "$R/etc/os-release" | head -n 1 | sed "s/^[\"']//; s/[\"']\$//"
+}
+
+detect_distro() {
+	[ -r "$R/etc/os-release" ] || fail "cannot detect distro: /etc/os-release missing"
+	id=$(os_field ID)
+	ver=$(os_field VERSION_ID)
+	DISTRO="$id-$ver"
+	case $id in
+		ubuntu)
+			case $ver in
+				18.04 | 20.04 | 22.04 | 24.04) PM=apt ;;
+				*) fail "unsupported Ubuntu release $ver (supported: 18.04, 20.04, 22.04, 24.04)" ;;
+			esac ;;
+		debian) PM=apt ;;
+		mariner)
+			case $ver in 2.*) PM=tdnf ;; *) fail "unsupported CBL-Mariner release $ver (supported: 2.0)" ;; esac ;;
+		azurelinux)
+			case $ver in 3.*) PM=tdnf ;; *) fail "unsupported Azure Linux release $ver (supported: 3.0)" ;; esac ;;
+		*) fail "unsupported distro ID=$id VERSION_ID=$ver" ;;
+	esac
+}
+
+auditd_present() {
+	command -v auditd >/dev/null 2>&1 && command -v auditctl >/dev/null 2>&1 && command -v augenrules >/dev/null 2>&1
+}
+
+# Another apt/dpkg/tdnf run (unattended-upgrades, cloud-init, node bootstrap) holds the lock.
+lock_busy() {
+	grep -Eqi 'could not get lock|unable to acquire the dpkg frontend lock|is another process using it|dpkg was interrupted|waiting for (the )?lock|locked by another|instance.*lock' "$1"
+}
+
+PKG_LOG=""
+# Runs one package command bounded by the time left; 0 ok, 1 failed, 2 lock busy, 3 out of time.
+pkg_step() {
+	left=$((DEADLINE - $(date +%s)))
+	[ "$left" -gt 0 ] || return 3
+	if command -v timeout >/dev/null 2>&1; then
+		timeout "$left" "$@" </dev/null >"$PKG_LOG" 2>&1 9>&-
+	else
+		"$@" </dev/null >"$PKG_LOG" 2>&1 9>&-
+	fi
+	rc=$?
+	[ "$rc" -eq 0 ] && return 0
+	[ "$rc" -eq 124 ] && return 3
+	lock_busy "$PKG_LOG" && return 2
+	return 1
+}
+
+pkg_error() { # the most telling line of the last package command's output
+	e=$(grep -E '^(E|Error|error):' "$PKG_LOG" | tail -n 3 | tr '\n' ' ')
+	[ -n "$e" ] || e=$(tail -n 3 "$PKG_LOG" | tr '\n' ' ')
+	printf '%s' "$e"
+}
+
+install_auditd() {
+	PKG_LOG=$(mktemp) || fail "mktemp failed"
+	DEADLINE=$(($(date +%s) + INSTALL_TIMEOUT))
+	updated=no
+	while :; do
+		left=$((DEADLINE - $(date +%s)))
+		case $PM in
+			apt)
+				# Package lists on a node image may be stale or (minimal images) absent: refresh
+				# them once; a failed refresh is judged by whether the install then works.
+				if [ "$updated" = no ]; then
+					log "apt-get update"
+					pkg_step apt-get -q -o "DPkg::Lock::Timeout=$left" update
+					case $? in 2) sleep 5; continue ;; 3) break ;; esac
+					updated=yes
+				fi
+				log "apt-get install auditd"
+				pkg_step apt-get -q -y -o "DPkg::Lock::Timeout=$left" \
+					-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+					install --no-install-recommends auditd
+				rc=$? ;;
+			tdnf)
+				log "tdnf install audit"
+				pkg_step tdnf install -y audit
+				rc=$? ;;
+		esac
+		case $rc in
+			0) INSTALLED=true; rm -f "$PKG_LOG"; return 0 ;;
+			2) log "package database locked, retrying"; sleep 5 ;;
+			3) break ;;
+			*) err=$(pkg_error); rm -f "$PKG_LOG"; fail "package install failed ($PM): $err" ;;
+		esac
+	done
+	rm -f "$PKG_LOG"
+	fail "package install did not finish within ${INSTALL_TIMEOUT}s ($PM)"
+}
+
+detect_audit_version() {
+	AUDIT_VERSION=$(auditctl -v 2>/dev/null | sed -n 's/.*version[[:space:]]*\([0-9][0-9.]*\).*/\1/p' | head -n 1)
+	if [ -z "$AUDIT_VERSION" ]; then
+		if command -v dpkg-query >/dev/null 2>&1; then
+			AUDIT_VERSION=$(dpkg-query -W -f '${Version}' auditd 2>/dev/null | sed 's/^[0-9]*://; s/[-+~].*//')
+		elif command -v rpm >/dev/null 2>&1; then
+			AUDIT_VERSION=$(rpm -q --qf '%{VERSION}' audit 2>/dev/null)
+		fi
+	fi
+	case $AUDIT_VERSION in
+		2.*) PLUGIN_KEY=v2; PLUGIN_FILE="$R/etc/audisp/plugins.d/syslog.conf" ;;
+		[3-9].*)
+			PLUGIN_KEY=v3
+			# auditd.conf may move the plugin directory; the default is /etc/audit/plugins.d.
+			dir=$(sed -n 's/^[[:space:]]*plugin_dir[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/\1/p' "$R/etc/audit/auditd.conf" 2>/dev/null | tail -n 1)
+			PLUGIN_FILE="$R${dir:-/etc/audit/plugins.d}"
+			PLUGIN_FILE="${PLUGIN_FILE%/}/syslog.conf" ;;
+		*) fail "cannot tell the audit version (auditctl -v: '$AUDIT_VERSION')" ;;
+	esac
+	PLUGIN_SRC="$BUNDLE_DIR/syslog-$PLUGIN_KEY.conf"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Kernel and daemon state
+
+ENABLED=0
+read_status() {
+	command -v auditctl >/dev/null 2>&1 || return 0
+	st=$(auditctl -s 2>/dev/null) || return 0
+	AUDITD_PID=$(printf '%s\n' "$st" | sed -n 's/^pid \([0-9]*\).*/\1/p')
+	ENABLED=$(printf '%s\n' "$st" | sed -n 's/^enabled \([0-9]*\).*/\1/p')
+	LOST=$(printf '%s\n' "$st" | sed -n 's/^lost \([0-9]*\).*/\1/p')
+	BACKLOG=$(printf '%s\n' "$st" | sed -n 's/^backlog \([0-9]*\).*/\1/p')
+	: "${AUDITD_PID:=0}" "${ENABLED:=0}" "${LOST:=0}" "${BACKLOG:=0}"
+}
+
+# Counts the expected lines present in `auditctl -l`; MISSING holds the first one absent.
+MISSING=""
+count_loaded() {
+	listed=$(auditctl -l 2>/dev/null)
+	RULES_LOADED=0
+	MISSING=""
+	[ -r "$BUNDLE_DIR/expected.rules" ] || return 0
+	while IFS= read -r line || [ -n "$line" ]; do
+		[ -n "$line" ] || continue
+		if printf '%s\n' "$listed" | grep -Fxq -- "$line"; then
+			RULES_LOADED=$((RULES_LOADED + 1))
+		elif [ -z "$MISSING" ]; then
+			MISSING=$line
+		fi
+	done <"$BUNDLE_DIR/expected.rules"
+}
+
+# Starts something that may leave a daemon behind. The daemon must not inherit the host lock
+# (fd 9: the next apply would wait for it forever) nor our stdout/stderr (whoever reads them, the
+# Job's log or a test, would wait for EOF until the daemon exits): its output goes via a file.
+daemon_cmd() {
+	dlog=$(mktemp) || return 1
+	"$@" </dev/null >"$dlog" 2>&1 9>&-
+	drc=$?
+	cat "$dlog" >&2
+	rm -f "$dlog"
+	return "$drc"
+}
+
+systemd_booted() { [ -d "$R/run/systemd/system" ] && command -v systemctl >/dev/null 2>&1; }
+
+wait_running() { # seconds
+	n=$(($1 * 5))
+	while [ "$n" -gt 0 ]; do
+		read_status
+		[ "$AUDITD_PID" != 0 ] && return 0
+		sleep 0.2
+		n=$((n - 1))
+	done
+	return 1
+}
+
+start_auditd() {
+	log "starting auditd"
+	RESTARTED=true
+	if systemd_booted; then
+		systemctl enable auditd >/dev/null 2>&1 || true
+		daemon_cmd systemctl start auditd
+		wait_running 5 && return 0
+	elif command -v service >/dev/null 2>&1; then
+		daemon_cmd service auditd start
+		wait_running 5 && return 0
+	fi
+	# No init system that can start it (a chroot, a minimal host): run the daemon itself.
+	daemon_cmd auditd
+	wait_running 10
+}
+
+restart_auditd() {
+	log "restarting auditd"
+	RESTARTED=true
+	# `systemctl reload` fails (no reload in the upstream unit); upstream units refuse a manual
+	# stop, so restart is the only systemd verb that works everywhere.
+	if systemd_booted; then
+		daemon_cmd systemctl restart auditd
+		wait_running 10 && return 0
+	elif command -v service >/dev/null 2>&1; then
+		daemon_cmd service auditd restart
+		wait_running 10 && return 0
+	else
+		read_status
+		if [ "$AUDITD_PID" != 0 ]; then
+			kill -TERM "$AUDITD_PID" 2>/dev/null
+			n=50
+			while [ "$n" -gt 0 ] && kill -0 "$AUDITD_PID" 2>/dev/null; do sleep 0.2; n=$((n - 1)); done
+		fi
+	fi
+	start_auditd
+}
+
+# Is the 3.x syslog plugin process running under auditd? Decides whether a SIGHUP was enough.
+plugin_running() {
+	[ "$AUDITD_PID" != 0 ] || return 1
+	want=$(sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/\1/p' "$PLUGIN_SRC" | head -n 1)
+	kids=$(cat "/proc/$AUDITD_PID/task/$AUDITD_PID/children" 2>/dev/null) || kids=""
+	if [ -z "$kids" ]; then
+		for s in /proc/[0-9]*/stat; do
+			# field 4 of stat is the parent pid; comm (field 2) has no spaces for these daemons
+			# shellcheck disable=SC2046 # split on purpose: stat is space-separated fields
+			set -- $(cat "$s" 2>/dev/null) _ _ _ _
+			[ "$4" = "$AUDITD_PID" ] && kids="$kids $1"
+		done
+	fi
+	for k in $kids; do
+		arg0=$(tr '\0' '\n' <"/proc/$k/cmdline" 2>/dev/null | head -n 1)
+		[ "$arg0" = "$want" ] && return 0
+	done
+	return 1
+}
+
+wait_plugin() { # seconds
+	n=$(($1 * 5))
+	while [ "$n" -gt 0 ]; do
+		plugin_running && return 0
+		sleep 0.2
+		n=$((n - 1))
+	done
+	return 1
+}
+
+# Make the running auditd (re)read its plugin configs. Measured on audit 3.0.9: SIGHUP alone
+# starts a newly activated plugin, so 3.x restarts only when the plugin still is not up after it.
+# 2.x dispatches through audispd, whose HUP handling could not be verified here: restart.
+reread_plugins() {
+	read_status
+	if [ "$AUDITD_PID" = 0 ]; then
+		start_auditd || return 1
+		return 0
+	fi
+	if [ "$PLUGIN_KEY" = v3 ]; then
+		auditctl --signal hup >/dev/null 2>&1 || kill -HUP "$AUDITD_PID" 2>/dev/null
+		if plugin_wanted; then
+			wait_plugin 3 && return 0
+			log "plugin not started by SIGHUP"
+		else
+			return 0
+		fi
+	fi
+	restart_auditd
+}
+
+plugin_wanted() { grep -Eq '^[[:space:]]*active[[:space:]]*=[[:space:]]*yes' "$PLUGIN_FILE" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+# Root-owned 0640 regular file, replaced by rename so readers never see half a file. auditd
+# refuses plugin configs that are group/world writable or symlinks; the temp name ends in .tmp so
+# neither augenrules (*.rules) nor auditd (*.conf) ever picks it up.
+put_file() { # src dst
+	dst_dir=$(dirname "$2")
+	mkdir -p "$dst_dir" || return 1
+	tmp="$dst_dir/.nodeaudit-$$.tmp"
+	cp "$1" "$tmp" && chown 0:0 "$tmp" && chmod 0640 "$tmp" && mv -f "$tmp" "$2" && return 0
+	rm -f "$tmp"
+	return 1
+}
+
+file_right() { # src dst: same bytes, a regular file (not a symlink), 0640, root-owned
+	[ -f "$2" ] && [ ! -L "$2" ] && cmp -s "$1" "$2" && [ "$(stat -c '%a %u %g' "$2")" = "640 0 0" ]
+}
+
+# Keeps a copy of a host file (or a note that it was absent) in the transaction directory.
+backup() { # path name
+	if [ -e "$1" ] || [ -L "$1" ]; then
+		cp -pP "$1" "$TX/$2" || return 1
+	else
+		: >"$TX/$2.absent" || return 1
+	fi
+}
+
+restore() { # path name
+	if [ -e "$TX/$2.absent" ]; then
+		rm -f "$1"
+	elif [ -e "$TX/$2" ] || [ -L "$TX/$2" ]; then
+		tmp="$(dirname "$1")/.nodeaudit-$$.tmp"
+		cp -pP "$TX/$2" "$tmp" && mv -f "$tmp" "$1"
+	fi
+}
+
+begin_tx() {
+	{ mkdir -p "$STATE_DIR" && chmod 0700 "$STATE_DIR"; } || fail "cannot create $STATE_DIR"
+	TX=$(mktemp -d "$STATE_DIR/tx.XXXXXX") || fail "cannot create a backup directory in $STATE_DIR"
+	backup "$RULES_D/$RULES_FILE" rules || fail "cannot back up the rules file"
+	if [ -n "$PLUGIN_FILE" ]; then
+		backup "$PLUGIN_FILE" plugin || fail "cannot back up the plugin config"
+	fi
+}
+
+end_tx() { rm -rf "$TX"; TX=""; }
+
+ROLLBACK_ERR=""
+rollback() {
+	ROLLBACK_ERR=""
+	restore "$RULES_D/$RULES_FILE" rules || ROLLBACK_ERR="rules file not restored; "
+	if [ -n "$PLUGIN_FILE" ]; then
+		restore "$PLUGIN_FILE" plugin || ROLLBACK_ERR="${ROLLBACK_ERR}plugin config not restored; "
+	fi
+	if command -v augenrules >/dev/null 2>&1; then
+		augenrules --load >&2 2>&1 || ROLLBACK_ERR="${ROLLBACK_ERR}previous rules did not load; "
+	fi
+	if [ "$PLUGIN_CHANGED" = yes ]; then
+		reread_plugins || ROLLBACK_ERR="${ROLLBACK_ERR}auditd not running; "
+	else
+		read_status
+		if [ "$AUDITD_PID" = 0 ]; then
+			start_auditd || ROLLBACK_ERR="${ROLLBACK_ERR}auditd not running; "
+		fi
+	fi
+	rm -rf "$TX"
+	TX=""
+	[ -z "$ROLLBACK_ERR" ]
+}
+
+# The plugin config as this host had it before nodeaudit first changed it, for --remove.
+save_original_plugin() {
+	orig="$STATE_DIR/orig-syslog-$PLUGIN_KEY.conf"
+	if [ -e "$orig" ] || [ -e "$orig.absent" ]; then
+		return 0
+	fi
+	if [ -e "$PLUGIN_FILE" ]; then
+		cp -pP "$PLUGIN_FILE" "$orig.tmp" && mv -f "$orig.tmp" "$orig"
+	else
+		: >"$orig.absent"
+	fi
+}
+
+# A rule already loaded from another file (a foreign 10-procmon.rules from the manual procedure,
+# another policy's shared excludes) makes the kernel answer "Rule exists". That is harmless when
+# loading continued past it (a `-c` line in the rules); verification then decides.
+only_duplicates() {
+	errors=$(printf '%s\n' "$1" | grep -c 'There was an error in line')
+	dups=$(printf '%s\n' "$1" | grep -c 'Rule exists')
+	[ "$errors" -gt 0 ] && [ "$errors" -eq "$dups" ]
+}
+
+lock_host() {
+	mkdir -p "$R/run/lock" 2>/dev/null
+	command -v flock >/dev/null 2>&1 || { log "flock missing: running without the host lock"; return 0; }
+	# Jobs of two policies can land on one node at once; they share the plugin config and augenrules.
+	exec 9>"$R/run/lock/nodeaudit-apply.lock" || return 0
+	flock -w 600 9 || fail "another nodeaudit apply held the host lock for 600s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Apply
+
+apply() {
+	if ! auditd_present; then
+		install_auditd
+		auditd_present || fail "auditd still missing after installing it"
+	fi
+	detect_audit_version
+	[ "$SYSLOG" = yes ] || { PLUGIN_FILE=""; }
+
+	read_status
+	count_loaded
+	rules_ok=no
+	file_right "$BUNDLE_DIR/$RULES_FILE" "$RULES_D/$RULES_FILE" && rules_ok=yes
+	load_needed=yes
+	[ "$rules_ok" = yes ] && [ -z "$MISSING" ] && load_needed=no
+	plugin_ok=yes
+	if [ -n "$PLUGIN_FILE" ] && ! file_right "$PLUGIN_SRC" "$PLUGIN_FILE"; then
+		plugin_ok=no
+	fi
+	if [ "$load_needed" = yes ] && [ "$ENABLED" = 2 ]; then
+		fail "kernel audit rules are immutable (enabled 2) until reboot: cannot load this policy's rules"
+	fi
+
+	if [ "$load_needed" = yes ] || [ "$plugin_ok" = no ]; then
+		begin_tx
+		if [ "$rules_ok" = no ]; then
+			log "writing $RULES_FILE"
+			put_file "$BUNDLE_DIR/$RULES_FILE" "$RULES_D/$RULES_FILE" || fail "cannot write $RULES_D/$RULES_FILE"
+		fi
+		if [ "$plugin_ok" = no ]; then
+			save_original_plugin || fail "cannot save the original plugin config"
+			log "writing ${PLUGIN_FILE#"$R"}"
+			PLUGIN_CHANGED=yes
+			put_file "$PLUGIN_SRC" "$PLUGIN_FILE" || fail "cannot write ${PLUGIN_FILE#"$R"}"
+		fi
+		if [ "$load_needed" = yes ]; then
+			log "augenrules --load"
+			out=$(augenrules --load 2>&1)
+			rc=$?
+			printf '%s\n' "$out" >&2
+			if [ "$rc" -ne 0 ] && ! only_duplicates "$out"; then
+				err=$(printf '%s\n' "$out" | grep -Ei 'error|invalid|unknown|no such' | grep -v 'Rule exists' | head -n 3 | tr '\n' ' ')
+				fail "the kernel refused the rules (augenrules --load exit $rc): $err"
+			fi
+		fi
+	fi
+
+	read_status
+	if [ "$PLUGIN_CHANGED" = yes ]; then
+		reread_plugins || fail "auditd did not come up after the plugin change"
+	elif [ "$AUDITD_PID" = 0 ]; then
+		start_auditd || fail "auditd is not running and could not be started"
+	elif [ -n "$PLUGIN_FILE" ] && [ "$PLUGIN_KEY" = v3 ] && ! plugin_running; then
+		# Config right but the plugin is gone (exhausted max_restarts, killed): start it again.
+		log "syslog plugin not running"
+		reread_plugins || fail "auditd did not come up after restarting the plugin"
+	fi
+
+	verify
+	end_tx
+	if [ "$load_needed" = no ] && [ "$plugin_ok" = yes ] && [ "$RESTARTED" = false ] && [ "$INSTALLED" = false ]; then
+		emit true "already applied"
+	else
+		emit true "applied"
+	fi
+}
+
+verify() {
+	read_status
+	[ "$AUDITD_PID" != 0 ] || fail "verification: auditd is not running"
+	count_loaded
+	[ -z "$MISSING" ] || fail "verification: rule not loaded: $MISSING"
+	file_right "$BUNDLE_DIR/$RULES_FILE" "$RULES_D/$RULES_FILE" || fail "verification: $RULES_FILE not in place"
+	if [ -n "$PLUGIN_FILE" ]; then
+		file_right "$PLUGIN_SRC" "$PLUGIN_FILE" || fail "verification: plugin config ${PLUGIN_FILE#"$R"} not as the bundle has it"
+		if [ "$PLUGIN_KEY" = v3 ] && plugin_wanted; then
+			wait_plugin 3 || fail "verification: syslog plugin process not running under auditd"
+		fi
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Remove
+
+remove() {
+	if ! auditd_present; then
+		emit true "auditd not installed: nothing to remove"
+		exit 0
+	fi
+	detect_audit_version
+	others=no
+	for f in "$RULES_D"/60-nodeaudit-*.rules; do
+		[ -e "$f" ] || continue
+		[ "$(basename "$f")" = "$RULES_FILE" ] || others=yes
+	done
+	orig="$STATE_DIR/orig-syslog-$PLUGIN_KEY.conf"
+	restore_plugin=no
+	if [ "$others" = no ] && { [ -e "$orig" ] || [ -e "$orig.absent" ]; }; then
+		restore_plugin=yes
+	fi
+	[ "$restore_plugin" = yes ] || PLUGIN_FILE=""
+	if [ ! -e "$RULES_D/$RULES_FILE" ] && [ "$restore_plugin" = no ]; then
+		read_status
+		emit true "nothing to remove"
+		exit 0
+	fi
+	read_status
+	[ "$ENABLED" != 2 ] || fail "kernel audit rules are immutable (enabled 2) until reboot: cannot remove"
+	begin_tx
+	rm -f "$RULES_D/$RULES_FILE" || fail "cannot delete $RULES_D/$RULES_FILE"
+	if [ "$restore_plugin" = yes ]; then
+		PLUGIN_CHANGED=yes
+		if [ -e "$orig.absent" ]; then
+			rm -f "$PLUGIN_FILE" || fail "cannot delete ${PLUGIN_FILE#"$R"}"
+		else
+			tmp="$(dirname "$PLUGIN_FILE")/.nodeaudit-$$.tmp"
+			{ cp -pP "$orig" "$tmp" && mv -f "$tmp" "$PLUGIN_FILE"; } || fail "cannot restore ${PLUGIN_FILE#"$R"}"
+		fi
+	fi
+	log "augenrules --load"
+	out=$(augenrules --load 2>&1)
+	rc=$?
+	printf '%s\n' "$out" >&2
+	[ "$rc" -eq 0 ] || only_duplicates "$out" || fail "the remaining rules did not load (augenrules --load exit $rc)"
+	if [ "$restore_plugin" = yes ]; then
+		reread_plugins || fail "auditd did not come up after restoring the plugin config"
+	fi
+	read_status
+	[ "$AUDITD_PID" != 0 ] || start_auditd || fail "auditd is not running"
+	end_tx
+	if [ "$restore_plugin" = yes ]; then
+		rm -f "$orig" "$orig.absent"
+	fi
+	count_loaded
+	emit true "removed$([ "$restore_plugin" = yes ] && echo '; plugin config restored')"
+}
+
+trap 'fail "interrupted by a signal"' INT TERM HUP
+[ "$(id -u)" = 0 ] || fail "must run as root"
+read_env
+detect_distro
+lock_host
+if [ "$ACTION" = remove ]; then
+	remove
+else
+	apply
+fi
+exit 0

@@ -1,0 +1,76 @@
+#!/bin/sh
+# What the per-node Job's container runs: copy the bundle (mounted from its ConfigMap at /bundle)
+# to /var/lib/nodeaudit/bundles/<hex>/ on the host (mounted at /host), then run apply.sh inside
+# the host: nsenter into PID 1's namespaces (needs hostPID: true), chroot /host when that fails.
+#
+#   sh job-entry.sh            apply
+#   sh job-entry.sh --remove   remove the policy's rules
+#
+# Tests only: NODEAUDIT_BUNDLE_SRC and NODEAUDIT_HOST_MOUNT override /bundle and /host,
+# NODEAUDIT_TERMINATION_LOG overrides /dev/termination-log, NODEAUDIT_NSENTER=no goes straight to
+# the chroot fallback (nsenter into PID 1 of a test machine would leave the test's root).
+
+set -u
+umask 077
+SRC=${NODEAUDIT_BUNDLE_SRC:-/bundle}
+HOST=${NODEAUDIT_HOST_MOUNT:-/host}
+TERMLOG=${NODEAUDIT_TERMINATION_LOG:-/dev/termination-log}
+ARG=""
+ACTION=apply
+case "${1:-}" in
+	'') ;;
+	--remove) ARG=--remove; ACTION=remove ;;
+	*) echo "usage: sh job-entry.sh [--remove]" >&2; exit 2 ;;
+esac
+
+result() { # ok message: a result line of our own when apply.sh never produced one
+	line=$(printf '{"ok": %s, "bundle": "%s", "action": "%s", "message": "%s"}' "$1" "${BUNDLE:-}" \
+		"$ACTION" "$(printf '%s' "$2" | tr -cd ' -~' | sed 's/\\/\\\\/g; s/"/\\"/g')")
+	printf '%s\n' "$line"
+	[ -w "$TERMLOG" ] && printf '%s\n' "$line" >"$TERMLOG"
+	[ "$1" = true ]
+}
+
+BUNDLE=""
+[ -r "$SRC/bundle.env" ] || { result false "no bundle.env in $SRC"; exit 1; }
+while IFS='=' read -r k v || [ -n "$k" ]; do
+	if [ "$k" = NODEAUDIT_BUNDLE ]; then BUNDLE=$v; fi
+done <"$SRC/bundle.env"
+HEX=${BUNDLE#sha256:}
+case $HEX in '' | *[!0-9a-f]*) result false "bundle.env: NODEAUDIT_BUNDLE is not sha256:<hex>"; exit 1 ;; esac
+
+REL=/var/lib/nodeaudit/bundles/$HEX
+DEST=$HOST$REL
+mkdir -p "$HOST/var/lib/nodeaudit/bundles" || { result false "cannot create $REL on the host"; exit 1; }
+# Copy beside the target, then rename: a half-copied bundle is never run. ConfigMap files are
+# symlinks into ..data/; cp of named files follows them, and the glob skips the dot entries.
+TMP=$(mktemp -d "$DEST.tmp.XXXXXX") || { result false "cannot create a directory under $REL"; exit 1; }
+if ! cp "$SRC"/* "$TMP"/; then
+	rm -rf "$TMP"
+	result false "cannot copy the bundle to the host"
+	exit 1
+fi
+chmod 0700 "$TMP" && chmod 0600 "$TMP"/* && chmod 0700 "$TMP"/*.sh
+{ rm -rf "$DEST" && mv "$TMP" "$DEST"; } || { rm -rf "$TMP"; result false "cannot place the bundle at $REL"; exit 1; }
+
+set -- "$REL/apply.sh"
+[ -n "$ARG" ] && set -- "$@" "$ARG"
+OUT=$(mktemp) || { result false "mktemp failed"; exit 1; }
+if [ "${NODEAUDIT_NSENTER:-yes}" != no ] && nsenter -t 1 -m -u -i -n -p -- true 2>/dev/null; then
+	nsenter -t 1 -m -u -i -n -p -- sh "$@" >"$OUT"
+	rc=$?
+else
+	echo "nodeaudit: nsenter into PID 1 failed (hostPID off?); using chroot $HOST" >&2
+	chroot "$HOST" sh "$@" >"$OUT"
+	rc=$?
+fi
+cat "$OUT"
+last=$(tail -n 1 "$OUT")
+rm -f "$OUT"
+case $last in
+	'{"ok": '*)
+		[ -w "$TERMLOG" ] && printf '%s\n' "$last" >"$TERMLOG"
+		exit "$rc" ;;
+esac
+result false "apply.sh exited $rc without a result line"
+exit 1
