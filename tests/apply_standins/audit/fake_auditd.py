@@ -13,7 +13,8 @@ children = []
 def load(*_):
     conf = os.path.join(root, "etc/audit/plugins.d/syslog.conf")
     try:
-        text = open(conf).read()
+        with open(conf) as handle:
+            text = handle.read()
     except OSError:
         return
     if "active = yes" in text and not children:
