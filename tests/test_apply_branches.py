@@ -273,11 +273,15 @@ def test_immutable_rules_are_refused_unless_allowed(fake):
     assert rc == 0, err
 
 
-def test_panic_on_failure_is_always_refused(fake):
+def test_panic_on_failure_is_refused_unless_allowed(fake):
+    """Stand-in kernel only: -f 2 is never loaded on this machine."""
     host = fake("debian-12")
     host.install_audit()
     rc, result, _ = host.apply(host.bundle("panic", rules=["-f 2", *PROCMON], allow_immutable=True))
     assert rc != 0 and "-f 2" in str(result["message"])
+    assert not (host.root / "etc/audit/rules.d/60-nodeaudit-procmon.rules").exists()
+    rc, result, err = host.apply(host.bundle("panic-ok", rules=["-f 2", *PROCMON], allow_panic=True))
+    assert rc == 0, err
 
 
 def test_bundle_env_is_parsed_not_sourced(fake, tmp_path):

@@ -451,7 +451,8 @@ def plugin_config(version: int, facility: str = "LOG_AUTHPRIV", priority: str = 
 
 
 def write_bundle(directory: Path, policy: str, rules: list[str], expected: list[str], *,
-                 syslog: bool = True, allow_immutable: bool = False, install_timeout: int = 300) -> Path:
+                 syslog: bool = True, allow_immutable: bool = False, allow_panic: bool = False,
+                 install_timeout: int = 300) -> Path:
     """A bundle made by hand per CONTRACTS.md, for rules the renderer would refuse to produce
     (the kernel-refusal fault) and for branch tests. Scripts come from the source tree."""
     rules_name = f"60-nodeaudit-{policy}.rules"
@@ -468,6 +469,7 @@ def write_bundle(directory: Path, policy: str, rules: list[str], expected: list[
         "NODEAUDIT_RULES_FILE": rules_name,
         "NODEAUDIT_SYSLOG": "yes" if syslog else "no",
         "NODEAUDIT_ALLOW_IMMUTABLE": "yes" if allow_immutable else "no",
+        "NODEAUDIT_ALLOW_PANIC": "yes" if allow_panic else "no",
         "NODEAUDIT_INSTALL_TIMEOUT": str(install_timeout),
     }
     digest = _hash_files({**files, "bundle.env": "".join(f"{k}={v}\n" for k, v in env.items()).encode()})

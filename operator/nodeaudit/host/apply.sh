@@ -47,6 +47,7 @@ BUNDLE=""
 RULES_FILE=""
 SYSLOG=yes
 ALLOW_IMMUTABLE=no
+ALLOW_PANIC=no
 INSTALL_TIMEOUT=300
 DISTRO=unknown
 AUDIT_VERSION=""
@@ -112,6 +113,7 @@ read_env() {
 			NODEAUDIT_RULES_FILE) RULES_FILE=$v ;;
 			NODEAUDIT_SYSLOG) SYSLOG=$v ;;
 			NODEAUDIT_ALLOW_IMMUTABLE) ALLOW_IMMUTABLE=$v ;;
+			NODEAUDIT_ALLOW_PANIC) ALLOW_PANIC=$v ;;
 			NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
 			*) ;; # newer keys are ignored by older scripts on purpose
 		esac
@@ -121,18 +123,20 @@ read_env() {
 	[ "$RULES_FILE" = "60-nodeaudit-$POLICY.rules" ] || fail "bundle.env: NODEAUDIT_RULES_FILE must be 60-nodeaudit-$POLICY.rules"
 	case $SYSLOG in yes | no) ;; *) fail "bundle.env: NODEAUDIT_SYSLOG must be yes or no" ;; esac
 	case $ALLOW_IMMUTABLE in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_IMMUTABLE must be yes or no" ;; esac
+	case $ALLOW_PANIC in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_PANIC must be yes or no" ;; esac
 	case $INSTALL_TIMEOUT in '' | *[!0-9]*) fail "bundle.env: NODEAUDIT_INSTALL_TIMEOUT must be seconds" ;; esac
 	[ "$ACTION" = remove ] && return 0
 	for f in "$RULES_FILE" expected.rules syslog-v3.conf syslog-v2.conf; do
 		[ -r "$BUNDLE_DIR/$f" ] || fail "bundle file $f missing"
 	done
 	# -e 2 locks the rules until reboot (no later fix or removal possible); -f 2 panics the kernel
-	# when audit fails. A policy may opt into the first, never into the second.
+	# when audit fails. Each needs the policy's explicit opt-in (spec.unsafe), checked again here
+	# so that a bundle edited by hand cannot take a node down.
 	if [ "$ALLOW_IMMUTABLE" != yes ] && grep -Eq '^[[:space:]]*-e[[:space:]]+2([[:space:]]|$)' "$BUNDLE_DIR/$RULES_FILE"; then
 		fail "rules file sets -e 2 (immutable) but the policy does not allow it"
 	fi
-	if grep -Eq '^[[:space:]]*-f[[:space:]]+2([[:space:]]|$)' "$BUNDLE_DIR/$RULES_FILE"; then
-		fail "rules file sets -f 2 (kernel panic on audit failure): refused"
+	if [ "$ALLOW_PANIC" != yes ] && grep -Eq '^[[:space:]]*-f[[:space:]]+2([[:space:]]|$)' "$BUNDLE_DIR/$RULES_FILE"; then
+		fail "rules file sets -f 2 (kernel panic on audit failure) but the policy does not allow it"
 	fi
 }
 
