@@ -36,7 +36,7 @@ $(AZ37)/.stamp:
 	$(PYTHON) -m venv $(AZ37)
 	$(AZ37)/bin/pip install -q 'azure-mgmt-compute==37.*' azure-core==1.41.0 azure-identity==1.27.0 \
 	  azure-mgmt-monitor==7.0.0 azure-mgmt-loganalytics==14.0.0 trustme==1.2.1 pytest==9.2.0 aiohttp==3.14.5 \
-	  kubernetes==37.0.2 pydantic==2.14.4 click PyYAML
+	  kubernetes==37.0.2 pydantic==2.14.4 prometheus-client==0.26.0 click PyYAML
 	@touch $@
 
 test: install apt-deps $(AZ37)/.stamp ## every suite: unit, host (real kernel audit), operator (kmock), azure (local https ARM)

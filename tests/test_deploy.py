@@ -21,6 +21,7 @@ DEPLOY = REPO / "deploy"
 CRD_FILE = REPO / "crds" / "nodeauditpolicy.yaml"
 NAMESPACE = "nodeaudit-system"
 SA = "nodeaudit-operator"
+AMA_ROLE = "nodeaudit-operator-ama-logs"
 # Kubernetes versions to validate against (schemas shipped with kubernetes-validate; AKS-supported).
 K8S_VERSIONS = ["1.30", "1.33"]
 OVERLAY = "deploy/overlays/workload-identity"
@@ -67,10 +68,13 @@ def test_renders_the_expected_objects(path: str) -> None:
         ("CustomResourceDefinition", "nodeauditpolicies.nodeaudit.io"),
         ("ServiceAccount", SA), ("ClusterRole", SA), ("ClusterRoleBinding", SA), ("Role", SA),
         ("RoleBinding", SA), ("Deployment", "nodeaudit-operator"), ("Service", "nodeaudit-metrics"),
+        ("Role", AMA_ROLE), ("RoleBinding", AMA_ROLE),
     ])
     for obj in render(path):
         if obj["kind"] in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
             assert "namespace" not in obj["metadata"], obj["kind"]
+        elif obj["metadata"]["name"] == AMA_ROLE:  # the ContainerInsights check reads kube-system/ama-logs
+            assert obj["metadata"]["namespace"] == "kube-system", obj["kind"]
         else:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
 
@@ -193,7 +197,8 @@ def test_no_wildcard_in_any_rbac_rule(path: str) -> None:
 def test_rbac_is_least_privilege(path: str) -> None:
     objects = render(path)
     grants = grants_for(objects, NAMESPACE, SA)
-    assert {(g.kind, g.namespace) for g in grants} == {("ClusterRole", None), ("Role", NAMESPACE)}
+    assert {(g.kind, g.namespace) for g in grants} == {("ClusterRole", None), ("Role", NAMESPACE),
+                                                       ("Role", "kube-system")}
 
     def can(verb: str, group: str, resource: str, sub: str | None = None, ns: str | None = None) -> bool:
         return bool(allowed_by(grants, Request(verb, group, resource, sub, ns)))
@@ -209,6 +214,12 @@ def test_rbac_is_least_privilege(path: str) -> None:
     for verb in ("list", "watch"):
         assert can(verb, "", "pods", ns=NAMESPACE)
     assert can("create", "", "events", ns=NAMESPACE)
+    # The ContainerInsights agent check: the ama-logs DaemonSet (that name only) and its pods.
+    assert allowed_by(grants, Request("get", "apps", "daemonsets", None, "kube-system", "ama-logs"))
+    assert not allowed_by(grants, Request("get", "apps", "daemonsets", None, "kube-system", "coredns"))
+    assert not can("list", "apps", "daemonsets", ns="kube-system")
+    assert can("list", "", "pods", ns="kube-system") and not can("watch", "", "pods", ns="kube-system")
+    assert not can("list", "", "pods", ns="default")
     # What it must not be able to do.
     for resource, group in (("jobs", "batch"), ("configmaps", ""), ("pods", ""), ("events", "")):
         assert not can("create", group, resource, ns="kube-system")

@@ -150,13 +150,27 @@ class BoundedRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
 class _CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
     """Counts every HTTP attempt (it sits after the retry policy) by method and operation."""
 
-    def __init__(self, counter: Counter[str]) -> None:
+    def __init__(self, counter: Counter[str], observe: Callable[[str, int | None], None] | None = None) -> None:
         self.counter = counter
+        self.observe = observe
 
     def on_request(self, request: Any) -> None:
         req = request.http_request
         path = req.url.split("?", 1)[0]
         self.counter[f"{req.method} {_operation_of(path)}"] += 1
+
+    # ``observe(operation, status or None)``: the operator's Prometheus counter (nodeaudit.metrics).
+    def on_response(self, request: Any, response: Any) -> None:
+        if self.observe is not None:
+            self.observe(_metric_operation(request.http_request), response.http_response.status_code)
+
+    def on_exception(self, request: Any) -> None:
+        if self.observe is not None:
+            self.observe(_metric_operation(request.http_request), None)
+
+
+def _metric_operation(req: Any) -> str:
+    return f"{_operation_of(req.url.split('?', 1)[0])}.{str(req.method).lower()}"
 
 
 def _operation_of(path: str) -> str:
@@ -199,7 +213,10 @@ class ArmClients:
         endpoint: str | None = None,
         options: ArmOptions | None = None,
         env: Mapping[str, str] | None = None,
+        observe: Callable[[str, int | None], None] | None = None,
     ) -> None:
+        """``observe(operation, status)`` is called after every HTTP attempt (status None: no response)."""
+        self.observe = observe
         self.endpoint = (endpoint.rstrip("/") if endpoint else arm_endpoint(env))
         self.credential = credential if credential is not None else make_credential(env)
         self.options = options or ArmOptions()
@@ -222,7 +239,7 @@ class ArmClients:
                 retry_backoff_factor=o.retry_backoff_factor,
                 retry_backoff_max=o.retry_backoff_max,
             ),
-            "per_retry_policies": [_CountingPolicy(self.requests)],
+            "per_retry_policies": [_CountingPolicy(self.requests, self.observe)],
             "connection_verify": o.connection_verify,
             "connection_timeout": o.connection_timeout,
             "read_timeout": o.read_timeout,

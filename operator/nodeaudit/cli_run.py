@@ -67,14 +67,25 @@ async def operator(*, namespace: str, peering: str | None = None, liveness: str 
               help="kopf liveness endpoint ('' to disable).")
 @click.option("--posting-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="Lowest kopf log level also posted as a Kubernetes Event.")
+              help="Lowest level of kopf's own Event postings. nodeaudit's Events on the policy "
+                   "(ApplyFailed, RolloutStalled, ...) are always posted; handler log lines are not "
+                   "(they would repeat every removal poll).")
 @click.option("--watch-timeout", default=300.0, show_default=True, help="Server-side watch timeout (seconds).")
+@click.option("--metrics-port", envvar="NODEAUDIT_METRICS_PORT", default=9090, show_default=True, type=int,
+              help="Serve Prometheus metrics on this port at /metrics (0 disables).")
+@click.option("--metrics-address", envvar="NODEAUDIT_METRICS_ADDRESS", default="0.0.0.0", show_default=True,
+              help="Bind address of the metrics endpoint.")
 @click.option("-v", "--verbose", is_flag=True)
 def run(namespace: str, peering: str | None, liveness: str, posting_level: str, watch_timeout: float,
-        verbose: bool) -> None:
+        metrics_port: int, metrics_address: str, verbose: bool) -> None:
     """Run the operator (cluster-wide for Nodes and policies; Jobs in NAMESPACE)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if metrics_port:
+        from nodeaudit import metrics
+
+        server = metrics.serve(metrics_port, metrics_address)
+        logging.getLogger("nodeaudit").info("metrics on http://%s:%d/metrics", metrics_address, server.server_port)
     os.environ["NODEAUDIT_NAMESPACE"] = namespace
     settings = make_settings(posting_level=posting_level, server_timeout=watch_timeout,
                              client_timeout=watch_timeout + 30, verbose=verbose)
@@ -92,13 +103,16 @@ def run(namespace: str, peering: str | None, liveness: str, posting_level: str, 
 @click.option("--fail-node", "fail_nodes", multiple=True, help="Make this simulated node's Job fail.")
 @click.option("--keep-running", is_flag=True, help="Keep serving after the table until Ctrl-C.")
 @click.option("--port", default=0, help="API server port on 127.0.0.1 (0: pick one).")
+@click.option("--metrics-port", default=0, show_default=True,
+              help="Prometheus /metrics port on 127.0.0.1 (0: pick one; -1: none).")
 def demo(nodes_per_pool: int, policy_path: str | None, fail_nodes: tuple[str, ...], keep_running: bool,
-         port: int) -> None:
+         port: int, metrics_port: int) -> None:
     """Run the real operator against an embedded local API with simulated AKS nodes."""
     from nodeaudit.demo.main import run_demo
 
     raise SystemExit(run_demo(nodes_per_pool=nodes_per_pool, policy_path=policy_path,
-                              fail_nodes=set(fail_nodes), keep_running=keep_running, port=port or None))
+                              fail_nodes=set(fail_nodes), keep_running=keep_running, port=port or None,
+                              metrics_port=None if metrics_port < 0 else metrics_port))
 
 
 if __name__ == "__main__":  # `python -m nodeaudit.cli_run` (used by the tests and the benchmark)

@@ -26,8 +26,8 @@ from typing import Any
 
 from nodeaudit import jobs as jobs_mod
 from nodeaudit import kube as kube_mod
+from nodeaudit import metrics, rollout, status
 from nodeaudit import nodes as nodes_mod
-from nodeaudit import rollout, status
 
 log = logging.getLogger("nodeaudit.controller")
 
@@ -95,6 +95,12 @@ class PolicyEntry:
     requeue_at: float | None = None
     stalled_reported: frozenset[str] = frozenset()
     failures_reported: set[str] = field(default_factory=set)
+    # The monitoring-agent check (spec.monitoringAgent): last verdict, when the next is due.
+    agent: tuple[str, str, str] | None = None  # AgentReady status, reason, message
+    agent_scale_sets: list[dict[str, Any]] | None = None  # status.agent
+    agent_key: str = ""  # the settings the verdict is for; a change re-checks at once
+    agent_due: float = 0.0
+    agent_task: asyncio.Task[None] | None = None
 
     @property
     def order(self) -> tuple[str, str]:
@@ -137,6 +143,12 @@ class Controller:
         self.passes = 0
         self.primed = False
         self._deleted: set[str] = set()  # uids seen deleted while priming
+        # Azure: one ArmClients per process (made on the first check, in this loop), one checker
+        # (verdict cache sized to the policy's interval) per policy.
+        self.arm: Any = None
+        self.agent_checkers: dict[str, Any] = {}
+        self.agent_wake = asyncio.Event()
+        self._agent_loop_task: asyncio.Task[None] | None = None
 
     # ---- feeding the view (called from kopf handlers; never awaits the API) ----------------
 
@@ -201,6 +213,10 @@ class Controller:
             return
         outcome = jobs_mod.job_outcome(body)
         old = self.jobs.get(name)
+        if old is not None and old.outcome == "running" and outcome != "running":
+            # Only Jobs seen running: a Job first seen finished (after a restart) has no start time.
+            metrics.observe_job(str(labels.get(jobs_mod.LABEL_ACTION, "apply")), outcome,
+                                time.monotonic() - old.created)
         spec_node = (((body.get("spec") or {}).get("template") or {}).get("spec") or {}).get("nodeName")
         info = JobInfo(
             name=name, policy=str(policy), node=str(spec_node or labels.get(jobs_mod.LABEL_NODE, "")),
@@ -245,6 +261,8 @@ class Controller:
         if old is not None:
             entry.failures_reported = old.failures_reported
             entry.stalled_reported = old.stalled_reported
+            entry.agent, entry.agent_scale_sets = old.agent, old.agent_scale_sets
+            entry.agent_key, entry.agent_due, entry.agent_task = old.agent_key, old.agent_due, old.agent_task
         try:
             entry.policy = parse_policy(entry.body)
             entry.bundle = render_bundle(entry.policy)
@@ -253,10 +271,15 @@ class Controller:
         except Exception as e:  # noqa: BLE001 - any rendering failure is an invalid spec, reported
             entry.error = f"{type(e).__name__}: {e}"
         self.policies[name] = entry
+        self.agent_wake.set()
         self._mark()  # other policies may now conflict with this one
 
     def forget_policy(self, name: str) -> None:
-        self.policies.pop(name, None)
+        entry = self.policies.pop(name, None)
+        if entry is not None and entry.agent_task is not None:
+            entry.agent_task.cancel()
+        self.agent_checkers.pop(name, None)
+        metrics.forget_policy(name)
         self.dirty.discard(name)
         self._mark()
 
@@ -265,13 +288,21 @@ class Controller:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="nodeaudit-reconciler")
+        if self._agent_loop_task is None:
+            self._agent_loop_task = asyncio.create_task(self._agent_loop(), name="nodeaudit-agent-check")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        tasks = [t for t in (self._task, self._agent_loop_task) if t is not None]
+        tasks += [e.agent_task for e in self.policies.values() if e.agent_task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._task = self._agent_loop_task = None
+        if self.arm is not None:
+            await self.arm.close()
+            self.arm = None
         await self.kube.close()
 
     async def prime(self) -> None:
@@ -390,6 +421,7 @@ class Controller:
             pending=plan.count("pending"), waiting=plan.count("waiting"), retrying=plan.count("retrying"),
             failed=plan.count("failed"), failed_nodes=plan.failed_nodes, stalled=plan.stalled,
             paused=plan.paused, conflicts=conflicts,
+            agent=entry.agent, agent_scale_sets=entry.agent_scale_sets,
         )
         await self._write_status(entry, summary)
         if plan.stalled and frozenset(plan.failed_nodes) != entry.stalled_reported:
@@ -483,6 +515,11 @@ class Controller:
             return
         self.recorded.add(job.name)
         self._remember(node.name, entry.name, json.loads(text))
+        metrics.observe_apply(record["result"], record.get("distro"), record.get("auditVersion"))
+        first_of_boot = not (previous and previous.get("lastSuccess") and previous.get("bootID") == node.boot_id
+                             and previous.get("uid") == node.uid)
+        if ok and first_of_boot and node.ready_since:
+            metrics.observe_ready_to_configured(entry.name, node.ready_since)
         if remove_taint and node.name in self.nodes:
             current = self.nodes[node.name]
             self.nodes[node.name] = replace(current, taints=tuple(
@@ -493,12 +530,15 @@ class Controller:
                              f"node {node.name}: {record['error']} (attempt {failures})")
 
     def _all_configured(self, node: nodes_mod.NodeFacts) -> bool:
-        """Every valid policy that selects this node has a successful record for its bundle."""
+        """Every valid policy that selects this node (and may act on it) has a successful record
+        for its bundle."""
         for other in self.policies.values():
             if other.error or other.policy is None or other.deleting:
                 continue
             if not nodes_mod.matches(other.policy.spec.node_selector, node.labels):
                 continue
+            if self.conflicts(other, [node]):
+                continue  # a conflicting later policy leaves this node alone: it must not hold the gate
             rec = node.record(other.name)
             if not rec or rec.get("result") != "ok" or rec.get("bundle") != other.bundle.hash:
                 return False
@@ -528,6 +568,7 @@ class Controller:
     async def _write_status(self, entry: PolicyEntry, summary: status.Summary) -> None:
         previous = entry.status or {}
         new = status.build_status(summary, _now_iso(), previous.get("conditions") or ())
+        metrics.set_policy_nodes(entry.name, new["nodes"])
         if not status.status_changed(previous, new):
             return
         try:
@@ -628,6 +669,111 @@ class Controller:
             if name not in keep:
                 await self.kube.delete(kube_mod.configmaps_path(self.config.namespace, name))
                 self.configmaps.discard(name)
+
+    # ---- the monitoring-agent check (Azure) ------------------------------------------------
+
+    async def _agent_loop(self) -> None:
+        """Start each policy's agent check every ``spec.monitoringAgent.interval``, in this loop."""
+        from nodeaudit import azure
+
+        while not self.primed:
+            await asyncio.sleep(0.1)
+        while True:
+            now = time.monotonic()
+            next_due = now + 30.0
+            for entry in list(self.policies.values()):
+                if entry.error is not None or entry.policy is None or entry.deleting:
+                    continue
+                try:
+                    settings = azure.settings_from_spec(entry.policy.spec)
+                except ValueError as e:
+                    self._set_agent(entry, ("Unknown", "CheckFailed", str(e)), [])
+                    continue
+                key = repr(settings)
+                if key != entry.agent_key:
+                    entry.agent_key, entry.agent_due = key, 0.0
+                    self.agent_checkers.pop(entry.name, None)
+                if settings.check == "None":  # no ARM call, no cluster read
+                    self._set_agent(entry, ("True", "CheckDisabled",
+                                            "monitoringAgent.check is None: the agent is not checked"), [])
+                    continue
+                if entry.agent_task is not None and not entry.agent_task.done():
+                    continue
+                if entry.agent_due <= now:
+                    # The next one is due an interval after this one *ends* (see _check_agent): the
+                    # checker's cache (TTL 0.9 x interval) has then always expired, so every check
+                    # lists every scale set exactly once, however long this one takes.
+                    entry.agent_due = float("inf")
+                    if entry.agent is None:
+                        self._set_agent(entry, ("Unknown", "Checking", "the first agent check is running"), None)
+                    entry.agent_task = asyncio.create_task(self._check_agent(entry.name, settings),
+                                                           name=f"nodeaudit-agent-{entry.name}")
+                next_due = min(next_due, entry.agent_due)
+            self.agent_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.agent_wake.wait(), timeout=max(0.05, next_due - time.monotonic()))
+
+    def _set_agent(self, entry: PolicyEntry, condition: tuple[str, str, str],
+                   scale_sets: list[dict[str, Any]] | None) -> None:
+        if entry.agent == condition and (scale_sets is None or entry.agent_scale_sets == scale_sets):
+            return
+        entry.agent = condition
+        if scale_sets is not None:
+            entry.agent_scale_sets = scale_sets
+        self._mark(entry.name)
+
+    async def _check_agent(self, name: str, settings: Any) -> None:
+        try:
+            await self._run_agent_check(name, settings)
+        finally:
+            entry = self.policies.get(name)
+            if entry is not None and entry.agent_due == float("inf"):  # 0 when the spec changed meanwhile
+                entry.agent_due = time.monotonic() + settings.interval_seconds
+            self.agent_wake.set()
+
+    async def _run_agent_check(self, name: str, settings: Any) -> None:
+        from nodeaudit import agent as agent_mod
+        from nodeaudit import azure
+
+        entry = self.policies.get(name)
+        if entry is None or entry.policy is None:
+            return
+        if self.arm is None:
+            ca = os.environ.get("NODEAUDIT_ARM_CA_FILE")
+            self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=ca or True),
+                                        observe=metrics.observe_arm)
+        checker = self.agent_checkers.get(name)
+        if checker is None:
+            checker = azure.AgentChecker(self.arm, ttl=azure.ttl_for_interval(settings.interval_seconds))
+            self.agent_checkers[name] = checker
+        nodes = [{"metadata": {"name": n.name, "labels": dict(n.labels)},
+                  "spec": {"providerID": n.provider_id, "taints": self.raw_taints.get(n.name, [])}}
+                 for n in self.matched_nodes(entry)]
+        client = None
+        try:
+            if settings.check == "ContainerInsights":
+                client = self.kube.sync_api_client()
+            report = await azure.check_policy_agents(nodes, settings, checker, kube_api_client=client)
+        except Exception as e:  # noqa: BLE001 - a check that cannot run is a verdict, not a crash
+            log.warning("agent check of policy %s could not run: %s", name, e)
+            current = self.policies.get(name)
+            if current is not None:
+                self._set_agent(current, ("Unknown", "CheckFailed", f"{type(e).__name__}: {e}"), None)
+            return
+        finally:
+            if client is not None:
+                client.close()
+        cond = agent_mod.agent_condition(report, observed_generation=entry.generation)
+        current = self.policies.get(name)
+        if current is None:
+            return
+        states: dict[str, int] = {}
+        for s in report.scale_sets:
+            states[s.state] = states.get(s.state, 0) + 1
+        metrics.set_agent(name, states, str(cond["status"]))
+        log.info("agent check of policy %s: %s %s", name, cond["reason"], cond["message"])
+        self._set_agent(current, (str(cond["status"]), str(cond["reason"]), str(cond["message"])),
+                        agent_mod.agent_status(report))
 
     async def resync(self) -> None:
         """Periodic safety net (kopf timer): look at every policy again and collect garbage."""

@@ -72,6 +72,25 @@ class Kube:
             self._ssl = None
         self._ready.set()
 
+    def sync_api_client(self) -> Any:
+        """A blocking ``kubernetes`` ApiClient with the same credentials (for code that runs in a
+        thread, e.g. the ContainerInsights read of kube-system/ama-logs). The caller closes it."""
+        import kubernetes
+
+        info = self._info
+        cfg = kubernetes.client.Configuration(host=self._server)
+        auth = self._auth_headers().get("Authorization")
+        if auth:
+            cfg.api_key = {"authorization": auth}
+        if info is not None and self._server.startswith("https"):
+            cfg.verify_ssl = not info.insecure
+            cfg.ssl_ca_cert = _path(info.ca_path) or _tmpfile(info.ca_data)
+            cfg.cert_file = _path(info.certificate_path) or _tmpfile(info.certificate_data)
+            cfg.key_file = _path(info.private_key_path) or _tmpfile(info.private_key_data)
+        client = kubernetes.client.ApiClient(cfg)
+        client.user_agent = USER_AGENT
+        return client
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

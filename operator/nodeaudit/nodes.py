@@ -39,6 +39,8 @@ class NodeFacts:
     deleting: bool = False
     records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per-policy state records from the node's ``nodeaudit.io/<policy>`` annotations."""
+    ready_since: str = ""
+    """The Ready condition's lastTransitionTime (for the Ready-to-configured metric)."""
 
     @property
     def linux(self) -> bool:
@@ -84,9 +86,11 @@ def facts_from_node(node: Mapping[str, Any]) -> NodeFacts:
     spec = node.get("spec") or {}
     status = node.get("status") or {}
     ready = False
+    ready_since = ""
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
+            ready_since = str(cond.get("lastTransitionTime") or "") if ready else ""
     taints = tuple(
         Taint(key=str(t.get("key", "")), effect=str(t.get("effect", "")), value=str(t.get("value") or ""))
         for t in spec.get("taints") or []
@@ -109,6 +113,7 @@ def facts_from_node(node: Mapping[str, Any]) -> NodeFacts:
         ready=ready,
         taints=taints,
         deleting=bool(meta.get("deletionTimestamp")),
+        ready_since=ready_since,
         records=records,
     )
 

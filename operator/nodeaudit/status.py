@@ -32,6 +32,10 @@ class Summary:
     conflicts: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Other policy name → nodes where its syslog settings conflict with this (later) policy."""
     removing: bool = False
+    agent: tuple[str, str, str] | None = None
+    """AgentReady (status, reason, message); None: the condition is not written (yet)."""
+    agent_scale_sets: Sequence[Mapping[str, Any]] | None = None
+    """``status.agent``: the per-scale-set verdicts of the last agent check (None: leave it alone)."""
 
 
 def _cond(type_: str, status: str, reason: str, message: str, generation: int, now: str,
@@ -100,8 +104,16 @@ def build_status(summary: Summary, now: str,
                      f"{summary.failed} node(s) failed: {_names(summary.failed_nodes)}")
     else:
         degraded = c("Degraded", FALSE, "NoFailures", "")
-    return {"observedGeneration": g, "conditions": [ready, reconciling, stalled, degraded],
-            "nodes": counts, "bundle": summary.bundle}
+    conditions = [ready, reconciling, stalled, degraded]
+    # AgentReady stands beside Ready and never changes it: Ready (kstatus) is about the nodes'
+    # configuration, which the operator controls; the agent is the node pool's business.
+    if summary.agent is not None:
+        conditions.append(c("AgentReady", *summary.agent))
+    out: dict[str, Any] = {"observedGeneration": g, "conditions": conditions, "nodes": counts,
+                           "bundle": summary.bundle}
+    if summary.agent_scale_sets is not None:
+        out["agent"] = [dict(item) for item in summary.agent_scale_sets]
+    return out
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

@@ -7,6 +7,7 @@ stopping kopf in a fixture teardown costs seconds per test.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 from operator_harness import REPO, Cluster, load_crd, record_requests
 
 from nodeaudit.demo.runtime import ServerThread
+
+sys.path.insert(0, str(REPO / "tests" / "azure"))
+from armserver import ArmServer  # noqa: E402 - the Azure suite's local https ARM endpoint
 
 # Read when nodeaudit.handlers is imported (kopf decorators take fixed intervals).
 os.environ.setdefault("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.3")
@@ -41,3 +45,25 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
         finally:
             record_requests(c)
             st.call(c.sim.detach)
+
+
+@pytest.fixture(scope="session")
+def arm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmServer]:
+    server = ArmServer(str(tmp_path_factory.mktemp("arm"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def arm(arm_server: ArmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmServer]:
+    """The local https ARM endpoint, wired into the operator through its environment variables."""
+    arm_server.reset()
+    token = tmp_path / "arm-token"
+    token.write_text(arm_server.token + "\n")
+    monkeypatch.setenv("NODEAUDIT_ARM_ENDPOINT", arm_server.endpoint)
+    monkeypatch.setenv("NODEAUDIT_ARM_TOKEN_FILE", str(token))
+    monkeypatch.setenv("NODEAUDIT_ARM_CA_FILE", arm_server.ca_file)
+    yield arm_server
+    arm_server.reset()

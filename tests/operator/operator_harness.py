@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -138,9 +139,11 @@ class Cluster:
 def operator_process(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
     """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive."""
     env = dict(os.environ, KUBECONFIG=cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
-               PYTHONPATH=str(REPO / "operator"))
-    proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli_run", "--liveness", ""], env=env,
+               PYTHONPATH=str(REPO / "operator"), NODEAUDIT_METRICS_PORT=str(free_port()))
+    proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli_run", "--liveness", "",
+                             "--metrics-address", "127.0.0.1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.metrics_url = f"http://127.0.0.1:{env['NODEAUDIT_METRICS_PORT']}/metrics"  # type: ignore[attr-defined]
     try:
         yield proc
     finally:
@@ -149,14 +152,23 @@ def operator_process(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(10)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def record_requests(cluster: Cluster) -> None:
     """Append the operator's distinct API requests for the RBAC check (issue 6)."""
     path = Path(os.environ.get("NODEAUDIT_REQUEST_LOG", REPO / ".cache" / "operator-api-requests.jsonl"))
     path.parent.mkdir(parents=True, exist_ok=True)
     seen = set()
     for e in cluster.operator_log():
-        seen.add((e.verb, e.group, e.resource, e.namespace or "", e.subresource or "", e.agent))
+        # The object name matters for RBAC resourceNames; keep it for named reads only (a patch of
+        # every node by name would make this log as long as the cluster).
+        name = e.name or "" if e.verb == "get" else ""
+        seen.add((e.verb, e.group, e.resource, e.namespace or "", e.subresource or "", name, e.agent))
     with path.open("a") as f:
-        for verb, group, resource, ns, sub, agent in sorted(seen):
+        for verb, group, resource, ns, sub, name, agent in sorted(seen):
             f.write(json.dumps({"verb": verb, "apiGroup": group, "resource": resource, "namespace": ns,
-                                "subresource": sub, "agent": agent}) + "\n")
+                                "subresource": sub, "name": name, "agent": agent}) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 
 import pytest
 from operator_harness import Cluster, operator_process, policy, wait_for
@@ -11,6 +12,14 @@ from operator_harness import Cluster, operator_process, policy, wait_for
 from nodeaudit.demo import simulator as sim_mod
 
 pytestmark = pytest.mark.operator
+
+
+def _scrape(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as rsp:
+            return str(rsp.read().decode())
+    except OSError:
+        return ""
 
 
 def _ready(cluster: Cluster, name: str = "procmon") -> bool:
@@ -30,7 +39,8 @@ def test_fifty_nodes_never_more_than_max_unavailable(cluster: Cluster) -> None:
         cluster.add_nodes("user2", 25)
         peak = 0
         deadline = time.monotonic() + 60
-        while not _ready(cluster) and time.monotonic() < deadline:
+        # Ready=True with 0 of 0 nodes may still be the status when the loop starts: wait for all 50.
+        while not (_ready(cluster) and cluster.counts().get("matched") == 50) and time.monotonic() < deadline:
             peak = max(peak, _running(cluster))
             time.sleep(0.02)
         assert _ready(cluster)
@@ -145,7 +155,8 @@ def test_startup_taint_removed_only_after_success(cluster: Cluster) -> None:
 
 
 def test_conflicting_syslog_policies_later_one_degraded(cluster: Cluster) -> None:
-    nodes = cluster.add_nodes("user1", 2)
+    taint = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
+    nodes = cluster.add_nodes("user1", 2, taints=[taint])
     cluster.apply_policy(policy("first"))
     time.sleep(1.1)  # creationTimestamp has a one-second resolution
     second = policy("second", syslog={"enabled": True, "facility": "LOG_LOCAL6", "priority": "LOG_INFO"})
@@ -159,6 +170,8 @@ def test_conflicting_syslog_policies_later_one_degraded(cluster: Cluster) -> Non
         time.sleep(0.5)
         assert {j["metadata"]["labels"]["nodeaudit.io/policy"] for j in cluster.jobs()} == {"first"}
         assert cluster.record(nodes[0], "second") is None
+        # The conflicting policy leaves the nodes alone, so it must not hold their startup gate.
+        wait_for(lambda: all(not cluster.node(n)["spec"].get("taints") for n in nodes), what="gate opened")
 
 
 def test_policy_deleted_runs_removal_then_releases_finalizer(cluster: Cluster) -> None:
@@ -188,6 +201,9 @@ def test_operator_killed_mid_rollout_restarts_without_duplicates(cluster: Cluste
     cluster.apply_policy(policy(rollout={"maxUnavailable": 4, "maxFailures": 3}))
     with operator_process(cluster) as proc:
         wait_for(lambda: len(cluster.jobs()) == 4, timeout=30, what="first 4 Jobs")
+        # `nodeaudit run` serves /metrics (NODEAUDIT_METRICS_PORT, --metrics-address).
+        line = 'nodeaudit_policy_nodes{policy="procmon",state="applying"} 4.0'
+        wait_for(lambda: line in _scrape(proc.metrics_url), what=line)
         proc.send_signal(signal.SIGKILL)  # no cleanup, no goodbye
         proc.wait(10)
     # The operator is gone; its Jobs finish while it is away.

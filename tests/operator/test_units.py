@@ -190,3 +190,18 @@ def test_selectors_and_patches() -> None:
     assert doc == {"m": {"f": []}}
     with pytest.raises(apiserver.ApiError):
         apiserver.json_patch({"a": 1}, [{"op": "test", "path": "/a", "value": 2}])
+
+
+def test_agent_ready_stands_beside_ready_and_keeps_its_transition_time() -> None:
+    done = dict(generation=2, bundle="sha256:ab", matched=3, configured=3)
+    missing = ("False", "AgentMissing", "scale sets without a working monitoring agent: aks-user2-vmss")
+    st = status.build_status(status.Summary(**done, agent=missing, agent_scale_sets=[{"scaleSet": "aks-user2-vmss"}]),
+                             "2026-01-01T00:00:00Z")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["AgentReady"]["status"] == "False"
+    assert conds["AgentReady"]["observedGeneration"] == 2 and st["agent"] == [{"scaleSet": "aks-user2-vmss"}]
+    later = status.build_status(status.Summary(**done, agent=missing), "2026-01-01T01:00:00Z", st["conditions"])
+    assert {c["type"]: c for c in later["conditions"]}["AgentReady"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert "agent" not in later  # None: status.agent is left as it is
+    # Without a verdict (invalid spec, or before the first check) there is no AgentReady at all.
+    assert "AgentReady" not in {c["type"] for c in status.build_status(status.Summary(**done), "t")["conditions"]}

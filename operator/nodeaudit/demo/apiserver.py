@@ -619,5 +619,8 @@ def kubeconfig(url: str) -> dict[str, Any]:
         "apiVersion": "v1", "kind": "Config", "current-context": "local",
         "clusters": [{"name": "local", "cluster": {"server": url}}],
         "users": [{"name": "local", "user": {"token": "local-dev-token"}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": "default"}}],
+        # In a cluster, kopf posts Events about cluster-scoped objects (the policies) into the
+        # namespace of its pod; the context namespace plays that part here.
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local",
+                                                   "namespace": "nodeaudit-system"}}],
     }

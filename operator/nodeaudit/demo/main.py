@@ -77,12 +77,14 @@ def _table(core: Any, api: Any, policy_name: str) -> str:
 
 
 def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_nodes: set[str] | None = None,
-             keep_running: bool = False, port: int | None = None, timeout: float = 120) -> int:
+             keep_running: bool = False, port: int | None = None, timeout: float = 120,
+             metrics_port: int | None = 0) -> int:
     policy = _policy(policy_path)
     name = policy["metadata"]["name"]
     print("nodeaudit demo: local API server on 127.0.0.1, simulated AKS cluster, the real operator")
     server = ServerThread([_crd()], port=port).start()
     operator: OperatorThread | None = None
+    metrics_server: Any = None
     old_kubeconfig = os.environ.get("KUBECONFIG")
     try:
         os.environ["KUBECONFIG"] = server.kubeconfig_path
@@ -101,6 +103,11 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
         core.create_node(sim_mod.aks_node("win1", 0, os_name="windows", mode="user"))
         print(f"  API server {server.url}  (KUBECONFIG={server.kubeconfig_path})")
         print(f"  nodes: 3 pools x {nodes_per_pool} Linux (pool user2 gated by {GATE['key']}) + 1 Windows")
+        if metrics_port is not None:
+            from nodeaudit import metrics
+
+            metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            print(f"  metrics: http://127.0.0.1:{metrics_server.server_port}/metrics")
         operator = OperatorThread(NAMESPACE).start()
         custom.create_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", policy)
         print(f"  applied NodeAuditPolicy/{name} (selector {policy['spec'].get('nodeSelector') or 'all Linux'})")
@@ -135,6 +142,9 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
     finally:
         if operator is not None:
             operator.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         server.stop()
         if old_kubeconfig is None:
             os.environ.pop("KUBECONFIG", None)
