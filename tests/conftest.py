@@ -12,3 +12,4 @@ from policies import REPO
 @pytest.fixture
 def repo() -> Path:
     return REPO
+

@@ -91,7 +91,7 @@ def main() -> None:
     """nodeaudit: host-level audit logging (auditd → syslog → Log Analytics) on every AKS node.
 
     \b
-    Offline:   validate, render, crd, presets
+    Offline:    validate, render, crd, presets, estimate (measures on this machine's kernel)
     In-cluster: run (the operator), check-agent
     Try it:    demo (the real operator against a local API with simulated AKS nodes)
     """
@@ -277,11 +277,13 @@ def _presets_document() -> dict[str, list[dict[str, Any]]]:
 def _register_subsystem_commands() -> None:
     """Commands that live beside their subsystem (the operator, the Azure check) join the group here."""
     from nodeaudit.cli_check_agent import check_agent
+    from nodeaudit.cli_estimate import estimate
     from nodeaudit.cli_run import demo, run
 
     main.add_command(run)
     main.add_command(demo)
     main.add_command(check_agent)
+    main.add_command(estimate)
 
 
 _register_subsystem_commands()

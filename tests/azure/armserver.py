@@ -14,7 +14,8 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,3 +305,13 @@ def vmss_node(name: str, sub: str, rg: str, vmss: str, index: int = 0, **extra: 
         "metadata": {"name": name, "labels": labels},
         "spec": {"providerID": f"azure:///subscriptions/{sub}/resourceGroups/{rg.lower()}/providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}/virtualMachines/{index}", **extra},
     }
+
+
+@contextmanager
+def running_arm_server(directory: str) -> Iterator[ArmServer]:
+    """A started server, stopped on exit: what the azure and operator suites' session fixtures share."""
+    server = ArmServer(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()

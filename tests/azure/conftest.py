@@ -11,18 +11,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from armserver import ArmServer  # noqa: E402
+from armserver import ArmServer, running_arm_server  # noqa: E402
 
 from nodeaudit.azure import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def arm_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmServer]:
-    server = ArmServer(str(tmp_path_factory.mktemp("arm"))).start()
-    try:
+    with running_arm_server(str(tmp_path_factory.mktemp("arm"))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

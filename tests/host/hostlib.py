@@ -322,6 +322,13 @@ class KernelAudit:
                 ours.append(pid)
             kill_pids(sorted(set(ours)))
             self.auditctl("-D")
+            if self.rules():
+                # The kernel resolves an `exe=` rule's path in the deleting process's root, so -D
+                # from the control root stops at a rule whose path exists only in a test root.
+                for root in self.roots:
+                    if (root / "sbin" / "auditctl").exists() or (root / "usr" / "sbin" / "auditctl").exists():
+                        subprocess.run(["chroot", str(root), "auditctl", "-D"], capture_output=True,
+                                       text=True, timeout=30, env=_env(None))
             self.auditctl("-e", "0")
             for flag, key in (("-b", "backlog_limit"), ("--backlog_wait_time", "backlog_wait_time"),
                               ("-r", "rate_limit"), ("-f", "failure")):

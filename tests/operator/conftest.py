@@ -17,11 +17,17 @@ from operator_harness import REPO, Cluster, load_crd, record_requests
 from nodeaudit.demo.runtime import ServerThread
 
 sys.path.insert(0, str(REPO / "tests" / "azure"))
-from armserver import ArmServer  # noqa: E402 - the Azure suite's local https ARM endpoint
+from armserver import ArmServer, running_arm_server  # noqa: E402 - the Azure suite's local https ARM endpoint
 
 # Read when nodeaudit.handlers is imported (kopf decorators take fixed intervals).
 os.environ.setdefault("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.3")
 os.environ.setdefault("NODEAUDIT_RESYNC_SECONDS", "5")
+
+
+@pytest.fixture(scope="session")
+def arm_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmServer]:
+    with running_arm_server(str(tmp_path_factory.mktemp("arm"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,23 +53,14 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
             st.call(c.sim.detach)
 
 
-@pytest.fixture(scope="session")
-def arm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmServer]:
-    server = ArmServer(str(tmp_path_factory.mktemp("arm"))).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def arm(arm_server: ArmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmServer]:
+def arm(arm_session: ArmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmServer]:
     """The local https ARM endpoint, wired into the operator through its environment variables."""
-    arm_server.reset()
+    arm_session.reset()
     token = tmp_path / "arm-token"
-    token.write_text(arm_server.token + "\n")
-    monkeypatch.setenv("NODEAUDIT_ARM_ENDPOINT", arm_server.endpoint)
+    token.write_text(arm_session.token + "\n")
+    monkeypatch.setenv("NODEAUDIT_ARM_ENDPOINT", arm_session.endpoint)
     monkeypatch.setenv("NODEAUDIT_ARM_TOKEN_FILE", str(token))
-    monkeypatch.setenv("NODEAUDIT_ARM_CA_FILE", arm_server.ca_file)
-    yield arm_server
-    arm_server.reset()
+    monkeypatch.setenv("NODEAUDIT_ARM_CA_FILE", arm_session.ca_file)
+    yield arm_session
+    arm_session.reset()

@@ -556,6 +556,7 @@ apply() {
 		fi
 	fi
 
+	apply_queue_settings || fail "the kernel refused the policy's queue settings (-b/-r/--backlog_wait_time)"
 	read_status
 	if [ "$PLUGIN_CHANGED" = yes ]; then
 		reread_plugins || fail "auditd did not come up after the plugin change"
@@ -569,11 +570,36 @@ apply() {
 
 	verify
 	end_tx
-	if [ "$load_needed" = no ] && [ "$plugin_ok" = yes ] && [ "$RESTARTED" = false ] && [ "$INSTALLED" = false ]; then
+	if [ "$load_needed" = no ] && [ "$plugin_ok" = yes ] && [ "$QUEUE_CHANGED" = no ] && [ "$RESTARTED" = false ] && [ "$INSTALLED" = false ]; then
 		emit true "already applied"
 	else
 		emit true "applied"
 	fi
+}
+
+# augenrules keeps the last -b/-r/--backlog_wait_time it reads, and the distro's own rules file
+# (audit.rules: -b 8192, --backlog_wait_time 60000) sorts after ours; so the policy's queue settings
+# are set directly once the rules are loaded. After a reboot the distro's values win until the
+# operator's next Job (a new bootID always gets one) puts them back.
+QUEUE_CHANGED=no
+apply_queue_settings() {
+	st=$(auditctl -s 2>/dev/null) || return 0
+	while read -r flag value rest; do
+		[ -z "$rest" ] || continue
+		case $flag in
+			-b) key=backlog_limit ;;
+			-r) key=rate_limit ;;
+			--backlog_wait_time) key=backlog_wait_time ;;
+			*) continue ;;
+		esac
+		case $value in '' | *[!0-9]*) continue ;; esac
+		now=$(printf '%s\n' "$st" | sed -n "s/^$key \([0-9]*\).*/\1/p")
+		[ "$now" = "$value" ] && continue
+		log "auditctl $flag $value (was ${now:-unset})"
+		auditctl "$flag" "$value" >/dev/null 2>&1 9>&- || return 1
+		QUEUE_CHANGED=yes
+	done <"$BUNDLE_DIR/$RULES_FILE"
+	return 0
 }
 
 verify() {
