@@ -115,6 +115,12 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _record_time() -> str:
+    """A node record's ``time``/``lastSuccess``: milliseconds, because ``verifyInterval`` and the
+    retry backoff are measured from it (whole seconds made a "2s" verification come after 1.05 s)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def syslog_key(policy: Any) -> tuple[str, str] | None:
     syslog = policy.spec.syslog
     if not syslog.enabled:
@@ -476,7 +482,7 @@ class Controller:
                     and previous.get("bootID") == node.boot_id and previous.get("uid") == node.uid)
         failures = 0 if ok else (int(previous.get("failures") or 0) + 1 if same_run and previous
                                  and previous.get("result") == "failed" else 1)
-        now = _now_iso()
+        now = _record_time()
         record: dict[str, Any] = {
             "bundle": job.bundle, "result": "ok" if ok else "failed", "time": now,
             "bootID": node.boot_id, "uid": node.uid, "job": job.name, "failures": failures,
@@ -485,7 +491,8 @@ class Controller:
         if last_ok:
             record["lastSuccess"] = last_ok
         if result:
-            for key in ("distro", "auditVersion", "rulesLoaded"):
+            # lost/backlog: the kernel's counters from `auditctl -s`, so a user sees a node dropping events.
+            for key in ("distro", "auditVersion", "rulesLoaded", "lost", "backlog"):
                 if key in result:
                     record[key] = result[key]
         if not ok:

@@ -10,7 +10,8 @@ Rules:
   (reimaged or rebooted), the recorded bundle is not the policy's bundle (update), its last
   Job failed and the retry backoff has passed (retry, up to ``retry_limit`` attempts per bundle
   and boot), or its last success is older than ``verifyInterval`` (verify).
-* Nodes that are not Ready wait; nodes with a running Job of this policy are "applying".
+* Nodes that are not Ready wait; nodes with a running Job of this policy are "applying", except
+  a configured node being re-verified, which stays "configured".
 * Two budgets of ``maxUnavailable`` Jobs each: one for never-configured nodes (new, reimaged,
   rebooted, and their retries), one for everything else. A slow or stalled update rollout thus
   never holds back a freshly autoscaled node, and a burst of new nodes still runs at most
@@ -158,7 +159,11 @@ def plan(
         if node.name in excluded:
             continue
         if node.name in running:
-            result.states[node.name] = "applying"
+            # A re-verification of a node that is configured for this bundle and boot leaves it
+            # configured: a drift check every verifyInterval is not a rollout, and must not turn
+            # the policy's Ready (what Flux/Argo CD watch) False on every round.
+            state, _, _ = classify(node, records.get(node.name), settings, now)
+            result.states[node.name] = "configured" if state == "configured" else "applying"
             continue
         state, start, wait = classify(node, records.get(node.name), settings, now)
         if start is not None and not node.ready:
@@ -187,6 +192,7 @@ def plan(
                 continue
             in_flight[kind] += 1
             result.start.append(start)
-            result.states[start.node] = "applying"
+            if start.reason != "verify":  # see above: a re-verified node stays configured
+                result.states[start.node] = "applying"
     result.requeue_after = min(waits) if waits else None
     return result

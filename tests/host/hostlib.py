@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeaudit.demo import realhost
+
 REPO = Path(__file__).resolve().parents[2]
 HOST_SCRIPTS = REPO / "operator" / "nodeaudit" / "host"
 KERNEL_AUDIT_LOCK = "/run/lock/nodeaudit-kernel-audit.lock"
@@ -48,43 +50,16 @@ PROCMON_LISTED = (
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("NODEAUDIT_CACHE_DIR")
-    path = Path(base) if base else REPO / ".cache"
-    return path / "rootfs"
+    return realhost.cache_dir()
 
 
 # ------------------------------------------------------------------------------------------------
-# Root filesystem tarballs
-
-
-def _sources() -> list[str]:
-    # Written into the root's sources.list by mmdebstrap: the rootfs's apt talks to this mirror only.
-    return [
-        f"deb {DEBIAN_MIRROR} {SUITE} main",
-        f"deb {DEBIAN_MIRROR} {SUITE}-updates main",
-        f"deb {DEBIAN_MIRROR}-security {SUITE}-security main",
-    ]
+# Root filesystem tarballs: built and cached by the product module `demo --real-host` uses, so the
+# demo and the tests share one cache (`.cache/rootfs/`, NODEAUDIT_CACHE_DIR) and one build lock.
 
 
 def _build_tarball(name: str, extra: list[str]) -> Path:
-    out_dir = cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / name
-    if target.exists():
-        return target
-    # Parallel sessions (xdist, another helper) must not build the same tarball twice at once.
-    with open(out_dir / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        partial = out_dir / f".{name}.{os.getpid()}.partial.tar.zst"
-        cmd = ["mmdebstrap", "--quiet", "--variant=minbase", *extra, SUITE, str(partial), *_sources()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise RuntimeError(f"mmdebstrap failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        os.replace(partial, target)
-    return target
+    return realhost.build_tarball(name, extra)
 
 
 def base_tarball() -> Path:
@@ -96,7 +71,7 @@ def auditd_tarball() -> Path:
     """The same root with auditd already installed by mmdebstrap's apt (--include=auditd).
 
     Built independently of apply.sh on purpose, so a bug in apply.sh cannot poison the cache."""
-    return _build_tarball(f"debian-{SUITE}-minbase-auditd.tar.zst", ["--include=auditd"])
+    return realhost.auditd_tarball()
 
 
 # ------------------------------------------------------------------------------------------------

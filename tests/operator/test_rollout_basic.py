@@ -51,6 +51,7 @@ def test_three_nodes_get_jobs_and_policy_becomes_ready(cluster: Cluster) -> None
             rec = cluster.record(node)
             assert rec is not None and rec["result"] == "ok" and rec["bundle"] == pol["status"]["bundle"]
             assert rec["distro"] == "ubuntu-22.04" and rec["auditVersion"] == "3.0.7"
+            assert rec["lost"] == 0 and rec["backlog"] == 0  # the kernel counters from the result line
             assert rec["bootID"] == cluster.node(node)["status"]["nodeInfo"]["bootID"]
         assert len(cluster.jobs()) == 3  # nothing more to do
         # Nodes carry no kopf state: no kopf annotations, no finalizers.

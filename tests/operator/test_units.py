@@ -100,6 +100,17 @@ def test_verify_not_due_requeues() -> None:
     assert p.requeue_after == pytest.approx(5 * 3600)
 
 
+def test_running_verify_keeps_a_configured_node_configured() -> None:
+    a, b = facts("a"), facts("b")
+    old = NOW - dt.timedelta(hours=7)
+    records = {"a": ok_record(a, when=old), "b": ok_record(b, bundle="sha256:" + "cd" * 32)}
+    p = rollout.plan(rollout.Settings(bundle=H), [a, b], records, {"a": "update", "b": "update"}, NOW)
+    assert p.states == {"a": "configured", "b": "applying"} and p.start == []
+    p = rollout.plan(rollout.Settings(bundle=H, max_unavailable=2), [a, b], records, {}, NOW)
+    assert [(s.node, s.reason) for s in p.start] == [("a", "verify"), ("b", "update")]
+    assert p.states == {"a": "configured", "b": "applying"}
+
+
 def test_retry_backoff_bound_and_stall() -> None:
     a, b = facts("a"), facts("b")
     failed = {"bundle": H, "result": "failed", "bootID": a.boot_id, "uid": a.uid}

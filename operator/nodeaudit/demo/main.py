@@ -5,13 +5,15 @@ starts the local API server (kmock-based, 127.0.0.1 only), registers the CRD, cr
 AKS nodes (three VMSS pools with realistic labels, providerIDs and bootIDs, one Windows node,
 one pool gated by the ``nodeaudit.io/unconfigured`` taint), runs the real operator (the same
 handlers ``nodeaudit run`` uses), applies the example policy, plays kubelet and the Job controller,
-shows progress until every node is configured, then prints a per-node table.
+shows progress until every node is configured, then prints a per-node table. With ``--real-host``
+one node's Job runs for real on a Debian root filesystem (see ``realhost.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,12 +22,16 @@ from typing import Any
 import kubernetes
 import yaml
 
+from nodeaudit import nodes as nodes_mod
 from nodeaudit.demo import simulator as sim_mod
 from nodeaudit.demo.runtime import OperatorThread, ServerThread
 
 NAMESPACE = os.environ.get("NODEAUDIT_NAMESPACE", "nodeaudit-system")
 REPO = Path(__file__).resolve().parents[3]
 GATE = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
+POOLS: list[tuple[str, str, list[dict[str, str]] | None, str]] = [
+    ("system", "system", None, "10000001"), ("user1", "user", None, "20000002"),
+    ("user2", "user", [GATE], "30000003")]
 
 
 def _crd() -> dict[str, Any]:
@@ -78,7 +84,59 @@ def _table(core: Any, api: Any, policy_name: str) -> str:
 
 def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_nodes: set[str] | None = None,
              keep_running: bool = False, port: int | None = None, timeout: float = 120,
-             metrics_port: int | None = 0) -> int:
+             metrics_port: int | None = 0, real_host: bool = False) -> int:
+    if not real_host:
+        return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
+                    keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port)
+    from nodeaudit.demo import realhost
+
+    policy = _policy(policy_path)  # a bad path fails before the kernel is touched
+    # SIGTERM (a test's timeout, systemd, kill) restores kernel audit like Ctrl-C does.
+    old_term = signal.signal(signal.SIGTERM, _interrupt)
+    host = realhost.RealHost(progress=lambda line: print(line, flush=True))
+    try:
+        print("nodeaudit demo --real-host: one node's Job runs for real (Debian 12 root, this kernel's audit)",
+              flush=True)
+        try:
+            host.open()
+        except realhost.RealHostError as e:
+            print(f"nodeaudit demo --real-host: refusing: {e}", file=sys.stderr)
+            return 2
+        real_node = sim_mod.aks_node("user1", 0, mode="user", vmss_suffix=POOLS[1][3])["metadata"]["name"]
+        if not nodes_mod.matches(policy["spec"].get("nodeSelector") or {}, _labels_of(real_node)):
+            real_node = sim_mod.aks_node("system", 0, mode="system", vmss_suffix=POOLS[0][3])["metadata"]["name"]
+        print(f"  real host: node {real_node} runs job-entry.sh in {host.root} "
+              "(chroot; kernel-audit lock held until exit)", flush=True)
+        return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
+                    keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
+                    real=(host, real_node))
+    except KeyboardInterrupt:
+        print("\n  interrupted; restoring kernel audit", file=sys.stderr)
+        return 130
+    finally:
+        problems = host.close()
+        signal.signal(signal.SIGTERM, old_term)
+        if problems:
+            print("  real host: teardown found: " + "; ".join(problems), file=sys.stderr)
+        elif host.root is not None:
+            print("  real host: kernel audit restored (rules flushed, audit disabled, auditd stopped)", flush=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _labels_of(node_name: str) -> dict[str, str]:
+    for pool, mode, _, suffix in POOLS:
+        node = sim_mod.aks_node(pool, 0, mode=mode, vmss_suffix=suffix)
+        if node["metadata"]["name"] == node_name:
+            return dict(node["metadata"]["labels"])
+    return {}
+
+
+def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] | None, keep_running: bool,
+         port: int | None, timeout: float, metrics_port: int | None,
+         real: tuple[Any, str] | None = None) -> int:
     policy = _policy(policy_path)
     name = policy["metadata"]["name"]
     print("nodeaudit demo: local API server on 127.0.0.1, simulated AKS cluster, the real operator")
@@ -91,13 +149,13 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
         assert server.server is not None
         sim = server.call(lambda: sim_mod.NodeSimulator(server.server, delay=0.4, jitter=0.8).attach())  # type: ignore[arg-type]
         sim.fail_nodes = set(fail_nodes or ())
+        if real is not None:
+            sim.real_run, sim.real_nodes = real[0].run_job, {real[1]}
         api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=server.url))
         core = kubernetes.client.CoreV1Api(api)
         custom = kubernetes.client.CustomObjectsApi(api)
         core.create_namespace({"metadata": {"name": NAMESPACE}})
-        pools = [("system", "system", None, "10000001"), ("user1", "user", None, "20000002"),
-                 ("user2", "user", [GATE], "30000003")]
-        for pool, mode, taints, suffix in pools:
+        for pool, mode, taints, suffix in POOLS:
             for i in range(nodes_per_pool):
                 core.create_node(sim_mod.aks_node(pool, i, mode=mode, taints=taints, vmss_suffix=suffix))
         core.create_node(sim_mod.aks_node("win1", 0, os_name="windows", mode="user"))
@@ -131,6 +189,10 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
         ops = [e for e in server.server.log if e.agent in ("kopf", "nodeaudit")]
         writes = [e for e in ops if e.verb in ("create", "patch", "update", "delete")]
         print(f"  operator API requests: {len(ops)} ({len(writes)} writes); Jobs run: {sim.started}")
+        if real is not None:
+            raw = api.sanitize_for_serialization(core.read_node(real[1]))
+            record = (raw["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{name}")
+            print(f"  real host: {real[1]} record: {record}")
         if keep_running:
             print("  still serving; Ctrl-C to stop")
             while True:

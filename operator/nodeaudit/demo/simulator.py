@@ -23,6 +23,7 @@ from nodeaudit.demo.apiserver import ApiError, ApiServer
 NODES: tuple[str, str, str] = ("", "v1", "nodes")
 JOBS: tuple[str, str, str] = ("batch", "v1", "jobs")
 PODS: tuple[str, str, str] = ("", "v1", "pods")
+CONFIGMAPS: tuple[str, str, str] = ("", "v1", "configmaps")
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 NODE_RG = "mc_rg-demo_aks-demo_westeurope"
 
@@ -97,6 +98,10 @@ class NodeSimulator:
     hold: bool = False
     ttl_delete: bool = False
     outcome: Callable[[str, dict[str, Any]], bool] | None = None
+    real_run: Callable[[dict[str, str], bool], tuple[int, str]] | None = None
+    """Runs a bundle for real (``demo --real-host``): (ConfigMap files, remove) → (exit code,
+    termination message). Blocking; called in a worker thread for the nodes in ``real_nodes``."""
+    real_nodes: set[str] = field(default_factory=set)
     distro: str = "ubuntu-22.04"
     audit_version: str = "3.0.7"
     started: int = 0
@@ -145,21 +150,27 @@ class NodeSimulator:
         self.started += 1
         self.running += 1
         self.peak_running = max(self.peak_running, self.running)
+        real = self.real_run is not None and node in self.real_nodes
         try:
-            await asyncio.sleep(self.delay + random.random() * self.jitter)
+            if not real:
+                await asyncio.sleep(self.delay + random.random() * self.jitter)
             while self.hold:
                 self._released.clear()
                 await self._released.wait()
             if self.server.get(JOBS, ns, name) is None:
                 return
-            ok = self._ok(node, job)
             action = (job["metadata"].get("labels") or {}).get("nodeaudit.io/action", "apply")
-            bundle = (job["metadata"].get("annotations") or {}).get("nodeaudit.io/bundle-hash", "")
-            result = {"ok": ok, "bundle": bundle, "policy": meta["labels"].get("nodeaudit.io/policy"),
-                      "action": action, "distro": self.distro, "auditVersion": self.audit_version,
-                      "rulesLoaded": 2 if ok else 0, "installed": True, "restarted": False, "lost": 0,
-                      "backlog": 0, "message": "auditd running, rules loaded" if ok else
-                      "augenrules --load failed: rule 1: Invalid argument"}
+            if real:
+                ok, message = await self._run_real(ns, pod_spec, action)
+            else:
+                ok = self._ok(node, job)
+                bundle = (job["metadata"].get("annotations") or {}).get("nodeaudit.io/bundle-hash", "")
+                result = {"ok": ok, "bundle": bundle, "policy": meta["labels"].get("nodeaudit.io/policy"),
+                          "action": action, "distro": self.distro, "auditVersion": self.audit_version,
+                          "rulesLoaded": 2 if ok else 0, "installed": True, "restarted": False, "lost": 0,
+                          "backlog": 0, "message": "auditd running, rules loaded" if ok else
+                          "augenrules --load failed: rule 1: Invalid argument"}
+                message = json.dumps(result) + "\n"
             self.history.append((node, action, ok))
             labels = dict(job["spec"]["template"]["metadata"].get("labels") or {})
             labels.update({"batch.kubernetes.io/job-name": name, "job-name": name,
@@ -174,7 +185,7 @@ class NodeSimulator:
                     "name": "nodeaudit", "ready": False, "restartCount": 0,
                     "state": {"terminated": {"exitCode": 0 if ok else 1,
                                              "reason": "Completed" if ok else "Error",
-                                             "message": json.dumps(result) + "\n"}}}]},
+                                             "message": message}}}]},
             }
             self.server.put_object(PODS, ns, pod)
             now = _now()
@@ -192,6 +203,21 @@ class NodeSimulator:
             await asyncio.sleep(1.0)
             with contextlib.suppress(ApiError):
                 self.server.delete_object(JOBS, ns, name)
+
+    async def _run_real(self, ns: str, pod_spec: dict[str, Any], action: str) -> tuple[bool, str]:
+        """The Job's container for real: its bundle ConfigMap through job-entry.sh on a real root."""
+        assert self.real_run is not None
+        volumes = {v.get("name"): v for v in pod_spec.get("volumes") or []}
+        cm_name = ((volumes.get("bundle") or {}).get("configMap") or {}).get("name", "")
+        cm = self.server.get(CONFIGMAPS, ns, cm_name)
+        if cm is None:  # the kubelet would keep the Pod in ContainerCreating; fail it here
+            return False, json.dumps({"ok": False, "action": action,
+                                      "message": f"configmap {cm_name} not found"}) + "\n"
+        files = dict(cm.get("data") or {})
+        run = self.real_run
+        rc, message = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: run(files, action == "remove"))
+        return rc == 0, message  # the Job controller judges by the exit code, as Kubernetes does
 
     # -- node lifecycle ---------------------------------------------------------------------
 

@@ -556,7 +556,6 @@ apply() {
 		fi
 	fi
 
-	apply_queue_settings || fail "the kernel refused the policy's queue settings (-b/-r/--backlog_wait_time)"
 	read_status
 	if [ "$PLUGIN_CHANGED" = yes ]; then
 		reread_plugins || fail "auditd did not come up after the plugin change"
@@ -568,6 +567,8 @@ apply() {
 		reread_plugins || fail "auditd did not come up after restarting the plugin"
 	fi
 
+	# Last, because starting or restarting auditd reloads audit.rules with the distro's values.
+	apply_queue_settings || fail "the kernel refused the policy's queue settings (-b/-r/--backlog_wait_time)"
 	verify
 	end_tx
 	if [ "$load_needed" = no ] && [ "$plugin_ok" = yes ] && [ "$QUEUE_CHANGED" = no ] && [ "$RESTARTED" = false ] && [ "$INSTALLED" = false ]; then
@@ -578,8 +579,8 @@ apply() {
 }
 
 # augenrules keeps the last -b/-r/--backlog_wait_time it reads, and the distro's own rules file
-# (audit.rules: -b 8192, --backlog_wait_time 60000) sorts after ours; so the policy's queue settings
-# are set directly once the rules are loaded. After a reboot the distro's values win until the
+# (audit.rules: -b 8192, --backlog_wait_time 60000) sorts after ours, and (re)starting auditd loads
+# it again; so the policy's queue settings are set directly, after everything else. After a reboot the distro's values win until the
 # operator's next Job (a new bootID always gets one) puts them back.
 QUEUE_CHANGED=no
 apply_queue_settings() {
