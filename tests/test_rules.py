@@ -465,3 +465,21 @@ def test_generated_watches_round_trip(parts: list[str], perms: set[str], keys: l
     assert rule.listing == f"-w {path} -p {''.join(c for c in 'rwxa' if c in perms)}" + "".join(
         f" -k {k}" for k in keys
     )
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_valid_syscall_rules(), min_size=1, max_size=4))
+def test_valid_rules_stay_valid_after_rendering(texts: list[str]) -> None:
+    """Through the real model and renderer: every rule line of the bundle's rules file parses to the
+    same rule, and expected.rules holds exactly their listings."""
+    from nodeaudit.bundle import render_bundle, rules_file_name
+    from nodeaudit.policy import parse_policy
+
+    doc = {"apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "prop"},
+           "spec": {"rules": texts, "volume": "forensic"}}
+    bundle = render_bundle(parse_policy(doc))
+    lines = [line for line in bundle.files[rules_file_name("prop")].decode().splitlines()
+             if line and not line.startswith("#") and line != "-c"]
+    rendered = [parse_rule(line) for line in lines]
+    assert rendered == list(dict.fromkeys(parse_rule(t) for t in texts))  # duplicates dropped, order kept
+    assert bundle.files["expected.rules"].decode().splitlines() == [r.listing for r in rendered]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shlex
 import shutil
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
+from nodeaudit import kernellock
+
 NETLINK_AUDIT = 9
 AUDIT_GET = 1000
 AUDIT_SET = 1001
@@ -36,7 +37,7 @@ STATUS_BACKLOG_WAIT_TIME = 32
 _STATUS_FIELDS = ("mask", "enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost", "backlog",
                   "feature_bitmap", "backlog_wait_time", "backlog_wait_time_actual")
 _NLMSGHDR = struct.Struct("=IHHII")
-KERNEL_AUDIT_LOCK = "/run/lock/nodeaudit-kernel-audit.lock"
+KERNEL_AUDIT_LOCK = kernellock.KERNEL_AUDIT_LOCK
 
 
 class EstimateError(Exception):
@@ -196,19 +197,10 @@ class KernelAuditSession:
         if shutil.which(self.auditctl) is None:
             raise EstimateError(f"{self.auditctl} not found: install auditd (apt-get install auditd / tdnf install audit)")
         if self.lock_path:
-            os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
-            lock = open(self.lock_path, "w")  # noqa: SIM115 - held until close()
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        lock.close()
-                        raise EstimateError(f"{self.lock_path} is held by another kernel-audit user") from None
-                    time.sleep(0.2)
-            self._lock = lock
+            try:
+                self._lock = kernellock.acquire(self.lock_path, timeout=self.lock_timeout)
+            except kernellock.LockBusy as error:
+                raise EstimateError(str(error)) from None
         try:
             self.sock = AuditSocket()
             self.initial = self.sock.status()

@@ -16,13 +16,11 @@ Kernel audit state is global to the machine: everything here that touches it mus
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -31,11 +29,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeaudit import kernellock
 from nodeaudit.demo import realhost
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_SCRIPTS = REPO / "operator" / "nodeaudit" / "host"
-KERNEL_AUDIT_LOCK = "/run/lock/nodeaudit-kernel-audit.lock"
+KERNEL_AUDIT_LOCK = kernellock.KERNEL_AUDIT_LOCK
 SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("NODEAUDIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PROCMON_RULES = (
@@ -167,34 +166,8 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
-def processes_rooted_in(path: Path) -> list[int]:
-    prefix = str(path.resolve())
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            root = os.readlink(f"/proc/{entry}/root")
-        except OSError:
-            continue
-        if root == prefix or root.startswith(prefix + "/"):
-            found.append(int(entry))
-    return found
-
-
-def kill_pids(pids: list[int], timeout: float = 5.0) -> None:
-    """TERM, wait, then KILL: by PID, never by name."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if os.path.exists(f"/proc/{p}")]
-        time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+processes_rooted_in = realhost.processes_rooted_in
+kill_pids = realhost.kill_pids
 
 
 def comm(pid: int) -> str:
@@ -253,19 +226,10 @@ class KernelAudit:
     def open(self) -> None:
         if os.geteuid() != 0:
             raise KernelAuditUnavailable("host tests need root (kernel audit control and chroot)")
-        Path(self.lock_path).parent.mkdir(parents=True, exist_ok=True)
-        lock = open(self.lock_path, "w")  # noqa: SIM115 - held until close()
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    lock.close()
-                    raise KernelAuditBusy(f"{self.lock_path} held by someone else for {self.lock_timeout}s") from None
-                time.sleep(0.5)
-        self._lock = lock
+        try:
+            self._lock = kernellock.acquire(self.lock_path, timeout=self.lock_timeout, poll=0.5)
+        except kernellock.LockBusy as error:
+            raise KernelAuditBusy(str(error)) from None
         try:
             probe = self.auditctl("-s")
             if probe.returncode != 0 or "pid" not in probe.stdout:
@@ -279,7 +243,7 @@ class KernelAudit:
             if self.rules():
                 raise KernelAuditBusy(f"kernel already has audit rules loaded by someone else: {self.rules()[:3]}")
         except BaseException:
-            lock.close()
+            self._lock.close()
             self._lock = None
             raise
 

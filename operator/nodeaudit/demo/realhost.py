@@ -33,8 +33,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
+from nodeaudit import kernellock
+
 REPO = Path(__file__).resolve().parents[3]
-KERNEL_AUDIT_LOCK = "/run/lock/nodeaudit-kernel-audit.lock"
+KERNEL_AUDIT_LOCK = kernellock.KERNEL_AUDIT_LOCK
 SUITE = "bookworm"
 AUDITD_TARBALL = f"debian-{SUITE}-minbase-auditd.tar.zst"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -212,24 +214,12 @@ class RealHost:
         return self
 
     def _take_lock(self) -> None:
-        Path(self.lock_path).parent.mkdir(parents=True, exist_ok=True)
-        lock = open(self.lock_path, "w")  # noqa: SIM115 - held until close()
-        deadline = time.monotonic() + self.lock_timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    lock.close()
-                    raise RealHostError(f"{self.lock_path} is held by another process (host tests?) "
-                                        f"for more than {self.lock_timeout:.0f} s; try again later") from None
-                if not told:
-                    self.progress(f"  real host: waiting for {self.lock_path} (another kernel-audit user)")
-                    told = True
-                time.sleep(0.5)
-        self._lock = lock
+        try:
+            self._lock = kernellock.acquire(
+                self.lock_path, timeout=self.lock_timeout, poll=0.5,
+                on_wait=lambda: self.progress(f"  real host: waiting for {self.lock_path} (another kernel-audit user)"))
+        except kernellock.LockBusy as error:
+            raise RealHostError(f"{error}; try again later") from None
 
     def auditctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The root's auditctl (the machine needs none of its own)."""
