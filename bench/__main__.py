@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
     for name in wanted or names:
         print(f"\n=== {name} ===", flush=True)
         started = time.monotonic()
+        sys.argv = [f"bench/{name}.py"]  # each benchmark runs with its own defaults
         try:
             result = importlib.import_module(f"bench.{name}").main()
         except Exception as error:  # one broken benchmark must not hide the others' figures
