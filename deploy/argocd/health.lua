@@ -57,35 +57,22 @@ if generation ~= nil and (observed == nil or observed < generation) then
   return hs
 end
 
-local conditions = status.conditions
-local stalled = condition(conditions, "Stalled")
-if stalled ~= nil and stalled.status == "True" then
-  hs.status = "Degraded"
-  hs.message = describe(stalled, "Stalled")
-  return hs
-end
-
-local reconciling = condition(conditions, "Reconciling")
-if reconciling ~= nil and reconciling.status == "True" then
-  hs.status = "Progressing"
-  hs.message = describe(reconciling, "Reconciling")
-  return hs
-end
-
-local degraded = condition(conditions, "Degraded")
-if degraded ~= nil and degraded.status == "True" then
-  hs.status = "Degraded"
-  hs.message = describe(degraded, "Degraded")
-  return hs
-end
-
-local ready = condition(conditions, "Ready")
-if ready ~= nil and ready.status == "True" then
-  hs.status = "Healthy"
-  hs.message = describe(ready, "Ready")
-  return hs
+-- First match wins: a stalled rollout is Degraded even while it reports Reconciling.
+local verdicts = {
+  {"Stalled", "Degraded"},
+  {"Reconciling", "Progressing"},
+  {"Degraded", "Degraded"},
+  {"Ready", "Healthy"},
+}
+for _, verdict in ipairs(verdicts) do
+  local found = condition(status.conditions, verdict[1])
+  if found ~= nil and found.status == "True" then
+    hs.status = verdict[2]
+    hs.message = describe(found, verdict[1])
+    return hs
+  end
 end
 
 hs.status = "Progressing"
-hs.message = describe(ready, "Waiting for the Ready condition")
+hs.message = describe(condition(status.conditions, "Ready"), "Waiting for the Ready condition")
 return hs

@@ -189,13 +189,7 @@ class KernelAuditBusy(Exception):
     """Someone else's auditd or rules are in the kernel: refuse to run (never silently pass)."""
 
 
-def parse_status(text: str) -> dict[str, str]:
-    status = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key:
-            status[key] = value.strip()
-    return status
+parse_status = realhost.parse_status
 
 
 @dataclass
