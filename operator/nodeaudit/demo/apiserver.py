@@ -328,8 +328,7 @@ class ApiServer(kmock.KubernetesScaffold):
     def _create(self, res: ResKey, ns: str | None, obj: dict[str, Any]) -> dict[str, Any]:
         info = self.info(res)
         meta = obj.setdefault("metadata", {})
-        if info is not None and not info.namespaced:
-            ns = None
+        ns = self._key_ns(res, ns)
         if ns is not None:
             meta["namespace"] = ns
         if not meta.get("name"):
@@ -357,11 +356,8 @@ class ApiServer(kmock.KubernetesScaffold):
                 change: Callable[[dict[str, Any]], dict[str, Any]], subresource: str | None,
                 expected_rv: str | None) -> dict[str, Any]:
         info = self.info(res)
-        if info is not None and not info.namespaced:
-            ns = None
-        old = self._by_res[res].get((ns, name))
-        if old is None:
-            raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+        ns = self._key_ns(res, ns)
+        old = self._get_checked(res, ns, name)
         if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", f'the object "{name}" has been modified; please apply your '
                                             "changes to the latest version and try again")
@@ -413,12 +409,8 @@ class ApiServer(kmock.KubernetesScaffold):
                         self._delete(dres, dns, dname)
 
     def _delete(self, res: ResKey, ns: str | None, name: str) -> dict[str, Any]:
-        info = self.info(res)
-        if info is not None and not info.namespaced:
-            ns = None
-        old = self._by_res[res].get((ns, name))
-        if old is None:
-            raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
+        ns = self._key_ns(res, ns)
+        old = self._get_checked(res, ns, name)
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):
                 return old
@@ -513,10 +505,13 @@ class ApiServer(kmock.KubernetesScaffold):
             return self._json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                                "code": e.code, "reason": e.reason, "message": e.message}, e.code)
 
-    def _get_checked(self, res: ResKey, ns: str | None, name: str | None) -> dict[str, Any]:
+    def _key_ns(self, res: ResKey, ns: str | None) -> str | None:
+        """Cluster-scoped objects are stored without a namespace, whatever the URL said."""
         info = self.info(res)
-        key_ns = ns if info is None or info.namespaced else None
-        obj = self._by_res[res].get((key_ns, name or ""))
+        return ns if info is None or info.namespaced else None
+
+    def _get_checked(self, res: ResKey, ns: str | None, name: str | None) -> dict[str, Any]:
+        obj = self._by_res[res].get((self._key_ns(res, ns), name or ""))
         if obj is None:
             raise ApiError(404, "NotFound", f'{res[2]} "{name}" not found')
         return obj
