@@ -136,3 +136,10 @@ def test_console_script_runs() -> None:
     done = subprocess.run([str(exe), "validate", str(EXAMPLES / "procmon.yaml")], capture_output=True, text=True,
                           cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_render_names_a_missing_policy(tmp_path: Path) -> None:
+    path = _write(tmp_path / "one.yaml", policy_dict())
+    result = runner.invoke(main, ["render", str(path), "-o", str(tmp_path / "o"), "--policy", "nope"])
+    assert result.exit_code == 1
+    assert f'{path}: no NodeAuditPolicy named "nope" (found: procmon)' in result.output

@@ -138,20 +138,24 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
 
 
 def _single_policy(path: str, name: str | None) -> policy_mod.NodeAuditPolicy:
-    loaded = [item for item in load_documents((path,))]
+    """The one policy in `path` (or the one called `name`), or a ClickException saying what is wrong."""
+    loaded = list(load_documents((path,)))
     errors = [item for item in loaded if isinstance(item, str)]
-    policies = [item for item in loaded if not isinstance(item, str)]
-    if name is not None:
-        policies = [p for p in policies if p.policy is None or p.policy.name == name]
     if errors:
         raise click.ClickException("\n".join(errors))
-    bad = [f"{p.label}: {problem}" for p in policies for problem in p.problems]
+    documents = [item for item in loaded if not isinstance(item, str)]
+    names = ", ".join(policy_mod.policy_display_name(d.raw, d.index) for d in documents) or "none"
+    chosen = documents if name is None else [
+        d for d in documents if policy_mod.policy_display_name(d.raw, d.index) == name]
+    if name is not None and not chosen:
+        raise click.ClickException(f'{path}: no NodeAuditPolicy named "{name}" (found: {names})')
+    bad = [f"{d.label}: {problem}" for d in chosen for problem in d.problems]
     if bad:
         raise click.ClickException("invalid policy:\n" + "\n".join(bad))
-    if len(policies) != 1:
-        found = ", ".join(p.policy.name for p in policies if p.policy) or "none"
-        raise click.ClickException(f"{path}: expected exactly one NodeAuditPolicy (found: {found}); pick one with --policy")
-    result = policies[0].policy
+    if len(chosen) != 1:
+        raise click.ClickException(f"{path}: expected exactly one NodeAuditPolicy (found: {names}); "
+                                   "pick one with --policy NAME")
+    result = chosen[0].policy
     assert result is not None
     return result
 
