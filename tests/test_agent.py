@@ -115,6 +115,14 @@ def test_pod_spec_admits_node():
     assert A.pod_spec_admits_node({"tolerations": [{"operator": "Exists"}], "affinity": aff}, n) == (False, "required node affinity does not match")
 
 
+def test_os_label_as_the_operator_reads_it():
+    beta = {"metadata": {"name": "w", "labels": {"beta.kubernetes.io/os": "windows"}},
+            "spec": {"providerID": "azure:///subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/"
+                                   "virtualMachineScaleSets/v/virtualMachines/0"}}
+    where = A.node_scale_set(beta)
+    assert isinstance(where, A.NotCheckable) and "windows" in where.reason
+
+
 def test_report_exit_codes_condition_and_renderers():
     ref = A.ScaleSetRef(SUB, "rg", "vmss-a")
     ok = A.ScaleSetResult(ref, ["n1"], "Present", A.AMA, "fine")

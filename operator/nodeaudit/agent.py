@@ -1,6 +1,7 @@
 """Monitoring-agent verdicts: which scale sets ship syslog to Log Analytics, and why not.
 
-Pure: this module imports nothing of Azure, HTTP or Kubernetes. The edge (``nodeaudit.azure``) turns
+Pure: this module imports nothing of Azure, HTTP or Kubernetes (only the pure ``nodeaudit.nodes``
+for label matching and the OS label, and ``nodeaudit.status`` for short name lists). The edge (``nodeaudit.azure``) turns
 SDK objects into the small facts defined here (``ExtensionFact``, ``SyslogSource``), and this module
 turns facts into verdicts, reports, conditions and tables.
 
@@ -17,6 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
+
+from nodeaudit.nodes import matches, node_os
+from nodeaudit.status import few_names
 
 # -- names -----------------------------------------------------------------------------------------
 
@@ -124,9 +128,9 @@ def _node_labels(node: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def node_scale_set(node: Mapping[str, Any]) -> ScaleSetRef | NotCheckable:
     """A Node object (a dict as the API returns it) -> its scale set, or why not."""
-    os_label = _node_labels(node).get("kubernetes.io/os")
-    if isinstance(os_label, str) and os_label and os_label != "linux":
-        return NotCheckable(f"not a Linux node (kubernetes.io/os={os_label})")
+    os_name = node_os(_node_labels(node))
+    if os_name != "linux":
+        return NotCheckable(f"not a Linux node (kubernetes.io/os={os_name})")
     spec = node.get("spec")
     pid = spec.get("providerID") if isinstance(spec, Mapping) else None
     return parse_provider_id(pid)
@@ -362,29 +366,6 @@ def collection_error(kind: Literal["DataCollectionRule", "Workspace"], resource_
 # -- Container Insights: does the ama-logs DaemonSet admit / cover a node? -------------------------
 
 
-def _match_expression(labels: Mapping[str, Any], expr: Mapping[str, Any]) -> bool:
-    key = expr.get("key")
-    op = expr.get("operator")
-    values = [v for v in (expr.get("values") or []) if isinstance(v, str)]
-    has = isinstance(key, str) and key in labels
-    val = labels.get(key) if isinstance(key, str) else None
-    if op == "In":
-        return has and val in values
-    if op == "NotIn":
-        return not has or val not in values
-    if op == "Exists":
-        return has
-    if op == "DoesNotExist":
-        return not has
-    if op in ("Gt", "Lt") and has and values:
-        try:
-            a, b = int(str(val)), int(values[0])
-        except ValueError:
-            return False
-        return a > b if op == "Gt" else a < b
-    return False
-
-
 def _tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
     for tol in tolerations:
         if not isinstance(tol, Mapping):
@@ -418,8 +399,7 @@ def pod_spec_admits_node(pod_spec: Mapping[str, Any], node: Mapping[str, Any]) -
     if isinstance(required, Mapping):
         terms = [t for t in (required.get("nodeSelectorTerms") or []) if isinstance(t, Mapping)]
         if terms and not any(
-            all(_match_expression(labels, e) for e in (t.get("matchExpressions") or []) if isinstance(e, Mapping))
-            for t in terms
+            matches({"matchExpressions": t.get("matchExpressions") or []}, labels) for t in terms
         ):
             return False, "required node affinity does not match"
     spec = node.get("spec")
@@ -468,15 +448,11 @@ def container_insights_verdict(
             waiting.append(name)
     if not_admitted:
         return AgentVerdict("Missing", "ama-logs",
-                            f"ama-logs does not run on {len(not_admitted)} node(s): {_few(not_admitted)}")
+                            f"ama-logs does not run on {len(not_admitted)} node(s): {few_names(not_admitted)}")
     if waiting:
         return AgentVerdict("Pending", "ama-logs",
-                            f"ama-logs admits but is not running on {len(waiting)} node(s): {_few(waiting)}")
+                            f"ama-logs admits but is not running on {len(waiting)} node(s): {few_names(waiting)}")
     return AgentVerdict("Present", "ama-logs", f"ama-logs running on all {len(node_names)} node(s)")
-
-
-def _few(items: Sequence[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 # -- the report ------------------------------------------------------------------------------------

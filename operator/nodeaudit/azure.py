@@ -43,6 +43,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
 
 from . import agent as A
+from .policy import NodeAuditPolicySpec, parse_duration
 
 log = logging.getLogger("nodeaudit.azure")
 
@@ -63,6 +64,7 @@ DCR_ASSOCIATION_NAME = "nodeaudit-syslog"
 
 
 def arm_endpoint(env: Mapping[str, str] | None = None) -> str:
+    """``NODEAUDIT_ARM_ENDPOINT`` of ``env`` (default os.environ), checked: https only, no trailing /."""
     env = os.environ if env is None else env
     ep = (env.get(ENV_ENDPOINT) or DEFAULT_ENDPOINT).strip().rstrip("/")
     if not ep.startswith("https://"):
@@ -88,16 +90,19 @@ class TokenFileCredential:
     def _current(self) -> str:
         try:
             st = os.stat(self.path)
-        except OSError as e:
-            raise ClientAuthenticationError(f"cannot read the ARM token file {self.path}: {e.strerror}") from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp != self._stamp:
-            with open(self.path, encoding="utf-8") as f:
-                token = f.read().strip()
-            self.reads += 1
-            if token.lower().startswith("bearer "):
-                token = token[7:].strip()
-            self._token, self._stamp = token, stamp
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self._stamp:
+                with open(self.path, encoding="utf-8") as f:
+                    token = f.read().strip()
+                self.reads += 1
+                if token.lower().startswith("bearer "):
+                    token = token[7:].strip()
+                self._token, self._stamp = token, stamp
+        except OSError as e:  # missing, a directory, no permission...
+            raise ClientAuthenticationError(
+                f"cannot read the ARM token file {self.path}: {e.strerror or type(e).__name__}") from None
+        except UnicodeDecodeError:
+            raise ClientAuthenticationError(f"cannot read the ARM token file {self.path}: not UTF-8 text") from None
         if not self._token:
             raise ClientAuthenticationError(f"the ARM token file {self.path} is empty")
         return self._token
@@ -217,7 +222,7 @@ class ArmClients:
     ) -> None:
         """``observe(operation, status)`` is called after every HTTP attempt (status None: no response)."""
         self.observe = observe
-        self.endpoint = (endpoint.rstrip("/") if endpoint else arm_endpoint(env))
+        self.endpoint = arm_endpoint({ENV_ENDPOINT: endpoint} if endpoint else env)
         self.credential = credential if credential is not None else make_credential(env)
         self.options = options or ArmOptions()
         self.requests: Counter[str] = Counter()
@@ -396,13 +401,29 @@ def _arm_code(e: HttpResponseError) -> str:
     return f" ({code})" if isinstance(code, str) and code else ""
 
 
-def describe_error(e: BaseException, *, what: str, permission: str, scope: str) -> str:
-    """A one-line verdict message for a failed ARM call. Never includes a token."""
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", None) or e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def describe_error(
+    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = ""
+) -> str:
+    """A one-line verdict message for a failed ARM call. Never includes a token.
+
+    ``retry_note`` is appended to the transient failures (timeouts, throttling, 5xx, network): the
+    operator passes "; retried next interval", the one-shot CLI nothing.
+    """
+    at = f" ({endpoint})" if endpoint else ""
     if isinstance(e, asyncio.TimeoutError):
-        return f"{what}: no answer within the deadline (ARM slow or unreachable); retried next interval"
+        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){retry_note}"
     if isinstance(e, DecodeError | DeserializationError):
-        return f"{what}: ARM sent a malformed response (not the expected JSON); retried next interval"
-    if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) in (None, 401):
+        return f"{what}: ARM sent a malformed response (not the expected JSON){retry_note}"
+    if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
+        # raised by the credential itself, before any request: its message is the cause
+        text = " ".join(str(getattr(e, "message", None) or e).split())
+        return f"{what}: cannot get a token: {text[:600] or type(e).__name__}"
+    if isinstance(e, ClientAuthenticationError) and e.status_code == 401:
         return f"{what}: ARM rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
     if isinstance(e, HttpResponseError):
         status = e.status_code
@@ -415,13 +436,13 @@ def describe_error(e: BaseException, *, what: str, permission: str, scope: str) 
         if status == 429:
             resp: Any = e.response
             ra = resp.headers.get("Retry-After") if resp is not None else None
-            return f"{what}: throttled by ARM (429{', Retry-After ' + ra + ' s' if ra else ''}); retried next interval"
+            return f"{what}: throttled by ARM (429{', Retry-After ' + ra + ' s' if ra else ''}){retry_note}"
         if status is not None and status >= 500:
-            return f"{what}: ARM server error {status}{_arm_code(e)} after retries; retried next interval"
+            return f"{what}: ARM server error {status}{_arm_code(e)} after retries{retry_note}"
         return f"{what}: ARM answered {status}{_arm_code(e)}"
     if isinstance(e, ServiceResponseError | ServiceRequestError):
-        return f"{what}: ARM unreachable or too slow ({type(e).__name__}); retried next interval"
-    return f"{what}: unexpected {type(e).__name__}"
+        return f"{what}: ARM unreachable or too slow{at}: {type(e).__name__}: {_first_line(e)}{retry_note}"
+    return f"{what}: unexpected {type(e).__name__}: {_first_line(e)}{at}"
 
 
 # -- the checker ------------------------------------------------------------------------------------
@@ -446,6 +467,7 @@ class AgentChecker:
 
     clients: ArmClients
     ttl: float = 3600.0 * 0.9
+    retry_note: str = ""  # appended to transient failures (the operator: "; retried next interval")
     clock: Callable[[], float] = time.monotonic
     _cache: dict[tuple[str, ...], _Cached] = field(default_factory=dict)
 
@@ -457,9 +479,16 @@ class AgentChecker:
         for key in [k for k in self._cache if tuple(k[1:4]) == ref.key]:
             del self._cache[key]
 
-    async def _bounded(self, sem: asyncio.Semaphore, coro: Any) -> Any:
+    async def _bounded(self, coro: Any, sem: asyncio.Semaphore | None = None) -> Any:
+        """``coro`` within the deadline (and, given ``sem``, within the concurrency bound)."""
+        if sem is None:
+            return await asyncio.wait_for(coro, self.clients.options.deadline)
         async with sem:
             return await asyncio.wait_for(coro, self.clients.options.deadline)
+
+    def _describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
+        return describe_error(e, what=what, permission=permission, scope=scope,
+                              endpoint=self.clients.endpoint, retry_note=self.retry_note)
 
     async def _list_extensions(self, ref: A.ScaleSetRef) -> list[A.ExtensionFact]:
         client = self.clients.compute(ref.subscription)
@@ -476,11 +505,13 @@ class AgentChecker:
                                                  checked_at=hit.checked_at, cached=True)
         now = datetime.now(timezone.utc)
         try:
-            facts = await self._bounded(sem, self._list_extensions(ref))
+            facts = await self._bounded(self._list_extensions(ref), sem)
         except Exception as e:  # every failure is a verdict, never a crash
-            msg = describe_error(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
+            msg = self._describe(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
                                  scope=f"scale set {ref.resource_id}")
-            log.warning("agent check of %s failed: %s", ref.label, msg)
+            # info, not warning: the verdict carries the message (the operator logs the condition,
+            # the CLI prints the table); a warning would repeat each line on stderr
+            log.info("agent check of %s failed: %s", ref.label, msg)
             return A.ScaleSetResult(ref=ref, nodes=nodes, state="Error", agent=None, message=msg, checked_at=now)
         verdict = A.extension_verdict(facts, extension_types)
         exts = tuple(f"{f.type or '?'}:{f.provisioning_state or '?'}" for f in facts)
@@ -504,12 +535,11 @@ class AgentChecker:
         except ValueError as e:
             return A.collection_error("DataCollectionRule", resource_id, str(e))
         try:
-            sem = asyncio.Semaphore(1)
-            dcr = await self._bounded(sem, self.clients.monitor(sub).data_collection_rules.get(rg, name))
+            dcr = await self._bounded(self.clients.monitor(sub).data_collection_rules.get(rg, name))
             sources, flows = dcr_facts(dcr)
             return A.dcr_collection_verdict(resource_id, sources, flows, facility, priority)
         except Exception as e:
-            return A.collection_error("DataCollectionRule", resource_id, describe_error(
+            return A.collection_error("DataCollectionRule", resource_id, self._describe(
                 e, what="reading the Data Collection Rule",
                 permission="Microsoft.Insights/dataCollectionRules/read", scope=resource_id))
 
@@ -528,10 +558,10 @@ class AgentChecker:
         except ValueError as e:
             return A.collection_error("Workspace", resource_id, str(e))
         try:
-            sources = await self._bounded(asyncio.Semaphore(1), self._workspace_sources(sub, rg, name))
+            sources = await self._bounded(self._workspace_sources(sub, rg, name))
             return A.workspace_collection_verdict(resource_id, sources, facility, priority)
         except Exception as e:
-            return A.collection_error("Workspace", resource_id, describe_error(
+            return A.collection_error("Workspace", resource_id, self._describe(
                 e, what="listing the workspace's data sources",
                 permission="Microsoft.OperationalInsights/workspaces/dataSources/read", scope=resource_id))
 
@@ -563,41 +593,37 @@ class AgentChecker:
             props["protectedSettings"] = {"workspaceKey": workspace[1]}
         o = self.clients.options
         client = self.clients.compute(ref.subscription)
+        vm_contributor = "(Virtual Machine Contributor on the node resource group)"
         step = "installing " + extension
+        perm = f"Microsoft.Compute/virtualMachineScaleSets/extensions/write {vm_contributor}"
         try:
             async def run() -> None:
-                nonlocal step
+                nonlocal step, perm
                 poller = await client.virtual_machine_scale_set_extensions.begin_create_or_update(
                     ref.resource_group, ref.name, extension, {"properties": props},
                     polling_interval=o.polling_interval)
                 await poller.result()
                 if extension == A.AMA and data_collection_rule_id:
                     step = "associating the Data Collection Rule"
+                    perm = ("Microsoft.Insights/dataCollectionRuleAssociations/write (Monitoring Contributor "
+                            "on the scale set)")
                     sub = ref.subscription
                     await self.clients.monitor(sub).data_collection_rule_associations.create(
                         ref.resource_id, DCR_ASSOCIATION_NAME,
                         {"properties": {"dataCollectionRuleId": data_collection_rule_id}})
                 step = "upgrading the instances"
+                perm = f"Microsoft.Compute/virtualMachineScaleSets/manualUpgrade/action {vm_contributor}"
                 poller2 = await client.virtual_machine_scale_sets.begin_update_instances(
                     ref.resource_group, ref.name, {"instanceIds": ["*"]}, polling_interval=o.polling_interval)
                 await poller2.result()
 
             await asyncio.wait_for(run(), o.deadline)
         except Exception as e:
-            perm = ("Microsoft.Compute/virtualMachineScaleSets/extensions/write and "
-                    "Microsoft.Compute/virtualMachineScaleSets/manualUpgrade/action (Virtual Machine Contributor "
-                    "on the node resource group)")
-            return "remediation failed: " + describe_error(e, what=step, permission=perm, scope=ref.resource_id)
+            return "remediation failed: " + self._describe(e, what=step, permission=perm, scope=ref.resource_id)
         finally:
             self.invalidate(ref)
         log.info("installed %s on %s and upgraded its instances", extension, ref.label)
         return f"installed {extension} ({spec['publisher']}) and upgraded all instances"
-
-
-def new_checker(interval_seconds: float = 3600.0, clients: ArmClients | None = None) -> AgentChecker:
-    """What the operator keeps per policy: clients from the environment (share one ArmClients across
-    policies) and a cache whose TTL fits the policy's ``monitoringAgent.interval``."""
-    return AgentChecker(clients or ArmClients(), ttl=ttl_for_interval(interval_seconds))
 
 
 def ttl_for_interval(interval_seconds: float) -> float:
@@ -664,57 +690,24 @@ class AgentSettings:
     priority: str = "LOG_INFO"
 
 
-def _field(obj: Any, snake: str, camel: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    v = obj.get(camel, obj.get(snake, default)) if isinstance(obj, Mapping) else getattr(obj, snake, default)
-    return default if v is None else v
-
-
-def settings_from_spec(spec: Any, parse_duration: Callable[[str], Any] | None = None) -> AgentSettings:
-    """Adapter from the policy spec (the pydantic model or a camelCase dict) to AgentSettings."""
-    ma = _field(spec, "monitoring_agent", "monitoringAgent")
-    sl = _field(spec, "syslog", "syslog")
-    interval = _field(ma, "interval", "interval", "1h")
-    if parse_duration is None:
-        try:
-            from .policy import parse_duration as policy_parse_duration
-        except ImportError:  # pragma: no cover - the model ships with the package
-            parse_duration = _parse_duration
-        else:
-            parse_duration = policy_parse_duration
-    dur: Any = parse_duration(str(interval))
-    seconds = dur.total_seconds() if hasattr(dur, "total_seconds") else float(dur)
-    rem = _field(ma, "remediation", "remediation")
-    ref = _field(rem, "workspace_secret_ref", "workspaceSecretRef")
-    secret = None
-    if ref is not None:
-        secret = (str(_field(ref, "name", "name")), str(_field(ref, "namespace", "namespace", "nodeaudit-system")),
-                  str(_field(ref, "workspace_id_key", "workspaceIdKey", "workspaceId")),
-                  str(_field(ref, "workspace_key_key", "workspaceKeyKey", "workspaceKey")))
+def settings_from_spec(spec: NodeAuditPolicySpec) -> AgentSettings:
+    """The policy model's ``spec.monitoringAgent`` + ``spec.syslog`` -> AgentSettings (the model
+    holds the defaults)."""
+    ma, syslog = spec.monitoring_agent, spec.syslog
+    rem = ma.remediation
+    ref = rem.workspace_secret_ref if rem is not None else None
     return AgentSettings(
-        check=str(_field(ma, "check", "check", "VMSSExtension")),
-        extension_types=tuple(_field(ma, "extension_types", "extensionTypes", A.DEFAULT_EXTENSION_TYPES)),
-        data_collection_rule_id=_field(ma, "data_collection_rule_id", "dataCollectionRuleId"),
-        workspace_resource_id=_field(ma, "workspace_resource_id", "workspaceResourceId"),
-        interval_seconds=seconds,
-        remediate=bool(_field(ma, "remediate", "remediate", False)),
-        remediation_extension=str(_field(rem, "extension", "extension", A.AMA)),
-        workspace_secret=secret,
-        facility=str(_field(sl, "facility", "facility", "LOG_AUTHPRIV")),
-        priority=str(_field(sl, "priority", "priority", "LOG_INFO")),
+        check=ma.check,
+        extension_types=tuple(ma.extension_types),
+        data_collection_rule_id=ma.data_collection_rule_id,
+        workspace_resource_id=ma.workspace_resource_id,
+        interval_seconds=parse_duration(ma.interval).total_seconds(),
+        remediate=ma.remediate,
+        remediation_extension=rem.extension if rem is not None else A.AMA,
+        workspace_secret=(ref.name, ref.namespace, ref.workspace_id_key, ref.workspace_key_key) if ref else None,
+        facility=str(syslog.facility),
+        priority=str(syslog.priority),
     )
-
-
-def _parse_duration(s: str) -> float:
-    """A Go duration (``1h30m``, ``90s``) in seconds; used only until nodeaudit.policy lands."""
-    import re
-
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", s.strip())
-    if not parts or "".join(n + u for n, u in parts) != s.strip():
-        raise ValueError(f"bad duration {s!r}")
-    return sum(float(n) * units[u] for n, u in parts)
 
 
 async def check_policy_agents(

@@ -137,8 +137,10 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
     sys.exit(1 if problems else 0)
 
 
-def _single_policy(path: str, name: str | None) -> policy_mod.NodeAuditPolicy:
-    """The one policy in `path` (or the one called `name`), or a ClickException saying what is wrong."""
+def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> policy_mod.NodeAuditPolicy:
+    """The one policy in `path` (or the one called `name`), or a ClickException saying what is wrong.
+
+    ``pick``: the command's option that names a policy, for the message when `path` holds several."""
     loaded = list(load_documents((path,)))
     errors = [item for item in loaded if isinstance(item, str)]
     if errors:
@@ -154,7 +156,7 @@ def _single_policy(path: str, name: str | None) -> policy_mod.NodeAuditPolicy:
         raise click.ClickException("invalid policy:\n" + "\n".join(bad))
     if len(chosen) != 1:
         raise click.ClickException(f"{path}: expected exactly one NodeAuditPolicy (found: {names}); "
-                                   "pick one with --policy NAME")
+                                   f"pick one with {pick}")
     result = chosen[0].policy
     assert result is not None
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,43 +34,52 @@ NODEAUDIT_ARM_TOKEN_FILE (a bearer token; else DefaultAzureCredential).
 
 
 def _load_nodes(paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Node objects from YAML files: a Node, a NodeList, or a List of Nodes (`kubectl get -o yaml`)."""
     nodes: list[dict[str, Any]] = []
     for p in paths:
         try:
             docs = list(yaml.safe_load_all(Path(p).read_text(encoding="utf-8")))
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise click.UsageError(f"--node {p}: {e}") from None
-        for doc in docs:
-            if not isinstance(doc, Mapping):
+        for index, doc in enumerate(docs, start=1):
+            if doc is None:  # an empty document (a trailing ---)
                 continue
-            items = doc.get("items")
-            if isinstance(items, list):  # NodeList / List from `kubectl get nodes -o yaml`
-                nodes.extend(i for i in items if isinstance(i, dict) and i.get("kind", "Node") == "Node")
-            elif doc.get("kind", "Node") == "Node":
+            where = f"--node {p}: document {index}"
+            kind = doc.get("kind") if isinstance(doc, Mapping) else None
+            if kind == "Node":
                 nodes.append(dict(doc))
+            elif kind in ("NodeList", "List") and isinstance(doc.get("items"), list):
+                for i, item in enumerate(doc["items"]):
+                    # NodeList items from the API carry no kind; a List's items must say Node
+                    item_kind = item.get("kind", "Node" if kind == "NodeList" else None) if isinstance(item, Mapping) else None
+                    if item_kind != "Node":
+                        raise click.UsageError(f"{where}: items[{i}] is {_what(item)}, not a Node")
+                    nodes.append(dict(item))
+            else:
+                raise click.UsageError(f"{where} is {_what(doc)}, not a Node or NodeList")
     if not nodes:
         raise click.UsageError("no Node object in the --node file(s)")
     return nodes
 
 
-def _load_policy(path: str | None) -> tuple[Any, Any]:
+def _what(doc: object) -> str:
+    if not isinstance(doc, Mapping):
+        return f"a {type(doc).__name__}"
+    kind = doc.get("kind")
+    return f"a {kind}" if kind else "a mapping without kind"
+
+
+def _load_policy(path: str | None, name: str | None) -> tuple[Any, Any]:
     """(settings, nodeSelector) from a policy file, or the defaults."""
     from nodeaudit.azure import AgentSettings, settings_from_spec
+    from nodeaudit.cli import _single_policy  # here: cli.py imports this module when it registers it
 
     if path is None:
         return AgentSettings(), None
     try:
-        docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
-    except (OSError, yaml.YAMLError) as e:
-        raise click.UsageError(f"--policy {path}: {e}") from None
-    if len(docs) != 1:
-        raise click.UsageError(f"--policy {path}: expected one NodeAuditPolicy, found {len(docs)} documents")
-    from nodeaudit.policy import PolicyError, parse_policy
-
-    try:
-        policy = parse_policy(docs[0])
-    except PolicyError as e:
-        raise click.UsageError(f"--policy {path}: {e}") from None
+        policy = _single_policy(path, name, pick="--policy-name NAME")
+    except click.ClickException as e:  # exit 2 (bad input), not 1 (an agent missing)
+        raise click.UsageError(f"--policy {path}: {e.message}") from None
     return settings_from_spec(policy.spec), policy.spec.node_selector
 
 
@@ -81,15 +91,38 @@ def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
             cfg = client.Configuration()
             config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
             return client.ApiClient(cfg)
+        # $KUBECONFIG now (the kubernetes package reads it once, when imported), else ~/.kube/config
+        location = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         try:
             cfg = client.Configuration()
-            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
+            config.load_kube_config(config_file=location, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException as no_kubeconfig:
             cfg = client.Configuration()
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            try:
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except config.ConfigException as not_in_cluster:
+                raise click.UsageError(
+                    f"cannot reach the cluster: no kubeconfig at {location} "
+                    f"({no_kubeconfig}) and not running in a cluster ({not_in_cluster}); "
+                    "give --kubeconfig or set KUBECONFIG") from None
         return client.ApiClient(cfg)
+    except click.UsageError:
+        raise
     except Exception as e:
         raise click.UsageError(f"cannot reach the cluster: {e}") from None
+
+
+def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, Any]]:
+    """The nodes the operator would check for the policy: eligible (Linux, not virtual, not being
+    deleted) and matched by its nodeSelector."""
+    from nodeaudit.nodes import facts_from_node, matches
+
+    out = []
+    for node in nodes:
+        facts = facts_from_node(node)
+        if facts.eligible and matches(selector, facts.labels):
+            out.append(node)
+    return out
 
 
 @click.command("check-agent", epilog=EPILOG)
@@ -98,20 +131,22 @@ def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
 @click.option("--cluster", is_flag=True, help="Read the nodes from the cluster (kubeconfig or in-cluster).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig for --cluster / ContainerInsights.")
 @click.option("--context", help="kubeconfig context.")
-@click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
-              help="A NodeAuditPolicy: its monitoringAgent/syslog settings and (with --cluster) its nodeSelector.")
+@click.option("--policy", "policy_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="A policy FILE (YAML): its monitoringAgent/syslog settings and (with --cluster) its "
+                   "nodeSelector.")
+@click.option("--policy-name", metavar="NAME", help="The policy to use when the --policy FILE holds several.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--remediate", is_flag=True,
               help="Install the policy's remediation extension where the agent is missing, then upgrade the "
                    "instances (changes AKS node resources: AKS support discourages it).")
 @click.option("--endpoint", envvar="NODEAUDIT_ARM_ENDPOINT", help="ARM endpoint (default https://management.azure.com).")
-@click.option("--ca-file", envvar="NODEAUDIT_ARM_CA_FILE", type=click.Path(dir_okay=False),
+@click.option("--ca-file", envvar="NODEAUDIT_ARM_CA_FILE", type=click.Path(exists=True, dir_okay=False),
               help="CA bundle for the ARM endpoint (private endpoints, tests).")
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds allowed per scale set (all pages and retries).")
 def check_agent(
     node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
-    policy_file: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
+    policy_file: str | None, policy_name: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
     timeout: float,
 ) -> None:
     """Check that every node pool's VM scale set runs a monitoring agent.
@@ -125,9 +160,15 @@ def check_agent(
 
     if bool(node_files) == cluster:
         raise click.UsageError("give --node FILE... or --cluster (one of them)")
-    settings, selector = _load_policy(policy_file)
+    settings, selector = _load_policy(policy_file, policy_name)
     if remediate:
         settings.remediate = True
+    try:  # a bad endpoint is a usage error before the cluster is asked anything
+        options = Z.ArmOptions(connection_verify=ca_file or True, deadline=timeout)
+        clients = Z.ArmClients(endpoint=endpoint, options=options)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
     kube = None
     if cluster or kubeconfig or context or settings.check == "ContainerInsights" or (
         settings.remediate and settings.remediation_extension == A.OMS
@@ -139,18 +180,9 @@ def check_agent(
         except Exception as e:
             click.echo(f"error: listing nodes failed: {type(e).__name__}: {getattr(e, 'reason', '') or e}", err=True)
             sys.exit(2)
-        if selector is not None:
-            from nodeaudit.nodes import matches
-
-            nodes = [n for n in nodes if matches(selector, (n.get("metadata") or {}).get("labels") or {})]
+        nodes = _select_nodes(nodes, selector)
     else:
         nodes = _load_nodes(node_files)
-
-    try:
-        options = Z.ArmOptions(connection_verify=ca_file or True, deadline=timeout)
-        clients = Z.ArmClients(endpoint=endpoint, options=options)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
 
     async def run() -> A.AgentReport:
         async with clients:
@@ -162,5 +194,9 @@ def check_agent(
     finally:
         if kube is not None:
             kube.close()
+    if not report.scale_sets and not report.errors and settings.check != "None":
+        # nothing was checked: not a clean answer (exit 2, not 0)
+        report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
+                             if nodes else "nothing checkable: no node selected")
     click.echo(A.render_json(report) if as_json else A.render_table(report), nl=as_json)
     sys.exit(report.exit_code)

@@ -24,10 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from nodeaudit import agent as agent_mod
 from nodeaudit import jobs as jobs_mod
 from nodeaudit import kube as kube_mod
 from nodeaudit import metrics, rollout, status
 from nodeaudit import nodes as nodes_mod
+from nodeaudit.policy import parse_duration
 
 log = logging.getLogger("nodeaudit.controller")
 
@@ -101,6 +103,9 @@ class PolicyEntry:
     agent_key: str = ""  # the settings the verdict is for; a change re-checks at once
     agent_due: float = 0.0
     agent_task: asyncio.Task[None] | None = None
+    # Scale sets (ScaleSetRef.key) of the matched nodes, as of the last check plus those noticed
+    # since: a node in a scale set not in here makes the check due at once.
+    agent_scale_set_keys: set[tuple[str, str, str]] = field(default_factory=set)
 
     @property
     def order(self) -> tuple[str, str]:
@@ -177,6 +182,7 @@ class Controller:
             old = self.nodes.get(name)
             self.nodes[name] = facts
             self.raw_taints[name] = [dict(t) for t in (body.get("spec") or {}).get("taints") or []]
+            self._notice_scale_set(facts)
             if old is not None and _same_for_us(old, facts):
                 return
         self._mark()
@@ -269,6 +275,7 @@ class Controller:
             entry.stalled_reported = old.stalled_reported
             entry.agent, entry.agent_scale_sets = old.agent, old.agent_scale_sets
             entry.agent_key, entry.agent_due, entry.agent_task = old.agent_key, old.agent_due, old.agent_task
+            entry.agent_scale_set_keys = old.agent_scale_set_keys
         try:
             entry.policy = parse_policy(entry.body)
             entry.bundle = render_bundle(entry.policy)
@@ -401,7 +408,7 @@ class Controller:
         settings = rollout.Settings(
             bundle=entry.bundle.hash, max_unavailable=spec.rollout.max_unavailable,
             max_failures=spec.rollout.max_failures, paused=spec.rollout.paused,
-            verify_interval=_duration(spec.verify_interval),
+            verify_interval=parse_duration(spec.verify_interval),
             retry_limit=self.config.retry_limit, retry_backoff=self.config.retry_backoff,
         )
         running = {j.node: j.budget for j in self.jobs.values()
@@ -720,6 +727,24 @@ class Controller:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.agent_wake.wait(), timeout=max(0.05, next_due - time.monotonic()))
 
+    def _notice_scale_set(self, node: nodes_mod.NodeFacts) -> None:
+        """A node in a scale set that a policy's agent check has not seen makes that check due now
+        (the checker's cache keeps the other scale sets: one list call, for the new one)."""
+        if not node.eligible:
+            return
+        ref = agent_mod.parse_provider_id(node.provider_id)
+        if not isinstance(ref, agent_mod.ScaleSetRef):
+            return
+        for entry in self.policies.values():
+            if (entry.error is not None or entry.policy is None or entry.deleting
+                    or ref.key in entry.agent_scale_set_keys
+                    or entry.policy.spec.monitoring_agent.check == "None"
+                    or not nodes_mod.matches(entry.policy.spec.node_selector, node.labels)):
+                continue
+            entry.agent_scale_set_keys.add(ref.key)
+            entry.agent_due = 0.0  # also while a check runs: _check_agent then leaves it due
+            self.agent_wake.set()
+
     def _set_agent(self, entry: PolicyEntry, condition: tuple[str, str, str],
                    scale_sets: list[dict[str, Any]] | None) -> None:
         if entry.agent == condition and (scale_sets is None or entry.agent_scale_sets == scale_sets):
@@ -732,6 +757,11 @@ class Controller:
     async def _check_agent(self, name: str, settings: Any) -> None:
         try:
             await self._run_agent_check(name, settings)
+        except Exception as e:  # noqa: BLE001 - nobody awaits this task: say it, never lose it
+            log.exception("agent check of policy %s failed", name)
+            current = self.policies.get(name)
+            if current is not None:
+                self._set_agent(current, ("Unknown", "CheckFailed", f"{type(e).__name__}: {e}"), None)
         finally:
             entry = self.policies.get(name)
             if entry is not None and entry.agent_due == float("inf"):  # 0 when the spec changed meanwhile
@@ -739,23 +769,32 @@ class Controller:
             self.agent_wake.set()
 
     async def _run_agent_check(self, name: str, settings: Any) -> None:
-        from nodeaudit import agent as agent_mod
         from nodeaudit import azure
 
         entry = self.policies.get(name)
         if entry is None or entry.policy is None:
             return
-        if self.arm is None:
-            ca = os.environ.get("NODEAUDIT_ARM_CA_FILE")
-            self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=ca or True),
-                                        observe=metrics.observe_arm)
-        checker = self.agent_checkers.get(name)
-        if checker is None:
-            checker = azure.AgentChecker(self.arm, ttl=azure.ttl_for_interval(settings.interval_seconds))
-            self.agent_checkers[name] = checker
+        matched = self.matched_nodes(entry)
+        entry.agent_scale_set_keys = {ref.key for n in matched
+                                      if isinstance(ref := agent_mod.parse_provider_id(n.provider_id),
+                                                    agent_mod.ScaleSetRef)}
         nodes = [{"metadata": {"name": n.name, "labels": dict(n.labels)},
                   "spec": {"providerID": n.provider_id, "taints": self.raw_taints.get(n.name, [])}}
-                 for n in self.matched_nodes(entry)]
+                 for n in matched]
+        if self.arm is None:
+            try:  # NODEAUDIT_ARM_ENDPOINT is checked here (https only): a bad one is the verdict
+                ca = os.environ.get("NODEAUDIT_ARM_CA_FILE")
+                self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=ca or True),
+                                            observe=metrics.observe_arm)
+            except ValueError as e:
+                log.error("agent check of policy %s cannot run: %s", name, e)
+                self._set_agent(entry, ("False", "ArmConfigInvalid", str(e)), None)
+                return
+        checker = self.agent_checkers.get(name)
+        if checker is None:
+            checker = azure.AgentChecker(self.arm, ttl=azure.ttl_for_interval(settings.interval_seconds),
+                                         retry_note="; retried next interval")
+            self.agent_checkers[name] = checker
         client = None
         try:
             if settings.check == "ContainerInsights":
@@ -786,11 +825,6 @@ class Controller:
         """Periodic safety net (kopf timer): look at every policy again and collect garbage."""
         self._mark()
         await self._gc_configmaps()
-
-
-def _duration(text: str) -> dt.timedelta:
-    from nodeaudit.policy import parse_duration
-    return parse_duration(text)
 
 
 def _same_for_us(a: nodes_mod.NodeFacts, b: nodes_mod.NodeFacts) -> bool:

@@ -25,6 +25,11 @@ class Taint:
     value: str = ""
 
 
+def node_os(labels: Mapping[str, Any]) -> str:
+    """A node's OS from its labels: ``kubernetes.io/os``, else the beta label; unlabelled is linux."""
+    return str(labels.get("kubernetes.io/os", labels.get("beta.kubernetes.io/os", "linux")))
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What the operator needs to know about one Node."""
@@ -44,8 +49,7 @@ class NodeFacts:
 
     @property
     def linux(self) -> bool:
-        os_label = self.labels.get("kubernetes.io/os", self.labels.get("beta.kubernetes.io/os", "linux"))
-        return os_label == "linux"
+        return node_os(self.labels) == "linux"
 
     @property
     def virtual(self) -> bool:
@@ -134,32 +138,48 @@ class _Selector(Protocol):
     def match_expressions(self) -> Sequence[Any]: ...
 
 
+def requirement_matches(labels: Mapping[str, str], key: str, operator: str, values: Sequence[str]) -> bool:
+    """One label requirement (metav1.LabelSelectorRequirement / NodeSelectorRequirement).
+
+    In, NotIn, Exists, DoesNotExist; Gt and Lt (node affinity only) compare integers. An unknown
+    operator matches nothing.
+    """
+    has = key in labels
+    if operator == "In":
+        return has and labels[key] in values
+    if operator == "NotIn":
+        return not has or labels[key] not in values
+    if operator == "Exists":
+        return has
+    if operator == "DoesNotExist":
+        return not has
+    if operator in ("Gt", "Lt") and has and values:
+        try:
+            a, b = int(str(labels[key])), int(values[0])
+        except ValueError:
+            return False
+        return a > b if operator == "Gt" else a < b
+    return False
+
+
 def matches(selector: _Selector | Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
     """metav1.LabelSelector semantics: matchLabels AND every matchExpression; empty matches all.
 
-    Accepts the policy model's LabelSelector or its dict form (camelCase or snake_case keys).
+    Accepts the policy model's LabelSelector or its dict form (camelCase or snake_case keys; a
+    node-affinity term ``{"matchExpressions": [...]}`` is one too).
     """
     if selector is None:
         return True
     if isinstance(selector, Mapping):
         match_labels = selector.get("matchLabels", selector.get("match_labels")) or {}
+        raw = selector.get("matchExpressions", selector.get("match_expressions")) or []
         exprs = [
-            (str(e["key"]), str(e["operator"]), list(e.get("values") or []))
-            for e in (selector.get("matchExpressions", selector.get("match_expressions")) or [])
+            (str(e.get("key")), str(e.get("operator")), [v for v in (e.get("values") or []) if isinstance(v, str)])
+            for e in raw if isinstance(e, Mapping)
         ]
     else:
         match_labels = selector.match_labels
         exprs = [(e.key, e.operator, list(e.values)) for e in selector.match_expressions]
-    for key, value in match_labels.items():
-        if labels.get(key) != value:
-            return False
-    for key, op, values in exprs:
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
+    if any(labels.get(key) != value for key, value in match_labels.items()):
+        return False
+    return all(requirement_matches(labels, key, op, values) for key, op, values in exprs)

@@ -46,7 +46,8 @@ def _cond(type_: str, status: str, reason: str, message: str, generation: int, n
             "observedGeneration": generation, "lastTransitionTime": since or now}
 
 
-def _names(nodes: Sequence[str], limit: int = 5) -> str:
+def few_names(nodes: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c, d, e and 3 more``: a list that fits in a condition message."""
     shown = ", ".join(list(nodes)[:limit])
     return shown + (f" and {len(nodes) - limit} more" if len(nodes) > limit else "")
 
@@ -92,16 +93,16 @@ def build_status(summary: Summary, now: str,
         reconciling = c("Reconciling", FALSE, "Configured", "")
     if summary.stalled:
         stalled = c("Stalled", TRUE, "MaxFailures",
-                    f"{summary.failed} node(s) failed after retries: {_names(summary.failed_nodes)}")
+                    f"{summary.failed} node(s) failed after retries: {few_names(summary.failed_nodes)}")
     else:
         stalled = c("Stalled", FALSE, "NotStalled", "")
     if summary.conflicts:
-        parts = [f"syslog settings conflict with policy {other} on {len(nodes)} node(s) ({_names(nodes, 3)})"
+        parts = [f"syslog settings conflict with policy {other} on {len(nodes)} node(s) ({few_names(nodes, 3)})"
                  for other, nodes in sorted(summary.conflicts.items())]
         degraded = c("Degraded", TRUE, "Conflict", "; ".join(parts) + "; those nodes are left to the older policy")
     elif summary.failed:
         degraded = c("Degraded", TRUE, "NodesFailed",
-                     f"{summary.failed} node(s) failed: {_names(summary.failed_nodes)}")
+                     f"{summary.failed} node(s) failed: {few_names(summary.failed_nodes)}")
     else:
         degraded = c("Degraded", FALSE, "NoFailures", "")
     conditions = [ready, reconciling, stalled, degraded]

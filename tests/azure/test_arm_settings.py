@@ -57,7 +57,7 @@ def test_token_file_is_reread_only_when_it_changes(tmp_path):
 
 
 def test_settings_from_the_policy_model():
-    from nodeaudit.policy import parse_policy
+    from nodeaudit.policy import NodeAuditPolicySpec, parse_policy
 
     dcr = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Insights/dataCollectionRules/d"
     policy = parse_policy({
@@ -73,6 +73,7 @@ def test_settings_from_the_policy_model():
     assert s.interval_seconds == 1800 and s.remediate and s.remediation_extension == "OmsAgentForLinux"
     assert s.workspace_secret == ("law", "nodeaudit-system", "workspaceId", "workspaceKey")
     assert (s.facility, s.priority) == ("LOG_LOCAL6", "LOG_NOTICE")
-    d = Z.settings_from_spec({"monitoringAgent": {"check": "None", "interval": "2h"}})
+    d = Z.settings_from_spec(NodeAuditPolicySpec.model_validate(
+        {"presets": ["procmon"], "monitoringAgent": {"check": "None", "interval": "2h"}}))
     assert d.check == "None" and d.interval_seconds == 7200 and d.facility == "LOG_AUTHPRIV"
     assert Z.ttl_for_interval(3600) == 3240

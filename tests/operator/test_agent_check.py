@@ -77,3 +77,49 @@ def test_check_none_makes_no_arm_call(cluster: Cluster, arm: ArmServer) -> None:
         assert cond["status"] == "True" and cond["reason"] == "CheckDisabled"
         time.sleep(0.5)
     assert arm.log == []
+
+
+def _agent_listing(cluster: Cluster, name: str) -> list[dict]:  # type: ignore[type-arg]
+    return list(((cluster.get_policy(name) or {}).get("status") or {}).get("agent") or [])
+
+
+def test_a_new_scale_set_is_checked_at_once_with_one_list_call(cluster: Cluster, arm: ArmServer) -> None:
+    """A node pool added between intervals: its scale set is listed at once (one call), the scale
+    sets already checked stay cached until the interval (1h here) is up."""
+    new = "aks-user3-33333333-vmss"
+    arm.extensions[WITH_AGENT] = [*aks_extensions(), ama()]
+    arm.extensions[WITHOUT_AGENT] = aks_extensions()
+    arm.extensions[new] = aks_extensions()
+    cluster.add_nodes("user1", 2, vmss_suffix="11111111")
+    cluster.add_nodes("user2", 1, vmss_suffix="22222222")
+    name = "newpool"
+    cluster.apply_policy(policy(name, monitoringAgent={"check": "VMSSExtension", "interval": "1h"}))
+    with cluster.operator():
+        wait_for(lambda: len(_agent_listing(cluster, name)) == 2, timeout=20, what="the first check")
+        assert (arm.list_calls(WITH_AGENT), arm.list_calls(WITHOUT_AGENT), arm.list_calls(new)) == (1, 1, 0)
+
+        added_at = time.monotonic()
+        cluster.add_nodes("user3", 2, vmss_suffix="33333333")
+        listing = wait_for(lambda: (items := _agent_listing(cluster, name)) and len(items) == 3 and items,
+                           timeout=15, what="the new scale set in status.agent")
+        assert time.monotonic() - added_at < 15  # at once, not after the 1h interval
+        by_set = {s["scaleSet"]: s for s in listing}
+        assert by_set[new]["state"] == "Missing"
+        cond = _agent_ready(cluster, name) or {}
+        assert cond.get("status") == "False" and new in cond.get("message", "")
+        time.sleep(1.0)  # no further checks follow
+        assert arm.list_calls(new) == 1
+        assert (arm.list_calls(WITH_AGENT), arm.list_calls(WITHOUT_AGENT)) == (1, 1)  # still cached
+
+
+def test_a_plain_http_endpoint_makes_agent_ready_false_with_the_reason(
+        cluster: Cluster, arm: ArmServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODEAUDIT_ARM_ENDPOINT", "http://127.0.0.1:9")
+    cluster.add_nodes("user1", 1, vmss_suffix="11111111")
+    cluster.apply_policy(policy("badendpoint", monitoringAgent={"check": "VMSSExtension", "interval": "1h"}))
+    with cluster.operator():
+        cond = wait_for(lambda: (c := _agent_ready(cluster, "badendpoint")) and c["status"] == "False" and c,
+                        timeout=20, what="AgentReady=False")
+        assert cond["reason"] == "ArmConfigInvalid"
+        assert "NODEAUDIT_ARM_ENDPOINT must be an https:// URL" in cond["message"]
+    assert arm.list_calls() == 0

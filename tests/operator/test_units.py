@@ -57,9 +57,14 @@ def test_windows_and_virtual_nodes_not_eligible() -> None:
     ({"matchExpressions": [{"key": "gpu", "operator": "NotIn", "values": ["x"]}]}, True),
     ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, False),
     ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, True),
+    # node affinity's Gt/Lt (the ama-logs DaemonSet's nodeSelectorTerms go through the same matcher)
+    ({"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["1"]}]}, True),
+    ({"matchExpressions": [{"key": "gen", "operator": "Lt", "values": ["2"]}]}, False),
+    ({"matchExpressions": [{"key": "pool", "operator": "Gt", "values": ["1"]}]}, False),  # not a number
+    ({"matchExpressions": [{"key": "pool", "operator": "Bogus", "values": ["a"]}]}, False),
 ])
 def test_selector_matching(selector: dict[str, object], expected: bool) -> None:
-    assert nodes.matches(selector, {"pool": "a"}) is expected
+    assert nodes.matches(selector, {"pool": "a", "gen": "2"}) is expected
 
 
 # ---- rollout --------------------------------------------------------------------------------
