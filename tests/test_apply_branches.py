@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import hostlib  # noqa: E402
 STANDINS = Path(__file__).resolve().parent / "apply_standins"
 TOOLS = ("sh", "cat", "sed", "grep", "tr", "cut", "head", "tail", "mkdir", "mktemp", "cp", "mv", "rm",
          "chmod", "chown", "stat", "cmp", "dirname", "basename", "date", "id", "flock", "timeout", "ls",
-         "env", "wc", "sort")
+         "env", "wc", "sort", "uniq")
 PROCMON = list(hostlib.PROCMON_RULES)
 LISTED = list(hostlib.PROCMON_LISTED)
 
@@ -334,3 +335,196 @@ def test_version_falls_back_to_the_package_database(fake):
     rc, result, err = host.apply(host.bundle("b"))
     assert rc == 0, err
     assert result["auditVersion"] == "3.0.9"
+
+
+@pytest.mark.parametrize("pad", range(4))
+def test_long_message_with_quotes_and_backslashes_is_still_one_json_line(fake, pad):
+    """The message is cut to 600 characters before it is escaped: a cut through an escape pair
+    used to leave a lone backslash that escaped the closing quote."""
+    host = fake("debian-12")
+    host.install_audit()
+    weird = "x" * pad + '\\"' * 400
+    rc, result, _ = host.apply(host.bundle("b", expected=[*LISTED, weird]))  # json.loads in apply()
+    assert rc != 0 and result["ok"] is False
+    message = str(result["message"])
+    assert message.startswith("verification: rule not loaded: " + weird[:40])
+    assert 560 < len(message) <= 600
+    assert '\\"\\"' in message
+
+
+def test_dpkg_interrupted_is_reported_at_once_not_retried(fake):
+    """Not a busy lock: waiting does not fix it (it needs `dpkg --configure -a`)."""
+    host = fake("ubuntu-22.04")
+    (host.root / "dpkg-interrupted").write_text("")
+    rc, result, _ = host.apply(host.bundle("b"))
+    assert rc != 0 and result["ok"] is False
+    message = str(result["message"])
+    assert message.startswith("package install failed (apt): ")
+    assert "dpkg --configure -a" in message
+    calls = host.calls()
+    assert len([c for c in calls if " install " in c]) == 1, calls
+    assert "sleep 5" not in calls
+
+
+def test_install_timeout_reports_what_the_package_manager_said_last(fake):
+    host = fake("ubuntu-24.04")
+    (host.root / "install-hangs").write_text(
+        "Waiting for cache lock: Could not get lock /var/lib/dpkg/lock-frontend. "
+        "It is held by process 4242 (unattended-upgr)\n")
+    rc, result, _ = host.apply(host.bundle("b", install_timeout=2))
+    assert rc != 0 and result["ok"] is False
+    message = str(result["message"])
+    assert "did not finish within 2s (apt): last output: Waiting for cache lock" in message
+    assert "held by process 4242 (unattended-upgr)" in message
+
+
+def test_rollback_with_a_foreign_duplicate_rule_is_complete(fake):
+    """A foreign copy of one of our rules makes every later load report "Rule exists", the
+    rollback's load of the previous rules too: that is loaded, not a failed rollback."""
+    host = fake("azurelinux-3.0")
+    host.install_audit()
+    rules_d = host.root / "etc/audit/rules.d"
+    (rules_d / "10-procmon.rules").write_text(PROCMON[0] + "\n")
+    rc, result, err = host.apply(host.bundle("good"))
+    assert rc == 0 and result["ok"] is True, err
+    before = (rules_d / "60-nodeaudit-procmon.rules").read_bytes()
+
+    rc, result, _ = host.apply(host.bundle("bad", rules=[*PROCMON, "-w /x/y -p x -k refused"]))
+    message = str(result["message"])
+    assert rc != 0 and "ROLLBACK INCOMPLETE" not in message, message
+    assert message.startswith("the kernel refused the rules (augenrules --load exit 1: ")
+    assert "No such file or directory" in message and "Rule exists" not in message
+    assert "line 7" not in message  # the duplicate's "There was an error in line 7" is left out
+    assert message.endswith("(previous rules and plugin config restored)")
+    assert (rules_d / "60-nodeaudit-procmon.rules").read_bytes() == before
+    assert host.calls().count("augenrules --load") == 2
+    assert "refused" not in (host.root / "kernel.rules").read_text()
+
+
+def test_remove_quotes_why_the_remaining_rules_did_not_load(fake):
+    host = fake("debian-12")
+    host.install_audit()
+    bundle = host.bundle("b")
+    assert host.apply(bundle)[0] == 0
+    (host.root / "etc/audit/rules.d/10-foreign.rules").write_text("-w /x/y -p x -k refused\n")
+    rc, result, _ = host.apply(bundle, "--remove")
+    message = str(result["message"])
+    assert rc != 0 and message.startswith("the remaining rules did not load (augenrules --load exit 1: "), message
+    assert "No such file or directory" in message
+    # The foreign rule fails the rollback's load as well, and the message says so.
+    assert "ROLLBACK INCOMPLETE: previous rules did not load (augenrules --load exit 1: " in message
+    assert (host.root / "etc/audit/rules.d/60-nodeaudit-procmon.rules").exists()
+
+
+def test_stale_backup_directories_are_cleaned_under_the_host_lock(fake):
+    host = fake("debian-12")
+    host.install_audit()
+    stale = host.root / "var/lib/nodeaudit/state/tx.KILLED"
+    stale.mkdir(parents=True)
+    (stale / "rules").write_text("half a backup")
+    rc, result, err = host.apply(host.bundle("b"))
+    assert rc == 0 and result["ok"] is True, err
+    assert not list((host.root / "var/lib/nodeaudit/state").glob("tx.*"))
+
+
+def test_failed_backup_changes_nothing_and_rolls_nothing_back(fake):
+    host = fake("debian-12")
+    host.install_audit()
+    # A directory where the rules file belongs: cp cannot back it up.
+    (host.root / "etc/audit/rules.d/60-nodeaudit-procmon.rules").mkdir(parents=True)
+    plugin = host.root / "etc/audit/plugins.d/syslog.conf"
+    original = plugin.read_bytes()
+    rc, result, _ = host.apply(host.bundle("b"))
+    message = str(result["message"])
+    assert rc != 0 and message.startswith("cannot back up "), message
+    assert "restored" not in message and "ROLLBACK" not in message
+    assert "augenrules --load" not in host.calls()
+    assert plugin.read_bytes() == original
+    assert not list((host.root / "var/lib/nodeaudit/state").glob("tx.*"))
+
+
+def test_unopenable_host_lock_file_still_gives_a_result(fake):
+    """`exec 9>file` failing used to exit dash with rc 2 and no result line."""
+    host = fake("debian-12")
+    host.install_audit()
+    (host.root / "run/lock/nodeaudit-apply.lock").mkdir(parents=True)
+    rc, result, err = host.apply(host.bundle("b"))
+    assert rc == 0 and result["ok"] is True, err
+    assert "running without the host lock" in err
+
+
+def test_unknown_audit_version_quotes_what_auditctl_said(fake):
+    host = fake("debian-12", version="unknown")
+    host.install_audit()
+    rc, result, _ = host.apply(host.bundle("b"))
+    assert rc != 0
+    assert "cannot tell the audit version (auditctl -v: 'auditctl version unknown')" in str(result["message"])
+
+
+def test_missing_bundle_file_names_the_bundle_directory(fake):
+    host = fake("debian-12")
+    bundle = host.bundle("b")
+    (bundle / "expected.rules").unlink()
+    rc, result, _ = host.apply(bundle)
+    assert rc != 0 and result["message"] == f"bundle file expected.rules missing in {bundle}"
+
+
+# job-entry.sh: a Job deleted (or past activeDeadlineSeconds) gets SIGTERM in its shell only.
+
+JOB_ENTRY = Path(__file__).resolve().parents[1] / "operator" / "nodeaudit" / "host" / "job-entry.sh"
+SLOW_APPLY = """#!/bin/sh
+log=${FAKE_APPLY_LOG:?}
+trap 'echo "term $*" >>"$log"; sleep 0.5; echo rolled-back >>"$log"
+      echo "{\\"ok\\": false, \\"message\\": \\"interrupted by a signal (previous rules restored)\\"}"; exit 1' TERM
+echo "started $* root=${NODEAUDIT_HOST_ROOT-unset}" >>"$log"
+n=0
+while [ "$n" -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
+echo "not interrupted" >>"$log"
+echo '{"ok": true, "message": "applied"}'
+"""
+
+
+@pytest.mark.parametrize("via", ["chroot", "nsenter"])
+def test_job_entry_passes_term_on_to_apply_and_waits_for_its_rollback(tmp_path, via):
+    """With nsenter (which forks under -p and forwards nothing) the TERM goes to nsenter's child."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("sh", "cat", "sed", "tr", "tail", "mkdir", "mktemp", "cp", "mv", "rm", "chmod", "sleep"):
+        os.symlink(shutil.which(tool, path="/usr/bin:/bin"), tools / tool)
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name in ("chroot", "nsenter"):
+        os.symlink(STANDINS / name, stand_ins / name)
+    src = tmp_path / "bundle"
+    src.mkdir()
+    (src / "bundle.env").write_text(f"NODEAUDIT_BUNDLE=sha256:{'ab' * 32}\n")
+    (src / "apply.sh").write_text(SLOW_APPLY)
+    host = tmp_path / "host"
+    host.mkdir()
+    log = tmp_path / "apply.log"
+    termlog = tmp_path / "termination-log"
+    termlog.write_text("")
+    env = {"PATH": f"{stand_ins}:{tools}", "NODEAUDIT_BUNDLE_SRC": str(src), "NODEAUDIT_HOST_MOUNT": str(host),
+           "NODEAUDIT_TERMINATION_LOG": str(termlog), "NODEAUDIT_NSENTER": "no" if via == "chroot" else "yes",
+           "FAKE_APPLY_LOG": str(log), "NODEAUDIT_HOST_ROOT": "/host"}  # a stray value in the container environment
+    proc = subprocess.Popen(["sh", str(JOB_ENTRY), "--remove"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if log.exists() and log.read_text():
+                break
+            time.sleep(0.05)
+        # apply.sh runs without the test-only prefix the Job's environment carries
+        assert log.read_text() == "started --remove root=unset\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert log.read_text().splitlines() == ["started --remove root=unset", "term --remove", "rolled-back"], err
+    assert proc.returncode == 1, err
+    last = out.strip().splitlines()[-1]
+    assert json.loads(last)["message"] == "interrupted by a signal (previous rules restored)"
+    assert termlog.read_text() == last + "\n"
+    assert "SIGTERM: passing TERM on to apply.sh" in err

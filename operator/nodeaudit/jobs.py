@@ -147,11 +147,6 @@ def job_manifest(
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "command": args,
-            "env": [
-                {"name": "NODEAUDIT_ACTION", "value": action},
-                {"name": "NODEAUDIT_HOST_ROOT", "value": "/host"},
-                {"name": "NODEAUDIT_BUNDLE_DIR", "value": "/bundle"},
-            ],
             "securityContext": {"privileged": True, "runAsUser": 0},
             "resources": json.loads(json.dumps(RESOURCES)),
             "terminationMessagePath": "/dev/termination-log",
@@ -200,6 +195,19 @@ def job_outcome(job: Mapping[str, Any]) -> Literal["running", "succeeded", "fail
         if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
             return "failed"
     return "running"
+
+
+def job_finished_time(job: Mapping[str, Any]) -> str | None:
+    """When a finished Job finished (API time): ``status.completionTime``, else the time its
+    Complete/Failed condition turned True; None while it runs or when the API said neither."""
+    status = job.get("status") or {}
+    if status.get("completionTime"):
+        return str(status["completionTime"])
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in (
+                "Complete", "SuccessCriteriaMet", "Failed", "FailureTarget") and cond.get("lastTransitionTime"):
+            return str(cond["lastTransitionTime"])
+    return None
 
 
 def parse_result(message: str | None) -> dict[str, Any] | None:

@@ -67,8 +67,10 @@ AUDITD_PID=0
 log() { echo "nodeaudit: $*" >&2; }
 
 # JSON string body: printable ASCII only, so tool output of any locale cannot break the line.
+# Shortened before escaping: a cut through an escape (between \ and ") would end the string in a
+# lone backslash and break the line.
 json_str() {
-	printf '%s' "$1" | tr '\n\t\r' '   ' | tr -cd ' -~' | sed 's/\\/\\\\/g; s/"/\\"/g' | cut -c1-600
+	printf '%s' "$1" | tr '\n\t\r' '   ' | tr -cd ' -~' | cut -c1-600 | sed 's/\\/\\\\/g; s/"/\\"/g'
 }
 
 emit() { # ok message
@@ -89,7 +91,7 @@ fail() {
 		if rollback; then
 			msg="$msg (previous rules and plugin config restored)"
 		else
-			msg="$msg (ROLLBACK INCOMPLETE: $ROLLBACK_ERR)"
+			msg="$msg (ROLLBACK INCOMPLETE: ${ROLLBACK_ERR%; })"
 		fi
 	fi
 	read_status
@@ -127,7 +129,7 @@ read_env() {
 	case $INSTALL_TIMEOUT in '' | *[!0-9]*) fail "bundle.env: NODEAUDIT_INSTALL_TIMEOUT must be seconds" ;; esac
 	[ "$ACTION" = remove ] && return 0
 	for f in "$RULES_FILE" expected.rules syslog-v3.conf syslog-v2.conf; do
-		[ -r "$BUNDLE_DIR/$f" ] || fail "bundle file $f missing"
+		[ -r "$BUNDLE_DIR/$f" ] || fail "bundle file $f missing in $BUNDLE_DIR"
 	done
 	# -e 2 locks the rules until reboot (no later fix or removal possible); -f 2 panics the kernel
 	# when audit fails. Each needs the policy's explicit opt-in (spec.unsafe), checked again here
@@ -173,8 +175,10 @@ auditd_present() {
 }
 
 # Another apt/dpkg/tdnf run (unattended-upgrades, cloud-init, node bootstrap) holds the lock.
+# Not "dpkg was interrupted": that does not pass by waiting (it needs `dpkg --configure -a`), so it
+# is reported as a failure with apt's own words.
 lock_busy() {
-	grep -Eqi 'could not get lock|unable to acquire the dpkg frontend lock|is another process using it|dpkg was interrupted|waiting for (the )?lock|locked by another|instance.*lock' "$1"
+	grep -Eqi 'could not get lock|unable to acquire the dpkg frontend lock|is another process using it|waiting for (the )?lock|locked by another|instance.*lock' "$1"
 }
 
 PKG_LOG=""
@@ -233,12 +237,14 @@ install_auditd() {
 			*) err=$(pkg_error); rm -f "$PKG_LOG"; fail "package install failed ($PM): $err" ;;
 		esac
 	done
+	err=$(pkg_error)
 	rm -f "$PKG_LOG"
-	fail "package install did not finish within ${INSTALL_TIMEOUT}s ($PM)"
+	fail "package install did not finish within ${INSTALL_TIMEOUT}s ($PM)${err:+: last output: $err}"
 }
 
 detect_audit_version() {
-	AUDIT_VERSION=$(auditctl -v 2>/dev/null | sed -n 's/.*version[[:space:]]*\([0-9][0-9.]*\).*/\1/p' | head -n 1)
+	raw=$(auditctl -v 2>&1)
+	AUDIT_VERSION=$(printf '%s\n' "$raw" | sed -n 's/.*version[[:space:]]*\([0-9][0-9.]*\).*/\1/p' | head -n 1)
 	if [ -z "$AUDIT_VERSION" ]; then
 		if command -v dpkg-query >/dev/null 2>&1; then
 			AUDIT_VERSION=$(dpkg-query -W -f '${Version}' auditd 2>/dev/null | sed 's/^[0-9]*://; s/[-+~].*//')
@@ -254,7 +260,12 @@ detect_audit_version() {
 			dir=$(sed -n 's/^[[:space:]]*plugin_dir[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/\1/p' "$R/etc/audit/auditd.conf" 2>/dev/null | tail -n 1)
 			PLUGIN_FILE="$R${dir:-/etc/audit/plugins.d}"
 			PLUGIN_FILE="${PLUGIN_FILE%/}/syslog.conf" ;;
-		*) fail "cannot tell the audit version (auditctl -v: '$AUDIT_VERSION')" ;;
+		*)
+			# What the tools said, not what could be parsed from it (that is empty or unusable).
+			raw=$(printf '%s\n' "$raw" | head -n 3 | tr '\n' ' ' | sed 's/ *$//')
+			pkg=""
+			[ -z "$AUDIT_VERSION" ] || pkg="; package version: $AUDIT_VERSION"
+			fail "cannot tell the audit version (auditctl -v: '$raw'$pkg)" ;;
 	esac
 	PLUGIN_SRC="$BUNDLE_DIR/syslog-$PLUGIN_KEY.conf"
 }
@@ -425,12 +436,12 @@ file_right() { # src dst: same bytes, a regular file (not a symlink), 0640, root
 	[ -f "$2" ] && [ ! -L "$2" ] && cmp -s "$1" "$2" && [ "$(stat -c '%a %u %g' "$2")" = "640 0 0" ]
 }
 
-# Keeps a copy of a host file (or a note that it was absent) in the transaction directory.
-backup() { # path name
+# Keeps a copy of a host file (or a note that it was absent) in a transaction directory.
+backup() { # path dir/name
 	if [ -e "$1" ] || [ -L "$1" ]; then
-		cp -pP "$1" "$TX/$2" || return 1
+		cp -pP "$1" "$2" || return 1
 	else
-		: >"$TX/$2.absent" || return 1
+		: >"$2.absent" || return 1
 	fi
 }
 
@@ -443,13 +454,23 @@ restore() { # path name
 	fi
 }
 
+# TX is set only once every backup is complete: rollback must never copy half a backup over a
+# good file. A failed backup leaves the host untouched, so there is nothing to roll back.
 begin_tx() {
 	{ mkdir -p "$STATE_DIR" && chmod 0700 "$STATE_DIR"; } || fail "cannot create $STATE_DIR"
-	TX=$(mktemp -d "$STATE_DIR/tx.XXXXXX") || fail "cannot create a backup directory in $STATE_DIR"
-	backup "$RULES_D/$RULES_FILE" rules || fail "cannot back up the rules file"
-	if [ -n "$PLUGIN_FILE" ]; then
-		backup "$PLUGIN_FILE" plugin || fail "cannot back up the plugin config"
+	# A run killed by SIGKILL (grace period over) leaves its backup directory behind. Under the host
+	# lock no other run is inside a transaction, so every tx.* left is stale; without it, keep them.
+	[ "$LOCKED" = yes ] && rm -rf "$STATE_DIR"/tx.*
+	tx=$(mktemp -d "$STATE_DIR/tx.XXXXXX") || fail "cannot create a backup directory in $STATE_DIR"
+	if ! backup "$RULES_D/$RULES_FILE" "$tx/rules"; then
+		rm -rf "$tx"
+		fail "cannot back up $RULES_D/$RULES_FILE"
 	fi
+	if [ -n "$PLUGIN_FILE" ] && ! backup "$PLUGIN_FILE" "$tx/plugin"; then
+		rm -rf "$tx"
+		fail "cannot back up ${PLUGIN_FILE#"$R"}"
+	fi
+	TX=$tx
 }
 
 end_tx() { rm -rf "$TX"; TX=""; }
@@ -462,7 +483,7 @@ rollback() {
 		restore "$PLUGIN_FILE" plugin || ROLLBACK_ERR="${ROLLBACK_ERR}plugin config not restored; "
 	fi
 	if command -v augenrules >/dev/null 2>&1; then
-		augenrules --load >&2 2>&1 || ROLLBACK_ERR="${ROLLBACK_ERR}previous rules did not load; "
+		load_rules || ROLLBACK_ERR="${ROLLBACK_ERR}previous rules did not load ($LOAD_ERR); "
 	fi
 	if [ "$PLUGIN_CHANGED" = yes ]; then
 		reread_plugins || ROLLBACK_ERR="${ROLLBACK_ERR}auditd not running; "
@@ -499,12 +520,38 @@ only_duplicates() {
 	[ "$errors" -gt 0 ] && [ "$errors" -eq "$dups" ]
 }
 
+# Loads rules.d into the kernel, for apply, remove and rollback alike; augenrules' output goes to
+# stderr. A failure made only of duplicates (above) counts as loaded. Otherwise 1, and LOAD_ERR
+# holds the exit status and the telling lines for the message.
+LOAD_ERR=""
+load_rules() {
+	LOAD_ERR=""
+	log "augenrules --load"
+	out=$(augenrules --load 2>&1)
+	lrc=$?
+	printf '%s\n' "$out" >&2
+	[ "$lrc" -eq 0 ] && return 0
+	only_duplicates "$out" && return 0
+	# Without the duplicates: auditctl follows each error with "There was an error in line N".
+	lines=$(printf '%s\n' "$out" | sed '/Rule exists/{N;d;}' | grep -Ei 'error|invalid|unknown|no such' |
+		grep -v 'Rule exists' | head -n 3 | tr '\n' ' ' | sed 's/ *$//')
+	LOAD_ERR="augenrules --load exit $lrc${lines:+: $lines}"
+	return 1
+}
+
+LOCKED=no
 lock_host() {
 	mkdir -p "$R/run/lock" 2>/dev/null
 	command -v flock >/dev/null 2>&1 || { log "flock missing: running without the host lock"; return 0; }
 	# Jobs of two policies can land on one node at once; they share the plugin config and augenrules.
-	exec 9>"$R/run/lock/nodeaudit-apply.lock" || return 0
+	# `command`: a failed redirection on the special builtin exec would exit the shell (dash: rc 2,
+	# no result line). The braces keep 2>/dev/null from becoming permanent with the exec.
+	{ command exec 9>"$R/run/lock/nodeaudit-apply.lock"; } 2>/dev/null || {
+		log "cannot open $R/run/lock/nodeaudit-apply.lock: running without the host lock"
+		return 0
+	}
 	flock -w 600 9 || fail "another nodeaudit apply held the host lock for 600s"
+	LOCKED=yes
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -545,14 +592,7 @@ apply() {
 			put_file "$PLUGIN_SRC" "$PLUGIN_FILE" || fail "cannot write ${PLUGIN_FILE#"$R"}"
 		fi
 		if [ "$load_needed" = yes ]; then
-			log "augenrules --load"
-			out=$(augenrules --load 2>&1)
-			rc=$?
-			printf '%s\n' "$out" >&2
-			if [ "$rc" -ne 0 ] && ! only_duplicates "$out"; then
-				err=$(printf '%s\n' "$out" | grep -Ei 'error|invalid|unknown|no such' | grep -v 'Rule exists' | head -n 3 | tr '\n' ' ')
-				fail "the kernel refused the rules (augenrules --load exit $rc): $err"
-			fi
+			load_rules || fail "the kernel refused the rules ($LOAD_ERR)"
 		fi
 	fi
 
@@ -655,11 +695,7 @@ remove() {
 			{ cp -pP "$orig" "$tmp" && mv -f "$tmp" "$PLUGIN_FILE"; } || fail "cannot restore ${PLUGIN_FILE#"$R"}"
 		fi
 	fi
-	log "augenrules --load"
-	out=$(augenrules --load 2>&1)
-	rc=$?
-	printf '%s\n' "$out" >&2
-	[ "$rc" -eq 0 ] || only_duplicates "$out" || fail "the remaining rules did not load (augenrules --load exit $rc)"
+	load_rules || fail "the remaining rules did not load ($LOAD_ERR)"
 	if [ "$restore_plugin" = yes ]; then
 		reread_plugins || fail "auditd did not come up after restoring the plugin config"
 	fi

@@ -53,17 +53,77 @@ fi
 chmod 0700 "$TMP" && chmod 0600 "$TMP"/* && chmod 0700 "$TMP"/*.sh
 { rm -rf "$DEST" && mv "$TMP" "$DEST"; } || { rm -rf "$TMP"; result false "cannot place the bundle at $REL"; exit 1; }
 
+# NODEAUDIT_HOST_ROOT is apply.sh's test-only file prefix; the environment passes through nsenter
+# and chroot, and inside the host it must be empty (the Job spec sets it to /host for this shell).
+unset NODEAUDIT_HOST_ROOT
 set -- "$REL/apply.sh"
 [ -n "$ARG" ] && set -- "$@" "$ARG"
 OUT=$(mktemp) || { result false "mktemp failed"; exit 1; }
+
+# Job deletion and activeDeadlineSeconds send SIGTERM to this shell only, and SIGKILL to everything
+# after the grace period. apply.sh rolls back on TERM, so it is passed on and waited for: apply.sh
+# runs in the background and `wait` lets the trap run. nsenter -p forks and does not forward
+# signals (TERM would kill nsenter and leave apply.sh running): under nsenter it is nsenter's
+# child, the apply.sh shell, that gets the TERM. Passed on once: apply.sh's rollback is not
+# interrupted by a second one.
+# shellcheck disable=SC2317 # both run from the trap only
+children() { # pid -> its child pids
+	kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null) || kids=""
+	[ -n "$kids" ] && { printf '%s\n' "$kids"; return 0; }
+	parent=$1
+	for s in /proc/[0-9]*/stat; do
+		st=$(cat "$s" 2>/dev/null) || continue
+		# after "pid (comm) ": state, then the parent pid
+		st=${st##*) }
+		# shellcheck disable=SC2086 # split on purpose: stat is space-separated fields
+		set -- $st _ _
+		[ "$2" = "$parent" ] && { p=${s#/proc/}; printf '%s\n' "${p%/stat}"; }
+	done
+	return 0
+}
+# shellcheck disable=SC2317
+forward_term() {
+	trap '' TERM INT
+	STOPPED=$1
+	[ -n "$child" ] && [ -z "$SENT" ] || return 0
+	SENT=yes
+	targets=$child
+	[ "$VIA" = nsenter ] && targets=$(children "$child")
+	echo "nodeaudit: SIG$1: passing TERM on to apply.sh" >&2
+	# shellcheck disable=SC2086 # one or more pids
+	kill -TERM ${targets:-$child} 2>/dev/null
+}
+
+child=""
+STOPPED=""
+SENT=""
+trap 'forward_term TERM' TERM
+trap 'forward_term INT' INT
+VIA=chroot
 if [ "${NODEAUDIT_NSENTER:-yes}" != no ] && nsenter -t 1 -m -u -i -n -p -- true 2>/dev/null; then
-	nsenter -t 1 -m -u -i -n -p -- sh "$@" >"$OUT"
-	rc=$?
+	VIA=nsenter
 else
 	echo "nodeaudit: nsenter into PID 1 failed (hostPID off?); using chroot $HOST" >&2
-	chroot "$HOST" sh "$@" >"$OUT"
-	rc=$?
 fi
+if [ -n "$STOPPED" ]; then
+	rm -f "$OUT"
+	result false "stopped by SIG$STOPPED before apply.sh started"
+	exit 1
+fi
+if [ "$VIA" = nsenter ]; then
+	nsenter -t 1 -m -u -i -n -p -- sh "$@" >"$OUT" &
+else
+	chroot "$HOST" sh "$@" >"$OUT" &
+fi
+child=$!
+[ -z "$STOPPED" ] || forward_term "$STOPPED"
+wait "$child"
+rc=$?
+# A trapped signal ends `wait` early (status > 128) while apply.sh still runs: wait again.
+while [ "$rc" -gt 128 ] && kill -0 "$child" 2>/dev/null; do
+	wait "$child"
+	rc=$?
+done
 cat "$OUT"
 last=$(tail -n 1 "$OUT")
 rm -f "$OUT"
