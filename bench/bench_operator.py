@@ -65,8 +65,7 @@ def run_once(count: int, pools: int = 20, timeout: float = 600) -> dict[str, flo
                    NODEAUDIT_DEBOUNCE_SECONDS="0.2", PYTHONPATH=str(REPO / "operator"))
         profile = ["-m", "cProfile", "-o", os.environ["BENCH_OPERATOR_PROFILE"]] \
             if os.environ.get("BENCH_OPERATOR_PROFILE") else []
-        proc = subprocess.Popen([sys.executable, *profile, "-m", "nodeaudit.cli_run", "--liveness", "", "--metrics-port", "0",
-                                 "--posting-level", "ERROR"], env=env,
+        proc = subprocess.Popen([sys.executable, *profile, "-m", "nodeaudit.cli_run", "--liveness", "", "--metrics-port", "0"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # Let the operator start and list the (pre-existing) nodes, then apply the policy.

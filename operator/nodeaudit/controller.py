@@ -37,11 +37,25 @@ DEFAULT_NAMESPACE = "nodeaudit-system"
 DEFAULT_IMAGE = "ghcr.io/nodeaudit/nodeaudit:0.1.0"
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
+class SettingError(ValueError):
+    """An operator setting (environment variable) that cannot be used; names the variable."""
+
+
+def env_number(name: str, default: float, *, integer: bool = False, minimum: float = 0.0) -> float:
+    """``$name`` as a number (seconds unless said otherwise), ``default`` when unset or empty.
+    Anything else than a plain number ≥ ``minimum`` (``1m``, ``three``, ``-1``) is a SettingError
+    naming the variable and the value: a typo must not become a default nobody asked for."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
         return default
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number of seconds (no unit)"
+        raise SettingError(f"{name}={raw!r}: expected {kind}") from None
+    if not value >= minimum or value != value or value in (float("inf"), float("-inf")):
+        raise SettingError(f"{name}={raw!r}: expected a finite number >= {minimum:g}")
+    return value
 
 
 @dataclass
@@ -54,17 +68,22 @@ class Config:
     removal_timeout: float = 600.0
     result_grace: float = 3.0
     concurrency: int = 48
+    resync: float = 60.0  # the kopf timer's interval (handlers.register_timers)
+    removal_poll: float = 3.0  # how often a deletion looks at its removal Jobs
 
     @classmethod
     def from_env(cls) -> Config:
+        """The settings from ``NODEAUDIT_*``; SettingError for a value that is not usable."""
         return cls(
-            namespace=os.environ.get("NODEAUDIT_NAMESPACE", DEFAULT_NAMESPACE),
-            image=os.environ.get("NODEAUDIT_IMAGE", DEFAULT_IMAGE),
-            debounce=_env_float("NODEAUDIT_DEBOUNCE_SECONDS", 0.3),
-            retry_limit=int(_env_float("NODEAUDIT_RETRY_LIMIT", rollout.DEFAULT_RETRY_LIMIT)),
-            retry_backoff=_env_float("NODEAUDIT_RETRY_BACKOFF_SECONDS", rollout.DEFAULT_RETRY_BACKOFF),
-            removal_timeout=_env_float("NODEAUDIT_REMOVAL_TIMEOUT_SECONDS", 600.0),
-            result_grace=_env_float("NODEAUDIT_RESULT_GRACE_SECONDS", 3.0),
+            namespace=os.environ.get("NODEAUDIT_NAMESPACE") or DEFAULT_NAMESPACE,
+            image=os.environ.get("NODEAUDIT_IMAGE") or DEFAULT_IMAGE,
+            debounce=env_number("NODEAUDIT_DEBOUNCE_SECONDS", 0.3),
+            retry_limit=int(env_number("NODEAUDIT_RETRY_LIMIT", rollout.DEFAULT_RETRY_LIMIT, integer=True)),
+            retry_backoff=env_number("NODEAUDIT_RETRY_BACKOFF_SECONDS", rollout.DEFAULT_RETRY_BACKOFF),
+            removal_timeout=env_number("NODEAUDIT_REMOVAL_TIMEOUT_SECONDS", 600.0),
+            result_grace=env_number("NODEAUDIT_RESULT_GRACE_SECONDS", 3.0),
+            resync=env_number("NODEAUDIT_RESYNC_SECONDS", 60.0, minimum=0.1),
+            removal_poll=env_number("NODEAUDIT_REMOVAL_POLL_SECONDS", 3.0, minimum=0.05),
         )
 
 
@@ -79,6 +98,10 @@ class JobInfo:
     outcome: str  # running | succeeded | failed
     created: float  # monotonic time first seen
     finished_at: float | None = None
+    # When the Job finished, as the API says (status.completionTime, or the Failed condition's
+    # lastTransitionTime): after a restart it orders finished Jobs against each other and against
+    # the node's record, so an older Job never overwrites a newer result.
+    finished: str | None = None
 
 
 @dataclass
@@ -97,6 +120,7 @@ class PolicyEntry:
     requeue_at: float | None = None
     stalled_reported: frozenset[str] = frozenset()
     failures_reported: set[str] = field(default_factory=set)
+    create_error_reported: str | None = None
     # The monitoring-agent check (spec.monitoringAgent): last verdict, when the next is due.
     agent: tuple[str, str, str] | None = None  # AgentReady status, reason, message
     agent_scale_sets: list[dict[str, Any]] | None = None  # status.agent
@@ -110,6 +134,13 @@ class PolicyEntry:
     @property
     def order(self) -> tuple[str, str]:
         return (self.created, self.name)
+
+
+CREATE_RETRY_SECONDS = 5.0
+
+
+class CreateFailed(Exception):
+    """The API refused a ConfigMap or Job create (namespace missing, forbidden, invalid)."""
 
 
 class Waiting(Exception):
@@ -139,6 +170,9 @@ class Controller:
         self.config = config or Config.from_env()
         self.nodes: dict[str, nodes_mod.NodeFacts] = {}
         self.raw_taints: dict[str, list[dict[str, Any]]] = {}
+        # Nodes whose last event had no metadata.annotations at all → that event's resourceVersion
+        # (a JSON patch must create the map first, guarded by that version).
+        self.bare: dict[str, str] = {}
         self.jobs: dict[str, JobInfo] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, PolicyEntry] = {}
@@ -177,11 +211,18 @@ class Controller:
                 self._deleted.add(str((body.get("metadata") or {}).get("uid", "")))
             self.nodes.pop(name, None)
             self.raw_taints.pop(name, None)
+            self.bare.pop(name, None)
+            self.overlay.pop(name, None)
         else:
             facts = self._apply_overlay(nodes_mod.facts_from_node(body))
             old = self.nodes.get(name)
             self.nodes[name] = facts
             self.raw_taints[name] = [dict(t) for t in (body.get("spec") or {}).get("taints") or []]
+            meta = body.get("metadata") or {}
+            if meta.get("annotations"):
+                self.bare.pop(name, None)
+            else:
+                self.bare[name] = str(meta.get("resourceVersion") or "")
             self._notice_scale_set(facts)
             if old is not None and _same_for_us(old, facts):
                 return
@@ -238,6 +279,7 @@ class Controller:
             outcome=outcome, created=old.created if old else time.monotonic(),
             finished_at=(old.finished_at if old and old.finished_at else
                          (time.monotonic() if outcome != "running" else None)),
+            finished=jobs_mod.job_finished_time(body) if outcome != "running" else None,
         )
         self.jobs[name] = info
         if old is None or old.outcome != outcome:
@@ -383,14 +425,16 @@ class Controller:
         if mine is None:
             return {}
         out: dict[str, list[str]] = {}
-        names = {n.name for n in matched}
         for other in self.policies.values():
             if other is entry or other.error or other.policy is None or other.deleting:
                 continue
             theirs = syslog_key(other.policy)
             if theirs is None or theirs == mine or other.order > entry.order:
                 continue
-            both = sorted(n.name for n in self.matched_nodes(other) if n.name in names)
+            # Only ``matched`` (eligible nodes of this policy) can be shared: filter those with the
+            # other's selector instead of matching it over the whole cluster (O(N) per policy).
+            selector = other.policy.spec.node_selector
+            both = sorted(n.name for n in matched if n.eligible and nodes_mod.matches(selector, n.labels))
             if both:
                 out[other.name] = both
         return out
@@ -419,11 +463,11 @@ class Controller:
         # A finished Job of the same run (same deterministic name) is never created again.
         starts = [s for s in plan.start
                   if jobs_mod.job_name(entry.name, s.node, "apply", s.run_key) not in self.jobs]
-        if starts:
-            await self._ensure_configmap(entry)
-            await asyncio.gather(*(self._start_job(entry, s) for s in starts))
+        create_error = await self._start_all(entry, starts) if starts else None
         if plan.requeue_after is not None:
             entry.requeue_at = time.monotonic() + max(0.05, plan.requeue_after)
+        if create_error is not None:  # try again later, as after any failed pass
+            entry.requeue_at = min(entry.requeue_at or 1e18, time.monotonic() + CREATE_RETRY_SECONDS)
         # Unrecorded finished Jobs still waiting for their result line: look again shortly.
         if any(j.policy == entry.name and j.outcome != "running" and j.name not in self.recorded
                for j in self.jobs.values()):
@@ -433,10 +477,13 @@ class Controller:
             configured=plan.count("configured"), applying=plan.count("applying"),
             pending=plan.count("pending"), waiting=plan.count("waiting"), retrying=plan.count("retrying"),
             failed=plan.count("failed"), failed_nodes=plan.failed_nodes, stalled=plan.stalled,
-            paused=plan.paused, conflicts=conflicts,
+            paused=plan.paused, conflicts=conflicts, create_failed=create_error,
             agent=entry.agent, agent_scale_sets=entry.agent_scale_sets,
         )
         await self._write_status(entry, summary)
+        if create_error is not None and create_error != entry.create_error_reported:
+            await self.event(entry, "Warning", "CreateFailed", create_error)
+        entry.create_error_reported = create_error
         if plan.stalled and frozenset(plan.failed_nodes) != entry.stalled_reported:
             entry.stalled_reported = frozenset(plan.failed_nodes)
             await self.event(entry, "Warning", "RolloutStalled",
@@ -447,6 +494,25 @@ class Controller:
 
     async def _record_finished(self, entry: PolicyEntry) -> None:
         writes = []
+        for job in self._to_record(entry):
+            node = self.nodes[job.node]
+            record = node.record(entry.name)
+            result = self.results.get(job.name)
+            if result is None:
+                age = time.monotonic() - (job.finished_at or job.created)
+                if age < self.config.result_grace:
+                    continue
+                result = await self._fetch_result(job)
+            writes.append(self._record(entry, job, node, record, result))
+        if writes:
+            await asyncio.gather(*writes)
+
+    def _to_record(self, entry: PolicyEntry) -> list[JobInfo]:
+        """The finished apply Jobs of ``entry`` whose result the node records still lack: per node
+        only the newest, and none that finished before the node's record was written (after a
+        restart every finished Job within its TTL is unrecorded; an older one must not overwrite
+        a newer result). Superseded Jobs are marked recorded."""
+        newest: dict[str, JobInfo] = {}
         for job in list(self.jobs.values()):
             if job.policy != entry.name or job.action != "apply" or job.outcome == "running":
                 continue
@@ -457,18 +523,31 @@ class Controller:
                 self.recorded.add(job.name)
                 continue
             record = node.record(entry.name)
-            if record is not None and record.get("job") == job.name:
+            if record is not None and (record.get("job") == job.name or self._superseded(job, record)):
                 self.recorded.add(job.name)
                 continue
-            result = self.results.get(job.name)
-            if result is None:
-                age = time.monotonic() - (job.finished_at or job.created)
-                if age < self.config.result_grace:
-                    continue
-                result = await self._fetch_result(job)
-            writes.append(self._record(entry, job, node, record, result))
-        if writes:
-            await asyncio.gather(*writes)
+            best = newest.get(job.node)
+            if best is None:
+                newest[job.node] = job
+            elif _finish_key(job) > _finish_key(best):
+                self.recorded.add(best.name)
+                newest[job.node] = job
+            else:
+                self.recorded.add(job.name)
+        return list(newest.values())
+
+    def _superseded(self, job: JobInfo, record: Mapping[str, Any]) -> bool:
+        """``job`` finished before the Job behind ``record`` did (or before the record was written)."""
+        finished = rollout.parse_time(job.finished)
+        if finished is None:
+            return False
+        recorded_job = self.jobs.get(str(record.get("job") or ""))
+        other = rollout.parse_time(recorded_job.finished) if recorded_job is not None else None
+        if other is not None and other != finished:
+            return finished < other
+        written = rollout.parse_time(record.get("time"))
+        # completionTime has whole seconds: the Job ended within a second after it.
+        return written is not None and finished + dt.timedelta(seconds=1) <= written
 
     async def _fetch_result(self, job: JobInfo) -> dict[str, Any] | None:
         try:
@@ -493,6 +572,7 @@ class Controller:
         record: dict[str, Any] = {
             "bundle": job.bundle, "result": "ok" if ok else "failed", "time": now,
             "bootID": node.boot_id, "uid": node.uid, "job": job.name, "failures": failures,
+            "budget": job.budget,  # a retry runs on the same budget (rollout.classify)
         }
         last_ok = now if ok else (previous or {}).get("lastSuccess")
         if last_ok:
@@ -514,11 +594,10 @@ class Controller:
             if remove_taint:
                 taints = self.raw_taints.get(node.name, [])
                 keep = [t for t in taints if t.get("key") != nodes_mod.STARTUP_TAINT_KEY]
-                ops: list[dict[str, Any]] = [{"op": "test", "path": "/spec/taints", "value": taints},
-                                             {"op": "replace", "path": "/spec/taints", "value": keep}]
-                await self.kube.json_patch(kube_mod.node_path(node.name), ops)
-                await self.kube.merge_patch(kube_mod.node_path(node.name), {"metadata": {"annotations": {key: text}}})
+                await self.kube.json_patch(kube_mod.node_path(node.name),
+                                           self._record_and_untaint_ops(node, key, text, taints, keep))
                 self.raw_taints[node.name] = keep
+                self.bare.pop(node.name, None)
             else:
                 await self.kube.merge_patch(kube_mod.node_path(node.name), {"metadata": {"annotations": {key: text}}})
         except kube_mod.ApiError as e:
@@ -543,6 +622,21 @@ class Controller:
             await self.event(entry, "Warning", "ApplyFailed",
                              f"node {node.name}: {record['error']} (attempt {failures})")
 
+    def _record_and_untaint_ops(self, node: nodes_mod.NodeFacts, key: str, text: str,
+                                taints: list[dict[str, Any]], keep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One JSON patch: the record and the startup-taint removal, guarded by a ``test`` of the
+        taint list (a concurrent taint change fails it with 422; the next pass tries again)."""
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/spec/taints", "value": taints},
+                                     {"op": "replace", "path": "/spec/taints", "value": keep}]
+        if node.name in self.bare and not node.records:
+            # No annotations map yet: create it, but only on the version we saw (adding {} over
+            # annotations written meanwhile would drop them).
+            ops += [{"op": "test", "path": "/metadata/resourceVersion", "value": self.bare[node.name]},
+                    {"op": "add", "path": "/metadata/annotations", "value": {}}]
+        ops.append({"op": "add", "path": "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1"),
+                    "value": text})
+        return ops
+
     def _all_configured(self, node: nodes_mod.NodeFacts) -> bool:
         """Every valid policy that selects this node (and may act on it) has a successful record
         for its bundle."""
@@ -558,12 +652,37 @@ class Controller:
                 return False
         return True
 
+    async def _start_all(self, entry: PolicyEntry, starts: list[rollout.Start]) -> str | None:
+        """Create the bundle ConfigMap and the Jobs; the first refusal's description, or None."""
+        try:
+            await self._ensure_configmap(entry)
+        except CreateFailed as e:
+            log.warning("policy %s: %s", entry.name, e)
+            return str(e)
+        outcomes = await asyncio.gather(*(self._start_job(entry, s) for s in starts), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for error in errors:
+            if not isinstance(error, CreateFailed):
+                raise error
+        if not errors:
+            return None
+        log.warning("policy %s: %s", entry.name, errors[0])
+        more = f" (and {len(errors) - 1} more Job creates)" if len(errors) > 1 else ""
+        return str(errors[0]) + more
+
+    async def _create(self, path: str, manifest: Mapping[str, Any]) -> None:
+        try:
+            await self.kube.create(path, manifest)
+        except kube_mod.ApiError as e:
+            kind = manifest.get("kind", "object")
+            raise CreateFailed(f"creating {kind} {manifest['metadata'].get('name')} (POST {path}) failed: {e}") from e
+
     async def _ensure_configmap(self, entry: PolicyEntry) -> None:
         name = jobs_mod.configmap_name(entry.bundle.hash)
         if name in self.configmaps:
             return
         manifest = jobs_mod.configmap_manifest(entry.bundle, self.config.namespace)
-        await self.kube.create(kube_mod.configmaps_path(self.config.namespace), manifest)
+        await self._create(kube_mod.configmaps_path(self.config.namespace), manifest)
         self.configmaps.add(name)
 
     async def _start_job(self, entry: PolicyEntry, start: rollout.Start, action: str = "apply") -> None:
@@ -574,7 +693,7 @@ class Controller:
             reason=start.reason, budget=start.budget,
         )
         async with self.sem:
-            await self.kube.create(kube_mod.jobs_path(self.config.namespace), manifest)
+            await self._create(kube_mod.jobs_path(self.config.namespace), manifest)
         name = manifest["metadata"]["name"]
         if name not in self.jobs:  # count it as running before its watch event arrives
             self.on_job(manifest)
@@ -825,6 +944,11 @@ class Controller:
         """Periodic safety net (kopf timer): look at every policy again and collect garbage."""
         self._mark()
         await self._gc_configmaps()
+
+
+def _finish_key(job: JobInfo) -> tuple[dt.datetime, float]:
+    finished = rollout.parse_time(job.finished) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return finished, job.finished_at or job.created
 
 
 def _same_for_us(a: nodes_mod.NodeFacts, b: nodes_mod.NodeFacts) -> bool:

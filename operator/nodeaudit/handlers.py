@@ -19,8 +19,6 @@ from nodeaudit.controller import Config, Controller, Waiting
 from nodeaudit.kube import Kube
 
 POLICY = ("nodeaudit.io", "v1alpha1", "nodeauditpolicies")
-RESYNC_SECONDS = float(os.environ.get("NODEAUDIT_RESYNC_SECONDS", "60"))
-REMOVAL_POLL_SECONDS = float(os.environ.get("NODEAUDIT_REMOVAL_POLL_SECONDS", "3"))
 OURS = {jobs_mod.LABEL_POLICY: kopf.PRESENT}
 
 
@@ -109,9 +107,22 @@ async def policy_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         await _controller(memo).remove_policy(body)
     except Waiting as e:
-        raise kopf.TemporaryError(str(e), delay=REMOVAL_POLL_SECONDS) from None
+        raise kopf.TemporaryError(str(e), delay=_controller(memo).config.removal_poll) from None
 
 
-@kopf.timer(*POLICY, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=None)
 async def policy_resync(memo: kopf.Memo, **_: Any) -> None:
     await _controller(memo).resync()
+
+
+_timer_interval: float | None = None
+
+
+def register_timers(config: Config) -> None:
+    """Register the resync timer (``NODEAUDIT_RESYNC_SECONDS``) once per process, at operator
+    start and not at import: a bad value is then a SettingError for ``nodeaudit run`` to report,
+    never an import-time traceback. A later call with another interval keeps the first."""
+    global _timer_interval
+    if _timer_interval is not None:
+        return
+    _timer_interval = config.resync
+    kopf.timer(*POLICY, interval=config.resync, initial_delay=config.resync, idle=None)(policy_resync)

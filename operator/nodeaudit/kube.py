@@ -9,7 +9,9 @@ Every request is one HTTP call; ``writes`` counts them for the benchmark and met
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -44,6 +46,11 @@ class Kube:
         self._ssl: ssl.SSLContext | bool | None = None
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
         self._server = ""
+        self._in_cluster = False
+        # Credential data (kubeconfig's inline *-data) written to files once, for ssl and the
+        # blocking client: data → path, removed at exit.
+        self._files: dict[bytes, str] = {}
+        self._cred: dict[str, str | None] = {}
         self.writes = 0
         self.reads = 0
 
@@ -51,6 +58,7 @@ class Kube:
         """Use a ``kopf.ConnectionInfo`` (from the login handler)."""
         self._info = info
         self._server = str(info.server).rstrip("/")
+        self._in_cluster = is_in_cluster_server(self._server)
         headers = {"User-Agent": USER_AGENT}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
@@ -58,19 +66,30 @@ class Kube:
             raw = f"{info.username}:{info.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         self._headers = headers
+        self._cred = {
+            "ca": _path(info.ca_path) or self._file(info.ca_data),
+            "cert": _path(info.certificate_path) or self._file(info.certificate_data),
+            "key": _path(info.private_key_path) or self._file(info.private_key_data),
+        }
         if self._server.startswith("https"):
             ctx = ssl.create_default_context(cafile=_path(info.ca_path), cadata=_text(info.ca_data))
             if info.insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            cert = _path(info.certificate_path) or _tmpfile(info.certificate_data)
-            key = _path(info.private_key_path) or _tmpfile(info.private_key_data)
-            if cert:
-                ctx.load_cert_chain(cert, key)
+            if self._cred["cert"]:
+                ctx.load_cert_chain(self._cred["cert"], self._cred["key"])
             self._ssl = ctx
         else:
             self._ssl = None
         self._ready.set()
+
+    def _file(self, value: Any) -> str | None:
+        if not value:
+            return None
+        data = value if isinstance(value, bytes) else str(value).encode()
+        if data not in self._files:
+            self._files[data] = _tmpfile(data)
+        return self._files[data]
 
     def sync_api_client(self) -> Any:
         """A blocking ``kubernetes`` ApiClient with the same credentials (for code that runs in a
@@ -84,9 +103,9 @@ class Kube:
             cfg.api_key = {"authorization": auth}
         if info is not None and self._server.startswith("https"):
             cfg.verify_ssl = not info.insecure
-            cfg.ssl_ca_cert = _path(info.ca_path) or _tmpfile(info.ca_data)
-            cfg.cert_file = _path(info.certificate_path) or _tmpfile(info.certificate_data)
-            cfg.key_file = _path(info.private_key_path) or _tmpfile(info.private_key_data)
+            cfg.ssl_ca_cert = self._cred.get("ca")
+            cfg.cert_file = self._cred.get("cert")
+            cfg.key_file = self._cred.get("key")
         client = kubernetes.client.ApiClient(cfg)
         client.user_agent = USER_AGENT
         return client
@@ -105,7 +124,8 @@ class Kube:
 
     def _auth_headers(self) -> dict[str, str]:
         # Bound service-account tokens rotate: re-read the projected file when running in a pod.
-        if self._info is not None and os.path.exists(SA_TOKEN_FILE) and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        # Only towards the in-cluster API server: a KUBECONFIG for another cluster never gets it.
+        if self._info is not None and self._in_cluster and os.path.exists(SA_TOKEN_FILE):
             try:
                 with open(SA_TOKEN_FILE) as f:
                     return {**self._headers, "Authorization": f"Bearer {f.read().strip()}"}
@@ -178,13 +198,32 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _tmpfile(value: Any) -> str | None:
-    if not value:
-        return None
+def _tmpfile(data: bytes) -> str:
     fd, name = tempfile.mkstemp(prefix="nodeaudit-cred-")
     with os.fdopen(fd, "wb") as f:
-        f.write(value if isinstance(value, bytes) else str(value).encode())
+        f.write(data)
+    atexit.register(_unlink, name)
     return name
+
+
+def _unlink(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+
+
+def is_in_cluster_server(server: str) -> bool:
+    """``server`` is the API server this pod's service account belongs to
+    (``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``)."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        return False
+    try:
+        url = urllib.parse.urlsplit(server)
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        return False
+    wanted = os.environ.get("KUBERNETES_SERVICE_PORT") or "443"
+    return (url.hostname or "").lower() == host.strip("[]").lower() and str(port) == wanted
 
 
 # Paths --------------------------------------------------------------------------------------

@@ -76,12 +76,11 @@ def observe_apply(result: str, distro: str | None, audit_version: str | None) ->
 
 def observe_ready_to_configured(policy: str, ready_since: str, now: dt.datetime | None = None) -> None:
     """``ready_since``: the node's Ready condition lastTransitionTime (RFC 3339)."""
-    try:
-        since = dt.datetime.fromisoformat(ready_since.replace("Z", "+00:00"))
-    except ValueError:
+    from nodeaudit.rollout import parse_time
+
+    since = parse_time(ready_since)
+    if since is None:
         return
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=dt.timezone.utc)
     seconds = ((now or dt.datetime.now(dt.timezone.utc)) - since).total_seconds()
     if seconds >= 0:
         READY_TO_CONFIGURED.labels(policy).observe(seconds)

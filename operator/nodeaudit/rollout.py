@@ -9,7 +9,7 @@ Rules:
 * A node needs a Job when it has no record (new), its uid or bootID differs from the record
   (reimaged or rebooted), the recorded bundle is not the policy's bundle (update), its last
   Job failed and the retry backoff has passed (retry, up to ``retry_limit`` attempts per bundle
-  and boot), or its last success is older than ``verifyInterval`` (verify).
+  and boot; on the budget the failed Job used, the record's ``budget``), or its last success is older than ``verifyInterval`` (verify).
 * Nodes that are not Ready wait; nodes with a running Job of this policy are "applying", except
   a configured node being re-verified, which stays "configured".
 * Two budgets of ``maxUnavailable`` Jobs each: one for never-configured nodes (new, reimaged,
@@ -60,10 +60,12 @@ class Start:
     reason: Reason
     attempt: int
     run_key: str
+    new_budget: bool = False
+    """A retry of a Job that ran on the "new" budget (the record's ``budget``)."""
 
     @property
     def budget(self) -> str:
-        return "new" if self.reason in NEW_REASONS or self.run_key.endswith("|new") else "update"
+        return "new" if self.reason in NEW_REASONS or self.new_budget else "update"
 
 
 @dataclass
@@ -132,7 +134,11 @@ def classify(node: NodeFacts, record: Mapping[str, Any] | None, settings: Settin
     if failures >= settings.retry_limit:
         return "failed", None, None
     due = when + dt.timedelta(seconds=backoff(failures, settings.retry_backoff))
-    start = Start(node.name, "retry", failures, f"{base}|{failures}|" + ("" if ever_ok else "new"))
+    # A retry spends the budget its failed Job spent (the record says which): a rebooted or new
+    # node's retries stay on the "new" budget although ``lastSuccess`` may be from an earlier boot.
+    # Records written before ``budget`` existed: "new" unless the node was ever configured.
+    budget = record.get("budget") or ("update" if ever_ok else "new")
+    start = Start(node.name, "retry", failures, f"{base}|{failures}|", new_budget=budget == "new")
     if now >= due:
         return "retrying", start, None
     return "retrying", None, (due - now).total_seconds()

@@ -31,7 +31,8 @@ class Summary:
     invalid: str | None = None
     conflicts: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Other policy name → nodes where its syslog settings conflict with this (later) policy."""
-    removing: bool = False
+    create_failed: str | None = None
+    """The API refused a ConfigMap/Job create this pass (request and message)."""
     agent: tuple[str, str, str] | None = None
     """AgentReady (status, reason, message); None: the condition is not written (yet)."""
     agent_scale_sets: Sequence[Mapping[str, Any]] | None = None
@@ -76,10 +77,7 @@ def build_status(summary: Summary, now: str,
     progress = (f"{summary.configured} of {summary.matched} nodes configured"
                 f" ({summary.applying} applying, {summary.pending} pending, {summary.retrying} retrying,"
                 f" {summary.failed} failed, {summary.waiting} not ready)")
-    if summary.removing:
-        ready = c("Ready", FALSE, "Removing", "removing the policy's rules from its nodes")
-        reconciling = c("Reconciling", TRUE, "Removing", progress)
-    elif summary.stalled:
+    if summary.stalled:
         ready = c("Ready", FALSE, "RolloutStalled", progress)
         reconciling = c("Reconciling", FALSE, "RolloutStalled", "the rollout stopped")
     elif summary.paused and outstanding:
@@ -96,7 +94,9 @@ def build_status(summary: Summary, now: str,
                     f"{summary.failed} node(s) failed after retries: {few_names(summary.failed_nodes)}")
     else:
         stalled = c("Stalled", FALSE, "NotStalled", "")
-    if summary.conflicts:
+    if summary.create_failed:
+        degraded = c("Degraded", TRUE, "CreateFailed", summary.create_failed)
+    elif summary.conflicts:
         parts = [f"syslog settings conflict with policy {other} on {len(nodes)} node(s) ({few_names(nodes, 3)})"
                  for other, nodes in sorted(summary.conflicts.items())]
         degraded = c("Degraded", TRUE, "Conflict", "; ".join(parts) + "; those nodes are left to the older policy")

@@ -19,7 +19,7 @@ from nodeaudit.demo.runtime import ServerThread
 sys.path.insert(0, str(REPO / "tests" / "azure"))
 from armserver import ArmServer, running_arm_server  # noqa: E402 - the Azure suite's local https ARM endpoint
 
-# Read when nodeaudit.handlers is imported (kopf decorators take fixed intervals).
+# Read (Config.from_env) when the operator starts; the resync timer keeps the first interval.
 os.environ.setdefault("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.3")
 os.environ.setdefault("NODEAUDIT_RESYNC_SECONDS", "5")
 

@@ -156,6 +156,8 @@ def test_job_manifest_is_safe_and_pinned() -> None:
     assert pod["nodeName"] == "aks-user1-12345678-vmss000000" and pod["hostPID"]
     assert pod["containers"][0]["command"] == ["sh", "/bundle/job-entry.sh"]
     assert "procmon" not in " ".join(pod["containers"][0]["command"])
+    # The environment passes through nsenter into apply.sh, where NODEAUDIT_HOST_ROOT is a test-only prefix.
+    assert not [e for e in pod["containers"][0].get("env", []) if e["name"].startswith("NODEAUDIT_")]
     assert m["metadata"]["labels"]["nodeaudit.io/bundle"] == "ab" * 16
     r = jobs.job_manifest(policy_name="procmon", policy_uid="u", node_name="n", bundle_hash=H, image="i",
                           namespace="ns", action="remove", run_key="k")
@@ -221,3 +223,35 @@ def test_agent_ready_stands_beside_ready_and_keeps_its_transition_time() -> None
     assert "agent" not in later  # None: status.agent is left as it is
     # Without a verdict (invalid spec, or before the first check) there is no AgentReady at all.
     assert "AgentReady" not in {c["type"] for c in status.build_status(status.Summary(**done), "t")["conditions"]}
+
+
+def test_retry_spends_the_budget_of_the_failed_job() -> None:
+    """A rebooted node's failed Job ran on the new-node budget: its retries stay there (a stalled
+    update rollout does not block them), although ``lastSuccess`` is from the previous boot."""
+    a, b = facts("a"), facts("b")
+    earlier = (NOW - dt.timedelta(minutes=5)).isoformat()
+    failed = {"bundle": H, "result": "failed", "bootID": a.boot_id, "uid": a.uid, "failures": 1,
+              "time": earlier, "lastSuccess": (NOW - dt.timedelta(days=1)).isoformat()}
+    exhausted = {"bundle": H, "result": "failed", "bootID": b.boot_id, "uid": b.uid, "failures": 3, "time": earlier}
+    s = rollout.Settings(bundle=H, max_unavailable=10, max_failures=1, retry_backoff=30)
+    p = rollout.plan(s, [a, b], {"a": {**failed, "budget": "new"}, "b": exhausted}, {}, NOW)
+    assert p.stalled
+    assert [(x.node, x.reason, x.budget) for x in p.start] == [("a", "retry", "new")]
+    # An update's retry stays on the update budget: stalled, so it waits.
+    p = rollout.plan(s, [a, b], {"a": {**failed, "budget": "update"}, "b": exhausted}, {}, NOW)
+    assert p.stalled and p.start == []
+    # Records from before ``budget`` existed: "new" only for a node never configured.
+    p = rollout.plan(s, [a, b], {"a": failed, "b": exhausted}, {}, NOW)
+    assert p.start == []
+    p = rollout.plan(s, [a, b], {"a": {k: v for k, v in failed.items() if k != "lastSuccess"}, "b": exhausted},
+                     {}, NOW)
+    assert [x.budget for x in p.start] == ["new"]
+    assert not any(x.run_key.endswith("|new") for x in p.start)
+
+
+def test_status_create_failed_is_degraded() -> None:
+    msg = 'creating Job na-a (POST /apis/batch/v1/namespaces/x/jobs) failed: HTTP 404: namespaces "x" not found'
+    st = status.build_status(status.Summary(generation=1, bundle=H, matched=1, pending=1, create_failed=msg), "t")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "CreateFailed"
+    assert conds["Degraded"]["message"] == msg and conds["Ready"]["status"] == "False"

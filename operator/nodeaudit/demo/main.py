@@ -23,10 +23,11 @@ import kubernetes
 import yaml
 
 from nodeaudit import nodes as nodes_mod
+from nodeaudit.controller import DEFAULT_NAMESPACE
 from nodeaudit.demo import simulator as sim_mod
 from nodeaudit.demo.runtime import OperatorThread, ServerThread
 
-NAMESPACE = os.environ.get("NODEAUDIT_NAMESPACE", "nodeaudit-system")
+NAMESPACE = os.environ.get("NODEAUDIT_NAMESPACE") or DEFAULT_NAMESPACE
 REPO = Path(__file__).resolve().parents[3]
 GATE = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
 POOLS: list[tuple[str, str, list[dict[str, str]] | None, str]] = [
@@ -44,42 +45,74 @@ def _crd() -> dict[str, Any]:
 
 
 def _policy(path: str | None) -> dict[str, Any]:
+    """The policy to apply, checked like ``nodeaudit render`` checks it (the exact problem, e.g.
+    ``spec.rules[0]: unknown syscall "execvee" for arch b64``, and exit 2: never a traceback)."""
+    import click
+
+    from nodeaudit.cli import _single_policy
+
     candidates = [Path(path)] if path else [Path("examples/procmon.yaml"), REPO / "examples" / "procmon.yaml"]
     for candidate in candidates:
         if candidate.exists():
+            try:
+                _single_policy(str(candidate), None)
+            except click.ClickException as e:
+                print(f"nodeaudit demo: {e.format_message()}", file=sys.stderr)
+                raise SystemExit(2) from None
             doc = yaml.safe_load(candidate.read_text())
             # Azure is not reachable from the demo: skip the agent check, keep everything else.
             doc.setdefault("spec", {})["monitoringAgent"] = {"check": "None"}
             return dict(doc)
-    raise SystemExit(f"policy file not found: {candidates[0]}")
+    print(f"nodeaudit demo: policy file not found: {candidates[0]}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _status_line(policy: dict[str, Any]) -> str:
     st = policy.get("status") or {}
     n = st.get("nodes") or {}
     conds = {c["type"]: c for c in st.get("conditions") or []}
-    ready = conds.get("Ready", {})
+    ready = conds.get("Ready")
+    if not ready:
+        return "  waiting for the operator (no status yet)"
     return (f"  matched {n.get('matched', 0):3}  configured {n.get('configured', 0):3}  applying "
             f"{n.get('applying', 0):3}  failed {n.get('failed', 0):3}   Ready={ready.get('status', '?')}"
             f" ({ready.get('reason', '')})")
 
 
-def _table(core: Any, api: Any, policy_name: str) -> str:
-    rows = [("NODE", "POOL", "OS", "RESULT", "BUNDLE", "DISTRO", "AUDIT", "GATE TAINT")]
+def _short(text: Any, limit: int = 60) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _table(core: Any, api: Any, policy_name: str, selector: dict[str, Any] | None = None) -> str:
+    rows: list[tuple[str, ...]] = [("NODE", "POOL", "OS", "RESULT", "BUNDLE", "DISTRO", "AUDIT", "GATE TAINT", "ERROR")]
     for node in sorted(core.list_node().items, key=lambda n: n.metadata.name):
         raw = api.sanitize_for_serialization(node)
-        labels = raw["metadata"].get("labels") or {}
-        ann = (raw["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{policy_name}")
-        rec = json.loads(ann) if ann else {}
-        tainted = any(t.get("key") == GATE["key"] for t in raw["spec"].get("taints") or [])
-        os_name = labels.get("kubernetes.io/os", "")
-        kind = "virtual" if labels.get("type") == "virtual-kubelet" else os_name
-        rows.append((raw["metadata"]["name"], labels.get("kubernetes.azure.com/agentpool", "-"), kind,
-                     rec.get("result", "-" if kind != "linux" else "not selected"),
-                     (rec.get("bundle") or "-").replace("sha256:", "")[:12], rec.get("distro", "-"),
-                     rec.get("auditVersion", "-"), "yes" if tainted else "no"))
+        rows.append(_row(raw, policy_name, selector or {}))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _row(raw: dict[str, Any], policy_name: str, selector: dict[str, Any]) -> tuple[str, ...]:
+    """One node's line: its record, or why it has none (not eligible, not selected, pending)."""
+    labels = raw["metadata"].get("labels") or {}
+    ann = (raw["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{policy_name}")
+    rec = json.loads(ann) if ann else {}
+    tainted = any(t.get("key") == GATE["key"] for t in raw["spec"].get("taints") or [])
+    os_name = labels.get("kubernetes.io/os", "")
+    kind = "virtual" if labels.get("type") == "virtual-kubelet" else os_name
+    if rec:
+        result = str(rec.get("result", "-"))
+    elif not nodes_mod.facts_from_node(raw).eligible:
+        result = "-"
+    elif not nodes_mod.matches(selector, labels):
+        result = "not selected"
+    else:
+        result = "pending"
+    error = _short(rec.get("error")) if rec.get("result") == "failed" else ""
+    return (raw["metadata"]["name"], labels.get("kubernetes.azure.com/agentpool", "-"), kind, result,
+            (rec.get("bundle") or "-").replace("sha256:", "")[:12], str(rec.get("distro", "-")),
+            str(rec.get("auditVersion", "-")), "yes" if tainted else "no", error)
 
 
 def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_nodes: set[str] | None = None,
@@ -171,7 +204,8 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
         print(f"  applied NodeAuditPolicy/{name} (selector {policy['spec'].get('nodeSelector') or 'all Linux'})")
         deadline = time.monotonic() + timeout
         last = ""
-        done = False
+        ready = False
+        obj: Any = {}
         while time.monotonic() < deadline:
             obj = custom.get_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", name)
             line = _status_line(obj)
@@ -179,12 +213,12 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
                 print(line, flush=True)
                 last = line
             conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-            if conds.get("Ready", {}).get("status") == "True" or conds.get("Stalled", {}).get("status") == "True":
-                done = True
+            ready = conds.get("Ready", {}).get("status") == "True"
+            if ready or conds.get("Stalled", {}).get("status") == "True":
                 break
             time.sleep(0.3)
         print()
-        print(_table(core, api, name))
+        print(_table(core, api, name, policy["spec"].get("nodeSelector") or {}))
         print()
         ops = [e for e in server.server.log if e.agent in ("kopf", "nodeaudit")]
         writes = [e for e in ops if e.verb in ("create", "patch", "update", "delete")]
@@ -197,7 +231,14 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
             print("  still serving; Ctrl-C to stop")
             while True:
                 time.sleep(1)
-        return 0 if done else 1
+        if not ready:
+            conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+            worst = conds["Stalled"] if conds.get("Stalled", {}).get("status") == "True" else conds.get("Ready")
+            reason = (f"{worst['type']}={worst['status']} ({worst.get('reason', '')}) after {timeout:g} s"
+                      f"{': ' + _short(worst.get('message'), 200) if worst.get('message') else ''}"
+                      if worst else f"no status after {timeout:g} s")
+            print(f"  policy {name} did not become Ready: {reason}", file=sys.stderr)
+        return 0 if ready else 1
     except KeyboardInterrupt:
         print("\n  interrupted; stopping", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import tempfile
 import threading
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from nodeaudit.controller import DEFAULT_NAMESPACE
 from nodeaudit.demo import apiserver
 
 T = TypeVar("T")
@@ -98,7 +100,7 @@ class OperatorThread:
     asks kopf to exit and waits for it.
     """
 
-    def __init__(self, namespace: str = "nodeaudit-system", *, timeout_for_stop: float = 20) -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE, *, timeout_for_stop: float = 20) -> None:
         self.namespace = namespace
         self.stop_flag = threading.Event()
         self.ready_flag = threading.Event()
@@ -109,6 +111,7 @@ class OperatorThread:
     def _run(self) -> None:
         from nodeaudit import cli_run
 
+        _quiet_thread_signal_warning()
         try:
             settings = cli_run.make_settings(server_timeout=60, client_timeout=90)
             settings.process.ultimate_exiting_timeout = 5
@@ -131,3 +134,16 @@ class OperatorThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _NotInMainThread(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "running not in the main thread" not in record.getMessage()
+
+
+def _quiet_thread_signal_warning() -> None:
+    """kopf warns "OS signals are ignored: running not in the main thread." whenever it runs in a
+    thread: here that is the design (``stop()`` stops it), so the line is only noise."""
+    logger = logging.getLogger("kopf._core.reactor.running")
+    if not any(isinstance(f, _NotInMainThread) for f in logger.filters):
+        logger.addFilter(_NotInMainThread())
