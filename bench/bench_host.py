@@ -6,6 +6,9 @@ end, refusal when another auditd is registered, and a teardown that kills our au
 flushes and disables kernel audit whatever happens.
 
     python -m bench.bench_host [--execs 5000] [--rounds 3] [--json]
+
+The exec cost is measured with costlib's paired method (the same as bench_cost): a shell in the
+root runs N fork+execs of /bin/true, alternately with kernel audit disabled and enabled.
 """
 
 from __future__ import annotations
@@ -16,46 +19,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
 
+import costlib  # noqa: E402
 import hostlib  # noqa: E402
-
-SPAWN = 'i=0; while [ "$i" -lt "$1" ]; do /bin/true; i=$((i + 1)); done'
-
-
-def _spawn_seconds(root: hostlib.Rootfs, count: int) -> float:
-    res = root.run("sh", "-c", f"start=$(date +%s%N); {SPAWN}; end=$(date +%s%N); echo $((end - start))",
-                   "sh", str(count))
-    if res.rc != 0:
-        raise RuntimeError(f"spawn loop failed: {res!r}")
-    return int(res.stdout.strip().splitlines()[-1]) / 1e9
-
-
-class _Drain(threading.Thread):
-    """Keeps reading /dev/log so audisp-syslog never blocks while we measure."""
-
-    def __init__(self, devlog: hostlib.DevLog):
-        super().__init__(daemon=True)
-        self.devlog = devlog
-        self.count = 0
-        self.bytes = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        self.devlog.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                data = self.devlog.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.count += 1
-            self.bytes += len(data)
 
 
 def measure(execs: int, rounds: int) -> dict[str, object]:
@@ -63,53 +32,54 @@ def measure(execs: int, rounds: int) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="nodeaudit-bench-"))
     ctl = hostlib.Rootfs.extract(tarballs["auditd"], tmp / "ctl")
     audit = hostlib.KernelAudit(ctl=ctl)
-    audit.open()
+    try:
+        audit.open()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     figures: dict[str, object] = {"execs": execs, "rounds": rounds}
-    drain = None
+    devlog = None
     try:
         root_path = tmp / "root"
         audit.roots.append(root_path)
         root = hostlib.Rootfs.extract(tarballs["fresh"], root_path)
         devlog = hostlib.DevLog(root)
-        drain = _Drain(devlog)
-        drain.start()
         bundle = hostlib.render_policy_bundle(tmp / "bundle", hostlib.policy_doc("procmon", list(hostlib.PROCMON_RULES)))
 
-        first = root.run_bundle(bundle)
-        if first.rc != 0 or not first.result or not first.result.get("installed"):
-            raise RuntimeError(f"first apply failed or installed nothing: {first!r}")
-        figures["first_apply_s"] = round(first.seconds, 2)
-        again = [root.run_bundle(bundle) for _ in range(5)]
+        with costlib.Draining(devlog):  # audisp-syslog must never block on /dev/log
+            first = root.run_bundle(bundle)
+            if first.rc != 0 or not first.result or not first.result.get("installed"):
+                raise RuntimeError(f"first apply failed or installed nothing: {first!r}")
+            figures["first_apply_s"] = round(first.seconds, 2)
+            again = [root.run_bundle(bundle) for _ in range(5)]
         if any(r.rc != 0 or not r.result or r.result["restarted"] for r in again):
             raise RuntimeError(f"re-apply not idempotent: {again!r}")
         figures["reapply_s_median"] = round(statistics.median(r.seconds for r in again), 3)
         figures["reapply_s_max"] = round(max(r.seconds for r in again), 3)
         figures["audit_version"] = first.result["auditVersion"]
 
-        # The kernel's lost counter is cumulative since boot: report what this run added.
+        # The execve cost of the procmon rules, measured as bench_cost does: each run with the
+        # rules evaluated (-e 1) paired with one with kernel audit disabled (-e 0: same rules,
+        # daemon and listener), ratio = median of the pairs' ratios, so machine drift cancels.
+        # Bytes and records per exec are bench_cost's figures. The kernel's lost counter is
+        # cumulative since boot: report what this run added.
         lost_before = int(audit.status().get("lost", "0"))
-        # Interleave rounds so drift on the machine hits both sides alike.
-        with_rules, without = [], []
+        with_rules, disabled = [], []
         for _ in range(rounds):
-            audit.auditctl("-D")
-            without.append(_spawn_seconds(root, execs))
-            load = root.run("augenrules", "--load")
-            if load.rc != 0:
-                raise RuntimeError(f"reload failed: {load!r}")
-            before = drain.count, drain.bytes
-            with_rules.append(_spawn_seconds(root, execs))
-            time.sleep(1.0)
-            figures["syslog_msgs_per_exec"] = round((drain.count - before[0]) / execs, 2)
-            figures["syslog_bytes_per_exec"] = round((drain.bytes - before[1]) / execs)
-        figures["exec_s_without_rules"] = round(statistics.median(without), 3)
+            audit.auditctl("-e", "0")
+            with costlib.Draining(devlog):
+                disabled.append(costlib.exec_loop(root, execs))
+            audit.auditctl("-e", "1")
+            with costlib.Draining(devlog):
+                with_rules.append(costlib.exec_loop(root, execs))
+            devlog.messages.clear()
+        figures["exec_s_audit_disabled"] = round(statistics.median(disabled), 3)
         figures["exec_s_with_rules"] = round(statistics.median(with_rules), 3)
-        figures["exec_ratio"] = round(statistics.median(with_rules) / statistics.median(without), 2)
+        figures["exec_ratio"] = round(statistics.median(w / d for w, d in zip(with_rules, disabled, strict=True)), 2)
         figures["lost_during_run"] = int(audit.status().get("lost", "0")) - lost_before
     finally:
-        if drain is not None:
-            drain.stop.set()
-            drain.join(2)
-            drain.devlog.close()
+        if devlog is not None:
+            devlog.close()
         problems = audit.close()
         shutil.rmtree(tmp, ignore_errors=True)
     if problems:

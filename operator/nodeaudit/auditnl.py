@@ -37,7 +37,9 @@ STATUS_BACKLOG_WAIT_TIME = 32
 _STATUS_FIELDS = ("mask", "enabled", "failure", "pid", "rate_limit", "backlog_limit", "lost", "backlog",
                   "feature_bitmap", "backlog_wait_time", "backlog_wait_time_actual")
 _NLMSGHDR = struct.Struct("=IHHII")
-KERNEL_AUDIT_LOCK = kernellock.KERNEL_AUDIT_LOCK
+_RCVBUF = 16 * 1024 * 1024
+# SO_RCVBUFFORCE (root: past net.core.rmem_max); Python names it only on some builds.
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 class EstimateError(Exception):
@@ -62,7 +64,12 @@ class AuditSocket:
             self.sock.bind((0, 0))
         except OSError as e:
             raise EstimateError(f"kernel audit is not available here (audit netlink socket: {e.strerror})") from None
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        # The kernel's audit thread blocks on a full socket, then audited processes wait in the
+        # backlog: ask for a large buffer, beyond net.core.rmem_max when root (RCVBUFFORCE).
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         self.seq = 0
         self.pending: list[Record] = []
 
@@ -132,7 +139,8 @@ class AuditSocket:
         self._request(AUDIT_SET, struct.pack(f"={len(_STATUS_FIELDS)}I", *(fields[n] for n in _STATUS_FIELDS)))
 
     def receive(self, until: float) -> list[Record]:
-        """Records until the monotonic deadline `until`."""
+        """Records until the monotonic deadline `until` (nothing but what is pending once it passed:
+        use drain() to read what is queued without waiting)."""
         out, self.pending = self.pending, []
         while True:
             left = until - time.monotonic()
@@ -144,13 +152,35 @@ class AuditSocket:
             except TimeoutError:
                 return out
             except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise EstimateError("the audit socket overflowed: records were lost; sample fewer execs") from None
+                self._raise_overflow(e)
                 raise
-            now = time.monotonic()
-            for t, _s, body in self._messages(data):
-                if t >= 1100:
-                    out.append(Record(t, body.rstrip(b"\0").decode("utf-8", "replace"), now))
+            self._parse(data, out)
+
+    def drain(self) -> list[Record]:
+        """Every record queued on the socket now, without waiting (MSG_DONTWAIT until it is empty)."""
+        out, self.pending = self.pending, []
+        # Non-blocking mode too: with a timeout set, Python polls first and raises TimeoutError.
+        self.sock.settimeout(0.0)
+        while True:
+            try:
+                data = self.sock.recv(1 << 17, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            except OSError as e:
+                self._raise_overflow(e)
+                raise
+            self._parse(data, out)
+
+    @staticmethod
+    def _raise_overflow(error: OSError) -> None:
+        if error.errno == errno.ENOBUFS:
+            raise EstimateError("the audit socket overflowed: records were lost; sample fewer execs") from None
+
+    def _parse(self, data: bytes, out: list[Record]) -> None:
+        now = time.monotonic()
+        for t, _s, body in self._messages(data):
+            if t >= 1100:
+                out.append(Record(t, body.rstrip(b"\0").decode("utf-8", "replace"), now))
 
 
 def delete_args(rule_text: str) -> list[str]:
@@ -171,7 +201,7 @@ class KernelAuditSession:
     """(auditctl text, `auditctl -l` listing) of each filter rule, in load order."""
     control: dict[str, int] = field(default_factory=dict)
     """rate_limit / backlog_limit / backlog_wait_time the policy sets."""
-    lock_path: str | None = KERNEL_AUDIT_LOCK
+    lock_path: str | None = kernellock.KERNEL_AUDIT_LOCK
     auditctl: str = "auditctl"
     lock_timeout: float = 600
     added: list[str] = field(default_factory=list)

@@ -1,6 +1,7 @@
-"""Helpers for the cost tests and bench: audit events as they reach /dev/log, grouped by event.
+"""Helpers for the host tests and benches: audit events as they reach /dev/log, grouped by event.
 
-Builds on hostlib (the rootfs harness); nothing here touches kernel audit by itself.
+Builds on hostlib (the rootfs harness; hostlib never imports this module); nothing here touches
+kernel audit by itself.
 Every exec on the machine is audited while rules are loaded, and the marker travels through the
 wrapper processes (unshare, sh, chroot) too, so an event is picked by its SYSCALL `exe=` *and* the
 marker in its EXECVE, then all datagrams of the same event serial are collected.
@@ -47,17 +48,39 @@ class Event:
         return sum(len(m.encode()) for m in self.messages)
 
 
-def find_event(messages: Sequence[str], marker: str, exe: str) -> Event | None:
-    """The event whose SYSCALL has exe="<exe>" and whose EXECVE carries `marker`."""
-    by_serial: dict[str, list[str]] = {}
+def by_serial(messages: Sequence[str]) -> dict[str, list[str]]:
+    """Datagrams grouped by event serial (in arrival order); those without one are left out."""
+    grouped: dict[str, list[str]] = {}
     for msg in messages:
         serial = serial_of(msg)
         if serial:
-            by_serial.setdefault(serial, []).append(msg)
-    for serial, msgs in by_serial.items():
-        if any(type_of(m) == "SYSCALL" and f'exe="{exe}"' in m for m in msgs) and \
-                any(type_of(m) == "EXECVE" and marker in m for m in msgs):
-            return Event(serial, msgs)
+            grouped.setdefault(serial, []).append(msg)
+    return grouped
+
+
+def events_of(messages: Sequence[str], exe: str, marker: str) -> list[Event]:
+    """Every event whose SYSCALL exe is `exe` and whose EXECVE carries `marker` (a loop's execs)."""
+    return [Event(serial, msgs) for serial, msgs in by_serial(messages).items()
+            if any(type_of(m) == "SYSCALL" and f'exe="{exe}"' in m for m in msgs)
+            and any(type_of(m) == "EXECVE" and marker in m for m in msgs)]
+
+
+def find_event(messages: Sequence[str], marker: str, exe: str) -> Event | None:
+    """The event whose SYSCALL has exe="<exe>" and whose EXECVE carries `marker`."""
+    events = events_of(messages, exe, marker)
+    return events[0] if events else None
+
+
+def find_exec_record(messages: Sequence[str], marker: str, key: str = "procmon") -> tuple[str, str] | None:
+    """The EXECVE datagram carrying `marker` and the SYSCALL datagram of the same event with `key`.
+
+    Every exec on the machine is audited and other programs log at authpriv too, so the match is
+    on the marker and the event serial, never on "any <86> line"."""
+    for msgs in by_serial(messages).values():
+        execve = next((m for m in msgs if type_of(m) == "EXECVE" and marker in m), None)
+        syscall = next((m for m in msgs if type_of(m) == "SYSCALL" and f'key="{key}"' in m), None)
+        if execve is not None and syscall is not None:
+            return execve, syscall
     return None
 
 
@@ -93,21 +116,6 @@ def exec_loop(root: hostlib.Rootfs, count: int, program: str = "/bin/true", mark
     res = root.run("sh", "-c", script, "sh", str(count), program, marker or "x")
     assert res.rc == 0, res
     return int(res.stdout.strip().splitlines()[-1]) / 1e9
-
-
-def events_of(messages: Sequence[str], exe: str, marker: str) -> list[Event]:
-    """Every event whose SYSCALL exe is `exe` and whose EXECVE carries `marker` (a loop's execs)."""
-    by_serial: dict[str, list[str]] = {}
-    for msg in messages:
-        serial = serial_of(msg)
-        if serial:
-            by_serial.setdefault(serial, []).append(msg)
-    out = []
-    for serial, msgs in by_serial.items():
-        if any(type_of(m) == "SYSCALL" and f'exe="{exe}"' in m for m in msgs) and \
-                any(type_of(m) == "EXECVE" and marker in m for m in msgs):
-            out.append(Event(serial, msgs))
-    return out
 
 
 def collect_until(devlog: hostlib.DevLog, predicate, timeout: float = 30.0, quiet: float = 0.5) -> None:

@@ -4,7 +4,8 @@ What it provides (the fixtures in conftest.py wrap these):
 - cached root filesystem tarballs built with mmdebstrap (`base_tarball`, `auditd_tarball`);
 - `Rootfs`: a fresh extracted copy with helpers to run commands in it through `unshare --mount`
   plus `chroot`, the way the Job reaches the host;
-- `KernelAudit`: the machine-wide lock and the teardown that puts kernel audit back as it was;
+- `KernelAudit`: the machine-wide lock and the teardown that puts kernel audit back as it was
+  (`realhost.KernelAuditGuard`, the product's own, plus what only tests need);
 - `DevLog`: a UNIX datagram listener bound at the root's /dev/log (where audisp-syslog writes);
 - bundle builders: `render_policy_bundle` (the real renderer) and `write_bundle` (hand-made, for
   faults the renderer would refuse to produce).
@@ -18,25 +19,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import re
-import shutil
 import socket
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from nodeaudit import kernellock
 from nodeaudit.demo import realhost
 
 REPO = Path(__file__).resolve().parents[2]
-HOST_SCRIPTS = REPO / "operator" / "nodeaudit" / "host"
-KERNEL_AUDIT_LOCK = kernellock.KERNEL_AUDIT_LOCK
-SUITE = "bookworm"
-DEBIAN_MIRROR = os.environ.get("NODEAUDIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+HOST_SCRIPTS = realhost.HOST_SCRIPTS
+SUITE = realhost.SUITE
 PROCMON_RULES = (
     "-a always,exit -F arch=b64 -S execve -k procmon",
     "-a always,exit -F arch=b32 -S execve -k procmon",
@@ -57,13 +52,9 @@ def cache_dir() -> Path:
 # demo and the tests share one cache (`.cache/rootfs/`, NODEAUDIT_CACHE_DIR) and one build lock.
 
 
-def _build_tarball(name: str, extra: list[str]) -> Path:
-    return realhost.build_tarball(name, extra)
-
-
 def base_tarball() -> Path:
     """Debian bookworm minbase without auditd: the fresh-node case (no AKS image ships auditd)."""
-    return _build_tarball(f"debian-{SUITE}-minbase.tar.zst", [])
+    return realhost.build_tarball(f"debian-{SUITE}-minbase.tar.zst", [])
 
 
 def auditd_tarball() -> Path:
@@ -91,7 +82,7 @@ class Result:
 
 # Mount /proc inside a private mount namespace (nothing leaks into the caller's mounts, and it
 # disappears with the last process in it), then chroot, as job-entry.sh's fallback does.
-_ENTER = 'mount -t proc proc "$1/proc" && root=$1 && shift && exec chroot "$root" "$@"'
+_CHROOT = 'mount -t proc proc "$1/proc" && root=$1 && shift && exec chroot "$root" "$@"'
 
 
 class Rootfs:
@@ -100,13 +91,7 @@ class Rootfs:
 
     @classmethod
     def extract(cls, tarball: Path, into: Path) -> Rootfs:
-        into.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(into)], check=True)
-        # apt inside the root resolves the mirror with the machine's resolver.
-        resolv = into / "etc" / "resolv.conf"
-        resolv.unlink(missing_ok=True)
-        shutil.copyfile("/etc/resolv.conf", resolv)
-        return cls(into)
+        return cls(realhost.extract_root(tarball, into))
 
     def __truediv__(self, rel: str) -> Path:
         return self.path / rel.lstrip("/")
@@ -115,8 +100,8 @@ class Rootfs:
         """Run argv inside the root (unshare --mount + chroot)."""
         start = time.monotonic()
         proc = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh", str(self.path), *argv],
-            capture_output=True, text=True, timeout=timeout, env=_env(env),
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _CHROOT, "sh", str(self.path), *argv],
+            capture_output=True, text=True, timeout=timeout, env=realhost.root_env(env),
         )
         return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
@@ -131,156 +116,56 @@ class Rootfs:
                    env: Mapping[str, str] | None = None) -> Result:
         """What the Job does: job-entry.sh copies the bundle to the host and runs apply.sh there.
 
-        nsenter into PID 1 would leave the rootfs for the real machine, so the test forces
-        job-entry.sh's chroot fallback; the mount namespace and chroot are real."""
-        entry = bundle / "job-entry.sh"
-        if not entry.exists():
-            entry = HOST_SCRIPTS / "job-entry.sh"
-        script = 'mount -t proc proc "$1/proc" && shift && exec sh "$@"'
-        extra = {
-            "NODEAUDIT_BUNDLE_SRC": str(bundle),
-            "NODEAUDIT_HOST_MOUNT": str(self.path),
-            "NODEAUDIT_NSENTER": "no",
-            "NODEAUDIT_TERMINATION_LOG": str(termination_log or "/nonexistent/termination-log"),
-            **(env or {}),
-        }
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(self.path),
-                str(entry), *(["--remove"] if remove else [])]
+        nsenter into PID 1 would leave the rootfs for the real machine, so job-entry.sh's chroot
+        fallback is forced (`realhost.run_job_entry`, as `demo --real-host` runs it)."""
         start = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env(extra))
-        res = Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
-        lines = proc.stdout.strip().splitlines()
+        rc, out, err = realhost.run_job_entry(self.path, bundle, remove=remove, termination_log=termination_log,
+                                              env=env)
+        res = Result(rc, out, err, time.monotonic() - start)
+        lines = out.strip().splitlines()
         if lines:
             with contextlib.suppress(ValueError):
                 res.result = json.loads(lines[-1])
         return res
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": "/root",
-    }
-    env.update(extra or {})
-    return env
-
-
 processes_rooted_in = realhost.processes_rooted_in
 kill_pids = realhost.kill_pids
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+comm = realhost.comm
 
 
 # ------------------------------------------------------------------------------------------------
 # Kernel audit: lock, guard, restore
 
 
-class KernelAuditUnavailable(Exception):
-    """auditctl cannot reach the kernel audit facility here (or we are not root): skip."""
-
-
-class KernelAuditBusy(Exception):
-    """Someone else's auditd or rules are in the kernel: refuse to run (never silently pass)."""
-
-
+KernelAuditUnavailable = realhost.KernelAuditUnavailable  # skip: not root, or no kernel audit here
+KernelAuditBusy = realhost.KernelAuditBusy  # refuse (never silently pass): someone else's auditd or rules
 parse_status = realhost.parse_status
 
 
-@dataclass
-class KernelAudit:
-    """Holds the machine-wide kernel-audit lock and restores kernel audit state on close.
+class KernelAudit(realhost.KernelAuditGuard):
+    """`realhost.KernelAuditGuard` with the control root a `Rootfs`, plus what only tests need.
 
-    `ctl` is a root with auditd installed, used for auditctl so the machine's own (if any) is
-    never needed. `roots` are the directories whose processes this test may have started."""
+    `roots` are the directories whose processes this test may have started (appended as roots are
+    made). Teardown also deletes `exe=` rules from inside each root and unmounts leaked mounts."""
 
-    ctl: Rootfs
-    lock_path: str = KERNEL_AUDIT_LOCK
-    lock_timeout: float = 1800
-    roots: list[Path] = field(default_factory=list)
-    initial: dict[str, str] = field(default_factory=dict)
-    _lock: object = None
+    def __init__(self, ctl: Rootfs, lock_path: str = kernellock.KERNEL_AUDIT_LOCK, lock_timeout: float = 1800):
+        super().__init__(ctl.path, lock_path=lock_path, lock_timeout=lock_timeout)
 
-    def auditctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["chroot", str(self.ctl.path), "auditctl", *args],
-                              capture_output=True, text=True, timeout=30, env=_env(None))
-
-    def status(self) -> dict[str, str]:
-        return parse_status(self.auditctl("-s").stdout)
-
-    def rules(self) -> list[str]:
-        out = self.auditctl("-l").stdout.strip().splitlines()
-        return [] if out == ["No rules"] else out
-
-    def open(self) -> None:
-        if os.geteuid() != 0:
-            raise KernelAuditUnavailable("host tests need root (kernel audit control and chroot)")
-        try:
-            self._lock = kernellock.acquire(self.lock_path, timeout=self.lock_timeout, poll=0.5)
-        except kernellock.LockBusy as error:
-            raise KernelAuditBusy(str(error)) from None
-        try:
-            probe = self.auditctl("-s")
-            if probe.returncode != 0 or "pid" not in probe.stdout:
-                raise KernelAuditUnavailable(f"auditctl -s cannot reach the kernel audit facility: "
-                                             f"{(probe.stderr or probe.stdout).strip()}")
-            self.initial = parse_status(probe.stdout)
-            if self.initial.get("pid", "0") != "0":
-                raise KernelAuditBusy(f"another auditd is registered with the kernel (pid {self.initial['pid']})")
-            if self.initial.get("enabled") == "2":
-                raise KernelAuditBusy("kernel audit is immutable (enabled 2) until reboot")
-            if self.rules():
-                raise KernelAuditBusy(f"kernel already has audit rules loaded by someone else: {self.rules()[:3]}")
-        except BaseException:
-            self._lock.close()
-            self._lock = None
-            raise
+    def flush_rules(self) -> None:
+        super().flush_rules()
+        if self.rules():
+            # The kernel resolves an `exe=` rule's path in the deleting process's root, so -D
+            # from the control root stops at a rule whose path exists only in a test root.
+            for root in self.roots:
+                if (root / "sbin" / "auditctl").exists() or (root / "usr" / "sbin" / "auditctl").exists():
+                    subprocess.run(["chroot", str(root), "auditctl", "-D"], capture_output=True,
+                                   text=True, timeout=30, env=realhost.root_env())
 
     def close(self) -> list[str]:
-        """Kill what we started, flush our rules, disable, restore limits. Returns problems found."""
-        problems: list[str] = []
-        try:
-            status = self.status()
-            pid = int(status.get("pid", "0") or 0)
-            ours: list[int] = []
-            for root in self.roots:
-                ours.extend(processes_rooted_in(root))
-            if pid and pid not in ours:
-                # Registered after we checked pid 0 under the lock: only our tests can have done it.
-                ours.append(pid)
-            kill_pids(sorted(set(ours)))
-            self.auditctl("-D")
-            if self.rules():
-                # The kernel resolves an `exe=` rule's path in the deleting process's root, so -D
-                # from the control root stops at a rule whose path exists only in a test root.
-                for root in self.roots:
-                    if (root / "sbin" / "auditctl").exists() or (root / "usr" / "sbin" / "auditctl").exists():
-                        subprocess.run(["chroot", str(root), "auditctl", "-D"], capture_output=True,
-                                       text=True, timeout=30, env=_env(None))
-            self.auditctl("-e", "0")
-            for flag, key in (("-b", "backlog_limit"), ("--backlog_wait_time", "backlog_wait_time"),
-                              ("-r", "rate_limit"), ("-f", "failure")):
-                if key in self.initial:
-                    self.auditctl(flag, self.initial[key])
-            after = self.status()
-            if after.get("pid") != "0":
-                problems.append(f"auditd still registered after teardown: {after.get('pid')}")
-            if self.rules():
-                problems.append(f"rules still loaded after teardown: {self.rules()}")
-            for root in self.roots:
-                left = processes_rooted_in(root)
-                if left:
-                    problems.append(f"processes left in {root}: {[(p, comm(p)) for p in left]}")
-                problems.extend(_unmount_under(root))
-        finally:
-            if self._lock is not None:
-                self._lock.close()  # type: ignore[attr-defined]
-                self._lock = None
+        problems = super().close()
+        for root in self.roots:
+            problems.extend(_unmount_under(root))
         return problems
 
 
@@ -341,32 +226,6 @@ class DevLog:
     def close(self) -> None:
         self.sock.close()
         self.path.unlink(missing_ok=True)
-
-
-_SERIAL = re.compile(r"msg=audit\(([0-9.]+:[0-9]+)\)")
-
-
-def find_exec_record(messages: list[str], marker: str, key: str = "procmon") -> tuple[str, str] | None:
-    """The EXECVE datagram carrying `marker` and the SYSCALL datagram of the same event with `key`.
-
-    Every exec on the machine is audited and other programs log at authpriv too, so the match is
-    on the marker and the event serial, never on "any <86> line"."""
-    for msg in messages:
-        if "type=EXECVE" in msg and marker in msg:
-            serial = _SERIAL.search(msg)
-            if not serial:
-                continue
-            for other in messages:
-                if "type=SYSCALL" in other and f"msg=audit({serial.group(1)})" in other and f'key="{key}"' in other:
-                    return msg, other
-    return None
-
-
-def exec_marker(root: Rootfs) -> str:
-    marker = f"nodeaudit-marker-{uuid.uuid4().hex}"
-    res = root.run("/bin/echo", marker)
-    assert res.rc == 0, res
-    return marker
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,16 +300,3 @@ def policy_doc(name: str, rules: list[str], **spec: object) -> dict[str, object]
         "metadata": {"name": name},
         "spec": {"rules": list(rules), **spec},
     }
-
-
-def read_file_bytes(root: Rootfs, rel: str) -> bytes | None:
-    path = root / rel
-    return path.read_bytes() if path.exists() else None
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    start = time.monotonic()
-    end: list[float] = []
-    yield lambda: (end[0] if end else time.monotonic()) - start
-    end.append(time.monotonic())

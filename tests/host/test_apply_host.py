@@ -12,9 +12,11 @@ import os
 import stat
 from pathlib import Path
 
+import costlib
 import hostlib
 import pytest
-from hostlib import PROCMON_LISTED, PROCMON_RULES, Rootfs, find_exec_record, policy_doc
+from costlib import find_exec_record
+from hostlib import PROCMON_LISTED, PROCMON_RULES, Rootfs, policy_doc
 
 pytestmark = pytest.mark.host
 
@@ -43,7 +45,7 @@ def plugin_pids(root: Rootfs) -> list[int]:
 
 
 def assert_record_reaches_syslog(root: Rootfs, devlog: hostlib.DevLog) -> None:
-    marker = hostlib.exec_marker(root)
+    marker = costlib.run_marker(root)
     found = devlog.wait_for(lambda msgs: find_exec_record(msgs, marker), timeout=10)
     assert found, f"no EXECVE record with {marker} reached /dev/log; got {len(devlog.messages)} datagrams"
     execve, syscall = found  # type: ignore[misc]
@@ -307,3 +309,35 @@ def test_rules_flushed_behind_our_back_are_loaded_again(host):
     assert result["rulesLoaded"] == len(expected(bundle))
     assert set(PROCMON_LISTED) <= set(host.audit.rules())
     assert int(host.audit.status()["pid"]) == pid
+
+
+def test_refused_rule_rolls_back_completely_beside_a_foreign_duplicate(host):
+    """The rollback loads the previous rules again; a foreign copy of one of them (the manual
+    procedure's 10-procmon.rules) makes that load answer "Rule exists" as well. That is a complete
+    rollback, not "ROLLBACK INCOMPLETE"."""
+    root = host.root()
+    (root / "etc/audit/rules.d/10-procmon.rules").write_text(PROCMON_RULES[0] + "\n")
+    good = hostlib.render_policy_bundle(host.bundle("good"), policy_doc("procmon", list(PROCMON_RULES)))
+    ok(root.run_bundle(good))
+    pid = int(host.audit.status()["pid"])
+    good_rules = (root / RULES_FILE).read_bytes()
+
+    refused = "-w /nonexistent-nodeaudit/dir/file -p x -k refused"
+    bad = hostlib.write_bundle(host.bundle("bad"), "procmon", ["-c", PROCMON_RULES[0], refused],
+                               [PROCMON_LISTED[0], refused])
+    res = root.run_bundle(bad)
+    assert res.rc != 0, res
+    assert res.result is not None and res.result["ok"] is False, res
+    message = str(res.result["message"])
+    assert "ROLLBACK INCOMPLETE" not in message, res
+    assert message.endswith("(previous rules and plugin config restored)"), res
+    assert message.startswith("the kernel refused the rules (augenrules --load exit 1: "), res
+    assert "(No such file or directory)" in message and "Rule exists" not in message, res
+    assert "Rule exists" in res.stderr.rsplit("nodeaudit: augenrules --load\n", 1)[-1], res  # the rollback's load
+    assert (root / RULES_FILE).read_bytes() == good_rules
+    listed = host.audit.rules()
+    assert set(PROCMON_LISTED) <= set(listed)
+    assert refused not in listed
+    assert int(host.audit.status()["pid"]) == pid
+    assert not list((root / "var/lib/nodeaudit/state").glob("tx.*"))
+    assert ok(root.run_bundle(good))["message"] == "already applied"

@@ -20,6 +20,8 @@ from pathlib import Path
 import hostlib
 import pytest
 
+from nodeaudit import kernellock
+
 pytestmark = pytest.mark.host
 
 NODEAUDIT = str(Path(sys.executable).parent / "nodeaudit")
@@ -40,7 +42,7 @@ def _skip_if_unavailable(rc: int, out: str) -> None:
 
 def _kernel_clean(ctl: hostlib.Rootfs) -> dict[str, str]:
     """Kernel audit as the demo must leave it, read under the lock."""
-    with open(hostlib.KERNEL_AUDIT_LOCK, "w") as lock:
+    with open(kernellock.KERNEL_AUDIT_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         status = hostlib.parse_status(ctl.auditctl("-s"))
         rules = ctl.auditctl("-l").strip()

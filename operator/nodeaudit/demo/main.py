@@ -152,7 +152,7 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
         if problems:
             print("  real host: teardown found: " + "; ".join(problems), file=sys.stderr)
         elif host.root is not None:
-            print("  real host: kernel audit restored (rules flushed, audit disabled, auditd stopped)", flush=True)
+            print("  real host: kernel audit restored (rules flushed, enabled flag and limits as found, auditd stopped)", flush=True)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

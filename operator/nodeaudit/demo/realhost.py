@@ -6,15 +6,16 @@ fallback, as in the host tests) into a real Debian 12 root filesystem with the r
 against this machine's real kernel audit facility, and its termination message becomes that
 node's record.
 
-Kernel audit state belongs to the whole machine, so this module is careful in the way the host
-tests are: it holds ``/run/lock/nodeaudit-kernel-audit.lock`` (exclusive flock) from start to
-close, refuses to start when not root, when the kernel has no audit facility, when another audit
-daemon is registered or rules are loaded, and on close (also after Ctrl-C) kills the processes it
-started (by PID), flushes the rules (``auditctl -D``), disables audit (``auditctl -e 0``) and
-restores the limits it found. It never loads ``-e 2``/``-f 2`` itself (apply.sh refuses them too).
+Kernel audit state belongs to the whole machine. ``KernelAuditGuard`` is the one place that
+guards and restores it (the host tests and benchmarks wrap it): it holds
+``/run/lock/nodeaudit-kernel-audit.lock`` (exclusive flock) from its checks to close, refuses to
+start when not root, when the kernel has no audit facility, when another audit daemon is
+registered or rules are loaded, and on close (also after Ctrl-C) kills the processes started in
+its roots (by PID), flushes the rules (``auditctl -D``), puts back the ``enabled`` flag and the
+limits it found. It never loads ``-e 2``/``-f 2`` itself (apply.sh refuses them too).
 
 The root filesystem is the host tests' cached tarball (``.cache/rootfs/``, ``NODEAUDIT_CACHE_DIR``
-overrides), built with ``mmdebstrap`` on first use.
+overrides), built with ``mmdebstrap`` on first use, before the kernel-audit lock is taken.
 """
 
 from __future__ import annotations
@@ -29,26 +30,37 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 from nodeaudit import kernellock
 
 REPO = Path(__file__).resolve().parents[3]
-KERNEL_AUDIT_LOCK = kernellock.KERNEL_AUDIT_LOCK
+HOST_SCRIPTS = Path(__file__).resolve().parents[1] / "host"
 SUITE = "bookworm"
 AUDITD_TARBALL = f"debian-{SUITE}-minbase-auditd.tar.zst"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Mount /proc inside a private mount namespace (it vanishes with the last process in it), then run
 # job-entry.sh, which chroots into the root: what the Job does when nsenter is not possible.
 _ENTER = 'mount -t proc proc "$1/proc" && shift && exec sh "$@"'
+# The limits auditctl -s reports and the flag that sets each (restored on close).
+_LIMITS = (("-b", "backlog_limit"), ("--backlog_wait_time", "backlog_wait_time"), ("-r", "rate_limit"),
+           ("-f", "failure"))
 
 Progress = Callable[[str], None]
 
 
 class RealHostError(Exception):
     """The real host cannot be used here; the message says why and what to do."""
+
+
+class KernelAuditUnavailable(RealHostError):
+    """Not root, or auditctl cannot reach the kernel audit facility here."""
+
+
+class KernelAuditBusy(RealHostError):
+    """The lock stayed busy, or someone else's audit daemon, rules or -e 2 are in the kernel."""
 
 
 def cache_dir() -> Path:
@@ -166,86 +178,276 @@ def parse_status(text: str) -> dict[str, str]:
     return out
 
 
+def comm(pid: int) -> str:
+    """The process's command name, or "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _rooted_under(pid: int, roots: Sequence[Path]) -> bool:
+    try:
+        root = os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return False
+    for path in roots:
+        prefix = str(path.resolve())
+        if root == prefix or root.startswith(prefix + "/"):
+            return True
+    return False
+
+
+def root_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for commands run in a root (nothing of the caller's leaks in)."""
+    return {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root", **(extra or {})}
+
+
+# ------------------------------------------------------------------------------------------------
+# One root: extract it, run a bundle's job-entry.sh in it
+
+
+def extract_root(tarball: Path, into: Path) -> Path:
+    """Extract a root filesystem tarball into ``into`` (created) with the machine's resolv.conf,
+    so that apt inside the root resolves the mirror."""
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(into)], check=True)
+    resolv = into / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    return into
+
+
+def run_job_entry(root: Path, bundle: Path, *, remove: bool = False, termination_log: Path | None = None,
+                  env: Mapping[str, str] | None = None, timeout: float = 900,
+                  started: Callable[[subprocess.Popen[str]], None] | None = None) -> tuple[int, str, str]:
+    """What the Job's container does with the bundle: ``sh job-entry.sh [--remove]`` with the bundle
+    at NODEAUDIT_BUNDLE_SRC and ``root`` as the host mount, in a private mount namespace.
+
+    nsenter into PID 1 would leave the root for the real machine, so job-entry.sh's chroot
+    fallback is forced; the mount namespace and chroot are real. ``env`` adds to (or overrides)
+    the job's environment; ``started`` sees the process (a new session) as soon as it runs. On
+    timeout the whole session is killed. Returns (exit code, stdout, stderr)."""
+    entry = bundle / "job-entry.sh"
+    if not entry.exists():
+        entry = HOST_SCRIPTS / "job-entry.sh"
+    job_env = root_env({
+        "NODEAUDIT_BUNDLE_SRC": str(bundle),
+        "NODEAUDIT_HOST_MOUNT": str(root),
+        "NODEAUDIT_NSENTER": "no",
+        "NODEAUDIT_TERMINATION_LOG": str(termination_log or "/nonexistent/termination-log"),
+        **(env or {}),
+    })
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh", str(root),
+            str(entry), *(["--remove"] if remove else [])]
+    # A new session: a terminal's Ctrl-C reaches only the caller (which restores), and the whole
+    # job (unshare, sh, chroot, apply.sh, apt) can be killed as one process group.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=job_env,
+                            start_new_session=True)
+    if started is not None:
+        started(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc)
+        out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+def kill_session(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the process group of ``proc`` (started with start_new_session) while it is unreaped."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel audit: lock, guard, restore
+
+
+class KernelAuditGuard:
+    """The machine-wide kernel-audit lock, the checks before touching kernel audit, and the restore.
+
+    ``ctl`` is a root with auditd installed whose auditctl is used (the machine needs none of its
+    own). ``roots`` are the directories whose processes are ours: on close they are killed, and an
+    audit daemon registered from one of them is ours too. ``open()`` takes the lock and refuses
+    someone else's state; ``close()`` restores and returns the problems found (empty: clean)."""
+
+    def __init__(self, ctl: Path, *, roots: Sequence[Path] = (), lock_path: str = kernellock.KERNEL_AUDIT_LOCK,
+                 lock_timeout: float = 300.0, on_wait: Callable[[], None] | None = None) -> None:
+        self.ctl = ctl
+        self.roots: list[Path] = list(roots)
+        self.lock_path = lock_path
+        self.lock_timeout = lock_timeout
+        self.on_wait = on_wait
+        self.initial: dict[str, str] = {}
+        self._lock: IO[str] | None = None
+        self._armed = False  # the kernel was checked clean under the lock: from now on, we restore it
+
+    def auditctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The control root's auditctl."""
+        return subprocess.run(["chroot", str(self.ctl), "auditctl", *args], capture_output=True, text=True,
+                              timeout=30, env=root_env())
+
+    def status(self) -> dict[str, str]:
+        return parse_status(self.auditctl("-s").stdout)
+
+    def rules(self) -> list[str]:
+        out = self.auditctl("-l").stdout.strip().splitlines()
+        return [] if out == ["No rules"] else out
+
+    def open(self) -> None:
+        if os.geteuid() != 0:
+            raise KernelAuditUnavailable("needs root (kernel audit control, chroot, mount); run it with sudo")
+        try:
+            self._lock = kernellock.acquire(self.lock_path, timeout=self.lock_timeout, poll=0.5,
+                                            on_wait=self.on_wait)
+        except kernellock.LockBusy as error:
+            raise KernelAuditBusy(f"{error}; try again later") from None
+        try:
+            probe = self.auditctl("-s")
+            if probe.returncode != 0 or "pid" not in probe.stdout:
+                raise KernelAuditUnavailable(
+                    "this kernel's audit facility cannot be reached (auditctl -s: "
+                    f"{(probe.stderr or probe.stdout).strip() or probe.returncode}); "
+                    "a container without CAP_AUDIT_CONTROL or a kernel without audit cannot run it")
+            self.initial = parse_status(probe.stdout)
+            pid = self.initial.get("pid", "0")
+            if pid != "0":
+                name = comm(int(pid)) if pid.isdigit() else ""
+                raise KernelAuditBusy(f"another audit daemon is registered with the kernel (pid {pid}"
+                                      f"{', ' + name if name else ''}); refusing to touch its rules")
+            if self.initial.get("enabled") == "2":
+                raise KernelAuditBusy("kernel audit is immutable (enabled 2) until reboot")
+            loaded = self.rules()
+            if loaded:
+                raise KernelAuditBusy(f"the kernel already has audit rules loaded by someone else: {loaded[:3]}")
+        except BaseException:
+            self._release_lock()
+            raise
+        self._armed = True
+
+    def flush_rules(self) -> None:
+        """``auditctl -D`` (a subclass may add more ways to get rid of stubborn rules)."""
+        self.auditctl("-D")
+
+    def close(self) -> list[str]:
+        """Kill what was started in our roots, flush the rules, put back ``enabled`` and the limits,
+        release the lock. Safe to call twice and after a failed open(). Returns the problems found.
+
+        Nothing is restored unless open() found the kernel clean under the lock: a refusal
+        (someone else's auditd or rules) leaves their state alone."""
+        problems: list[str] = []
+        try:
+            if self._armed:
+                problems = self._restore()
+        finally:
+            self._armed = False
+            self._release_lock()
+        return problems
+
+    def _restore(self) -> list[str]:
+        problems: list[str] = []
+        ours = [pid for root in self.roots for pid in processes_rooted_in(root)]
+        probe = self.auditctl("-s")
+        if probe.returncode != 0:
+            problems.append(f"auditctl -s failed in teardown: {(probe.stderr or probe.stdout).strip()}")
+        pid = int(parse_status(probe.stdout).get("pid", "0") or 0)
+        foreign = 0
+        if pid and pid not in ours:
+            if _rooted_under(pid, self.roots):
+                ours.append(pid)  # registered after we saw pid 0 under the lock, from our root
+            else:
+                # Not started in one of our roots: someone ignored the lock. Never kill it; say so.
+                # (Our rules are flushed all the same: the kernel was clean when we took over.)
+                foreign = pid
+                problems.append(f"an audit daemon outside our roots registered while we held the lock: pid {pid}"
+                                f" ({comm(pid) or 'gone'}); not killed")
+        kill_pids(sorted(set(ours)))
+        self.flush_rules()
+        self.auditctl("-e", self.initial.get("enabled", "0"))
+        for flag, key in _LIMITS:
+            if key in self.initial:
+                self.auditctl(flag, self.initial[key])
+        after = self.status()
+        if after.get("pid") not in ("0", str(foreign)):
+            problems.append(f"an audit daemon is still registered after teardown: pid {after.get('pid')}")
+        if after.get("enabled") != self.initial.get("enabled"):
+            problems.append(f"kernel audit enabled is {after.get('enabled')}, was {self.initial.get('enabled')}")
+        left_rules = self.rules()
+        if left_rules:
+            problems.append(f"rules still loaded after teardown: {left_rules[:3]}")
+        for root in self.roots:
+            left = processes_rooted_in(root)
+            if left:
+                problems.append(f"processes left in {root}: {[(p, comm(p)) for p in left]}")
+        return problems
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
 class RealHost:
-    """One extracted Debian root, the kernel-audit lock, and the restore on close.
+    """One extracted Debian root, the kernel-audit guard, and the restore on close.
 
-    ``open()`` takes the lock and checks the kernel; ``run_job()`` runs a bundle's job-entry.sh
-    in the root and returns (exit code, termination message); ``close()`` restores."""
+    ``open()`` builds (once) and extracts the root, then takes the lock and checks the kernel;
+    ``run_job()`` runs a bundle's job-entry.sh in the root and returns (exit code, termination
+    message); ``close()`` restores."""
 
-    def __init__(self, progress: Progress = print, lock_path: str = KERNEL_AUDIT_LOCK,
+    def __init__(self, progress: Progress = print, lock_path: str = kernellock.KERNEL_AUDIT_LOCK,
                  lock_timeout: float = 300.0) -> None:
         self.progress = progress
         self.lock_path = lock_path
         self.lock_timeout = lock_timeout
         self.workdir: Path | None = None
         self.root: Path | None = None
-        self.initial: dict[str, str] = {}
+        self.guard: KernelAuditGuard | None = None
         self.runs = 0
-        self._lock: IO[str] | None = None
         self._procs: dict[int, subprocess.Popen[str]] = {}
         self._mutex = threading.Lock()
         self._closed = False
-        self._armed = False  # the kernel was checked clean under the lock: from now on, we restore it
+
+    @property
+    def initial(self) -> dict[str, str]:
+        return self.guard.initial if self.guard is not None else {}
 
     # ---- set-up ---------------------------------------------------------------------------
 
     def open(self) -> RealHost:
         if os.geteuid() != 0:
-            raise RealHostError("needs root (kernel audit control, chroot, mount); run it with sudo")
+            raise KernelAuditUnavailable("needs root (kernel audit control, chroot, mount); run it with sudo")
         for tool in ("unshare", "chroot", "tar", "zstd"):
             if shutil.which(tool) is None:
                 raise RealHostError(f"{tool} is not installed (apt-get install util-linux coreutils tar zstd)")
         try:
-            self._take_lock()
+            # The build (mmdebstrap, up to 900 s) and the extraction do not touch kernel audit:
+            # done before the lock, so other kernel-audit users are not kept waiting.
             tarball = auditd_tarball(self.progress)
             self.workdir = Path(tempfile.mkdtemp(prefix="nodeaudit-demo-host-"))
             self.root = self.workdir / "root"
             self.progress(f"  real host: extracting {tarball.name} into {self.root}")
-            self.root.mkdir()
-            subprocess.run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(self.root)], check=True)
-            resolv = self.root / "etc" / "resolv.conf"
-            resolv.unlink(missing_ok=True)
-            shutil.copyfile("/etc/resolv.conf", resolv)
-            self._check_kernel()
-            self._armed = True
+            extract_root(tarball, self.root)
+            self.guard = KernelAuditGuard(
+                self.root, roots=[self.root], lock_path=self.lock_path, lock_timeout=self.lock_timeout,
+                on_wait=lambda: self.progress(f"  real host: waiting for {self.lock_path} (another kernel-audit user)"))
+            self.guard.open()
         except BaseException:
             self._release()
             raise
         return self
 
-    def _take_lock(self) -> None:
-        try:
-            self._lock = kernellock.acquire(
-                self.lock_path, timeout=self.lock_timeout, poll=0.5,
-                on_wait=lambda: self.progress(f"  real host: waiting for {self.lock_path} (another kernel-audit user)"))
-        except kernellock.LockBusy as error:
-            raise RealHostError(f"{error}; try again later") from None
-
     def auditctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The root's auditctl (the machine needs none of its own)."""
-        assert self.root is not None
-        return subprocess.run(["chroot", str(self.root), "auditctl", *args], capture_output=True, text=True,
-                              timeout=30, env={"PATH": PATH, "LANG": "C.UTF-8"})
+        if self.guard is None:
+            raise RealHostError("the real host is not open")
+        return self.guard.auditctl(*args)
 
     def rules(self) -> list[str]:
-        out = self.auditctl("-l").stdout.strip().splitlines()
-        return [] if out == ["No rules"] else out
-
-    def _check_kernel(self) -> None:
-        probe = self.auditctl("-s")
-        if probe.returncode != 0 or "pid" not in probe.stdout:
-            raise RealHostError("this kernel's audit facility cannot be reached (auditctl -s: "
-                                f"{(probe.stderr or probe.stdout).strip() or probe.returncode}); "
-                                "a container without CAP_AUDIT_CONTROL or a kernel without audit cannot run it")
-        self.initial = parse_status(probe.stdout)
-        if self.initial.get("pid", "0") != "0":
-            raise RealHostError(f"another audit daemon is registered with the kernel (pid {self.initial['pid']}); "
-                                "refusing to touch its rules")
-        if self.initial.get("enabled") == "2":
-            raise RealHostError("kernel audit is immutable (enabled 2) until reboot")
-        loaded = self.rules()
-        if loaded:
-            raise RealHostError(f"the kernel already has audit rules loaded by someone else: {loaded[:3]}")
+        if self.guard is None:
+            raise RealHostError("the real host is not open")
+        return self.guard.rules()
 
     # ---- one Job ----------------------------------------------------------------------------
 
@@ -266,29 +468,26 @@ class RealHost:
             (bundle / name).write_text(text)
         termlog = run_dir / "termination-log"
         termlog.write_text("")
-        env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root", "NODEAUDIT_BUNDLE_SRC": str(bundle),
-               "NODEAUDIT_HOST_MOUNT": str(self.root), "NODEAUDIT_NSENTER": "no",
-               "NODEAUDIT_TERMINATION_LOG": str(termlog)}
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh", str(self.root),
-                str(bundle / "job-entry.sh"), *(["--remove"] if remove else [])]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)  # a terminal's Ctrl-C reaches the demo, which restores
-        with self._mutex:
-            self._procs[proc.pid] = proc
+        procs: list[subprocess.Popen[str]] = []
+
+        def started(proc: subprocess.Popen[str]) -> None:
+            procs.append(proc)
+            with self._mutex:
+                self._procs[proc.pid] = proc
+
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_pids([proc.pid])
-            out, err = proc.communicate()
+            rc, out, err = run_job_entry(self.root, bundle, remove=remove, termination_log=termlog,
+                                         timeout=timeout, started=started)
         finally:
             with self._mutex:
-                self._procs.pop(proc.pid, None)
+                for proc in procs:
+                    self._procs.pop(proc.pid, None)
         (run_dir / "stdout").write_text(out)
         (run_dir / "stderr").write_text(err)
         message = termlog.read_text()
-        if not message.strip() and proc.returncode != 0:
+        if not message.strip() and rc != 0:
             message = "\n".join((out + err).strip().splitlines()[-80:])[-4096:]
-        return proc.returncode, message[:4096]
+        return rc, message[:4096]
 
     @staticmethod
     def result(message: str) -> dict[str, object] | None:
@@ -302,7 +501,7 @@ class RealHost:
     # ---- teardown ---------------------------------------------------------------------------
 
     def close(self) -> list[str]:
-        """Kill what we started, flush the rules, disable audit, restore limits, release the lock.
+        """Kill what we started, flush the rules, restore kernel audit, release the lock.
 
         Safe to call twice and after a failed open(); returns the problems found (empty: clean)."""
         if self._closed:
@@ -314,37 +513,12 @@ class RealHost:
         problems: list[str] = []
         try:
             with self._mutex:
-                running = list(self._procs)
-            # Only after the kernel was found clean under our lock: a refusal (someone else's auditd
-            # or rules) must leave their state alone.
-            if self._armed and self.root is not None and self.root.exists() and self._lock is not None:
-                ours = running + processes_rooted_in(self.root)
-                status = parse_status(self.auditctl("-s").stdout)
-                pid = int(status.get("pid", "0") or 0)
-                if pid and pid not in ours:
-                    ours.append(pid)  # registered after we saw pid 0 under the lock: ours
-                kill_pids(sorted(set(ours)))
-                self.auditctl("-D")
-                self.auditctl("-e", "0")
-                for flag, key in (("-b", "backlog_limit"), ("--backlog_wait_time", "backlog_wait_time"),
-                                  ("-r", "rate_limit"), ("-f", "failure")):
-                    if key in self.initial:
-                        self.auditctl(flag, self.initial[key])
-                after = parse_status(self.auditctl("-s").stdout)
-                if after.get("pid", "0") != "0":
-                    problems.append(f"an audit daemon is still registered: pid {after.get('pid')}")
-                if self.rules():
-                    problems.append(f"rules still loaded: {self.rules()[:3]}")
-                left = processes_rooted_in(self.root)
-                if left:
-                    problems.append(f"processes left in {self.root}: {left}")
-            elif running:
-                kill_pids(running)
+                running = list(self._procs.values())
+            for proc in running:  # the Jobs still running: their whole sessions
+                kill_session(proc)
+            if self.guard is not None:
+                problems = self.guard.close()
+        finally:
             if self.workdir is not None and not (self.root and processes_rooted_in(self.root)):
                 shutil.rmtree(self.workdir, ignore_errors=True)
-        finally:
-            self._armed = False
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
         return problems
