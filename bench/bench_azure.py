@@ -1,6 +1,6 @@
 """ARM cost of the agent check: 5,000 nodes in 50 scale sets against a local https ARM endpoint.
 
-Runs the real azure-mgmt-compute (aio) client through nodeaudit.azure.check_policy_agents and
+Runs the real azure-mgmt-compute (aio) client through nodeaudit.azure.check.check_policy_agents and
 prints the ARM calls per check (first check, a second one inside the TTL, one after the TTL) and
 the wall time. Network: 127.0.0.1 only.
 
@@ -25,7 +25,7 @@ SUB = "11111111-2222-3333-4444-555555555555"
 def run_bench(argv: list[str] | None = None) -> dict:
     from armserver import ArmServer, aks_extensions, ama, vmss_node
 
-    from nodeaudit.azure import (
+    from nodeaudit.azure.check import (
         AgentChecker,
         AgentSettings,
         ArmClients,

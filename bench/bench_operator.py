@@ -1,6 +1,6 @@
 """Operator scale: N nodes in 20 pools appear at once; how fast does every node get its Job?
 
-Runs the real operator as a separate process (`python -m nodeaudit.cli_run`, what `nodeaudit run`
+Runs the real operator as a separate process (`python -m nodeaudit.cli.run`, what `nodeaudit run`
 runs) against the local API server in this process, with maxUnavailable 100%. Reports the time
 from the policy's creation until every Job exists, the operator's API writes per node for the
 whole rollout (Job create + node record + shared ConfigMap/status/events), and the operator
@@ -42,9 +42,9 @@ def _policy() -> dict[str, Any]:
 
 
 def run_once(count: int, pools: int = 20, timeout: float = 600) -> dict[str, float]:
-    from nodeaudit.crd import crd
-    from nodeaudit.demo import simulator as sim_mod
-    from nodeaudit.demo.runtime import ServerThread
+    from nodeaudit.core.crd import crd
+    from nodeaudit.testing import simulator as sim_mod
+    from nodeaudit.testing.runtime import ServerThread
 
     with ServerThread([crd()]) as st:
         server = st.server
@@ -65,7 +65,7 @@ def run_once(count: int, pools: int = 20, timeout: float = 600) -> dict[str, flo
                    NODEAUDIT_DEBOUNCE_SECONDS="0.2", PYTHONPATH=str(REPO / "operator"))
         profile = ["-m", "cProfile", "-o", os.environ["BENCH_OPERATOR_PROFILE"]] \
             if os.environ.get("BENCH_OPERATOR_PROFILE") else []
-        proc = subprocess.Popen([sys.executable, *profile, "-m", "nodeaudit.cli_run", "--liveness", "", "--metrics-port", "0"], env=env,
+        proc = subprocess.Popen([sys.executable, *profile, "-m", "nodeaudit.cli.run", "--liveness", "", "--metrics-port", "0"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # Let the operator start and list the (pre-existing) nodes, then apply the policy.

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from nodeaudit import rules as rules_mod
-from nodeaudit.presets import PRESETS, VOLUMES, auditd_control_rules, exclusion_rules
-from nodeaudit.rules import RuleError, Unsafe
+from nodeaudit.core.presets import PRESETS, VOLUMES, auditd_control_rules, exclusion_rules
+from nodeaudit.core.rules import grammar as rules_mod
+from nodeaudit.core.rules.grammar import RuleError, Unsafe
 
 # parse_rule memoizes; the grammar's own speed is the uncached function underneath.
 parse_uncached = rules_mod._parse_rule_cached.__wrapped__

@@ -1,4 +1,4 @@
-"""The pure agent logic (nodeaudit.agent): providerIDs, grouping, verdicts, collection, rendering."""
+"""The pure agent logic (nodeaudit.core.agent): providerIDs, grouping, verdicts, collection, rendering."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodeaudit import agent as A
+from nodeaudit.core import agent as A
 
 SUB = "11111111-2222-3333-4444-555555555555"
 PID = f"azure:///subscriptions/{SUB}/resourceGroups/mc_rg_aks_westeurope/providers/Microsoft.Compute/virtualMachineScaleSets/aks-user-12345678-vmss/virtualMachines/3"

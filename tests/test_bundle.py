@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from nodeaudit.bundle import content_hash, render_bundle, rules_file_name
-from nodeaudit.policy import parse_policy
+from nodeaudit.core.bundle import content_hash, render_bundle, rules_file_name
+from nodeaudit.core.policy import parse_policy
 from policies import policy_dict
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nodeaudit.cli import main
+from nodeaudit.cli.main import main
 from policies import EXAMPLES, REPO, policy_dict
 
 runner = CliRunner()

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from nodeaudit import crd as crd_mod
+from nodeaudit.core import crd as crd_mod
 from policies import REPO
 
 CRD_FILE = REPO / "crds" / "nodeauditpolicy.yaml"
@@ -67,7 +67,7 @@ def test_printer_columns() -> None:
 
 
 def test_committed_reference_matches_the_model() -> None:
-    from nodeaudit.reference import policy_reference_markdown
+    from nodeaudit.core.reference import policy_reference_markdown
 
     text = (REPO / "docs" / "policy.md").read_text()
     assert text == policy_reference_markdown(), "docs/policy.md is stale: run `make crds`"

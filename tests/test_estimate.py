@@ -1,11 +1,11 @@
-"""The pure cost projections and the syslog message model of nodeaudit.estimate."""
+"""The pure cost projections and the syslog message model of nodeaudit.core.estimate."""
 
 from __future__ import annotations
 
 import pytest
 
-from nodeaudit import auditnl
-from nodeaudit import estimate as est
+from nodeaudit.core import estimate as est
+from nodeaudit.hostaudit import netlink as auditnl
 
 # A record as auditd 3.0.9 + audisp-syslog shipped it on this machine (host tests compare the
 # whole pipeline; this pins the format).
@@ -112,7 +112,7 @@ def test_session_refuses_non_root_before_touching_anything(monkeypatch):
 def test_cli_rejects_two_workloads(tmp_path):
     from click.testing import CliRunner
 
-    from nodeaudit.cli_estimate import estimate
+    from nodeaudit.cli.estimate import estimate
 
     doc = tmp_path / "p.yaml"
     doc.write_text("apiVersion: nodeaudit.io/v1alpha1\nkind: NodeAuditPolicy\nmetadata: {name: p}\n"

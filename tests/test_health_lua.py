@@ -149,11 +149,11 @@ def test_failed_node_still_retried_is_progressing_then_degraded_at_rest() -> Non
 
 
 def test_the_operators_own_status_builder_maps_as_documented() -> None:
-    """Feed health.lua what nodeaudit.status.build_status writes, where that module exists."""
-    status_mod = pytest.importorskip("nodeaudit.status")
+    """Feed health.lua what nodeaudit.core.status.build_status writes, where that module exists."""
+    status_mod = pytest.importorskip("nodeaudit.core.status")
     summary_cls = getattr(status_mod, "Summary", None)
     if summary_cls is None:
-        pytest.skip("nodeaudit.status has no Summary")
+        pytest.skip("nodeaudit.core.status has no Summary")
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(summary_cls)}
@@ -173,4 +173,4 @@ def test_the_operators_own_status_builder_maps_as_documented() -> None:
         assert run(invalid='spec.rules[0]: unknown syscall "x"') == "Degraded"
         assert run(matched=3, configured=0, failed=3, stalled=True, failed_nodes=["a", "b", "c"]) == "Degraded"
     except TypeError as error:  # the Summary's shape changed: this test needs updating, not skipping silently
-        pytest.fail(f"nodeaudit.status.Summary changed shape: {error}")
+        pytest.fail(f"nodeaudit.core.status.Summary changed shape: {error}")

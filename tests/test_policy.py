@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from nodeaudit import policy as policy_mod
-from nodeaudit.policy import PolicyError, parse_duration, parse_policy
+from nodeaudit.core import policy as policy_mod
+from nodeaudit.core.policy import PolicyError, parse_duration, parse_policy
 from policies import EXAMPLES, policy_dict
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeaudit.presets import (
+from nodeaudit.core.presets import (
     AKS_NOISE,
     AKS_NOISE_EXECUTABLES,
     PRESETS,
@@ -13,7 +13,7 @@ from nodeaudit.presets import (
     exclusion_rules,
     expand,
 )
-from nodeaudit.rules import RuleError, Unsafe, parse_rule
+from nodeaudit.core.rules.grammar import RuleError, Unsafe, parse_rule
 
 
 def test_procmon_is_exactly_the_seeds_two_execve_rules() -> None:

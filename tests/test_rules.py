@@ -1,4 +1,4 @@
-"""Tests for the audit-rule grammar (nodeaudit.rules): refusals, normalization, `auditctl -l` forms."""
+"""Tests for the audit-rule grammar (nodeaudit.core.rules.grammar): refusals, normalization, `auditctl -l` forms."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeaudit.rules import SYSCALL_TABLES, AuditRule, RuleError, Unsafe, parse_rule
+from nodeaudit.core.rules.grammar import SYSCALL_TABLES, AuditRule, RuleError, Unsafe, parse_rule
 
 # (rule as written, the line `auditctl -l` printed for it). Captured from auditctl 3.0.9 on this
 # machine's kernel (6.18), one rule loaded at a time, under /run/lock/nodeaudit-kernel-audit.lock.
@@ -472,8 +472,8 @@ def test_generated_watches_round_trip(parts: list[str], perms: set[str], keys: l
 def test_valid_rules_stay_valid_after_rendering(texts: list[str]) -> None:
     """Through the real model and renderer: every rule line of the bundle's rules file parses to the
     same rule, and expected.rules holds exactly their listings."""
-    from nodeaudit.bundle import render_bundle, rules_file_name
-    from nodeaudit.policy import parse_policy
+    from nodeaudit.core.bundle import render_bundle, rules_file_name
+    from nodeaudit.core.policy import parse_policy
 
     doc = {"apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "prop"},
            "spec": {"rules": texts, "volume": "forensic"}}

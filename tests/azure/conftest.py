@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from armserver import ArmServer, running_arm_server  # noqa: E402
 
-from nodeaudit.azure import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
+from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import time
 import pytest
 from armserver import SPEC_MAXIMUM, SPEC_MINIMUM, Resp, aks_extensions, ama, ext, oms, vmss_node
 
-from nodeaudit import agent as A
-from nodeaudit.azure import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.core import agent as A
 
 pytestmark = pytest.mark.azure
 

@@ -9,7 +9,7 @@ import yaml
 from armserver import Resp, aks_extensions, ama, oms, vmss_node
 from click.testing import CliRunner
 
-from nodeaudit.cli_check_agent import check_agent
+from nodeaudit.cli.check_agent import check_agent
 
 pytestmark = pytest.mark.azure
 
@@ -106,7 +106,7 @@ def test_help_has_an_example():
 
 
 def test_registered_in_the_nodeaudit_group():
-    from nodeaudit import cli
+    from nodeaudit.cli import main as cli
 
     if "check-agent" not in cli.main.commands:
         pytest.skip("check-agent not yet added to the nodeaudit group (cli.py, the lead's)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
-from nodeaudit.azure import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import AgentSettings, check_policy_agents
 
 pytestmark = pytest.mark.azure
 
@@ -94,7 +94,7 @@ def test_both_named_both_reported(arm, make_checker, arun):
     arm.datasources["law-prod"] = Resp(200, {"value": []})
     report = check(arun, make_checker(), data_collection_rule_id=DCR, workspace_resource_id=WS)
     assert [c.state for c in report.collection] == ["Collected", "NotCollected"]
-    from nodeaudit.agent import agent_condition
+    from nodeaudit.core.agent import agent_condition
 
     cond = agent_condition(report)
     assert cond["status"] == "False" and cond["reason"] == "SyslogNotCollected" and "law-prod" in cond["message"]

@@ -13,9 +13,9 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from click.testing import CliRunner
 
 from conftest import fast_options
-from nodeaudit import azure as Z
-from nodeaudit.agent import AgentReport
-from nodeaudit.cli_check_agent import check_agent
+from nodeaudit.azure import check as Z
+from nodeaudit.cli.check_agent import check_agent
+from nodeaudit.core.agent import AgentReport
 
 pytestmark = pytest.mark.azure
 

@@ -10,7 +10,7 @@ import pytest
 from armserver import Resp, aks_extensions, ama, vmss_node
 from kubernetes import client as k
 
-from nodeaudit.azure import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import AgentSettings, check_policy_agents
 
 pytestmark = pytest.mark.azure
 
@@ -77,7 +77,7 @@ def test_remediation_oms_with_workspace_key_from_a_secret(arm, make_checker, aru
     p = body["properties"]
     assert p["publisher"] == "Microsoft.EnterpriseCloud.Monitoring" and p["type"] == "OmsAgentForLinux"
     assert p["settings"] == {"workspaceId": "1234-ws"} and p["protectedSettings"] == {"workspaceKey": WS_KEY}
-    from nodeaudit.agent import render_json, render_table
+    from nodeaudit.core.agent import render_json, render_table
 
     assert WS_KEY not in caplog.text + render_json(report) + render_table(report)
 

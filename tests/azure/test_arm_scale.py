@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from armserver import aks_extensions, ama, vmss_node
 
-from nodeaudit.azure import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import AgentSettings, check_policy_agents
 
 pytestmark = pytest.mark.azure
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nodeaudit import azure as Z
+from nodeaudit.azure import check as Z
 
 pytestmark = pytest.mark.azure
 
@@ -57,7 +57,7 @@ def test_token_file_is_reread_only_when_it_changes(tmp_path):
 
 
 def test_settings_from_the_policy_model():
-    from nodeaudit.policy import NodeAuditPolicySpec, parse_policy
+    from nodeaudit.core.policy import NodeAuditPolicySpec, parse_policy
 
     dcr = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Insights/dataCollectionRules/d"
     policy = parse_policy({

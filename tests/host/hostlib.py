@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeaudit import kernellock
-from nodeaudit.demo import realhost
+from nodeaudit.hostaudit import lock as kernellock
+from nodeaudit.testing import realhost
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_SCRIPTS = realhost.HOST_SCRIPTS
@@ -284,9 +284,9 @@ def write_bundle(directory: Path, policy: str, rules: list[str], expected: list[
 
 
 def render_policy_bundle(directory: Path, policy: Mapping[str, object]) -> Path:
-    """The real renderer: `nodeaudit.bundle.render_bundle` on a policy dict (as in YAML)."""
-    from nodeaudit.bundle import render_bundle
-    from nodeaudit.policy import NodeAuditPolicy
+    """The real renderer: `nodeaudit.core.bundle.render_bundle` on a policy dict (as in YAML)."""
+    from nodeaudit.core.bundle import render_bundle
+    from nodeaudit.core.policy import NodeAuditPolicy
 
     bundle = render_bundle(NodeAuditPolicy.model_validate(dict(policy)))
     bundle.write(directory)

@@ -20,7 +20,7 @@ from pathlib import Path
 import hostlib
 import pytest
 
-from nodeaudit import kernellock
+from nodeaudit.hostaudit import lock as kernellock
 
 pytestmark = pytest.mark.host
 

@@ -14,10 +14,10 @@ import hostlib
 import pytest
 from hostlib import policy_doc
 
-from nodeaudit import estimate as est
-from nodeaudit.auditnl import EstimateError
-from nodeaudit.cli_estimate import _serial, measure
-from nodeaudit.policy import NodeAuditPolicy
+from nodeaudit.cli.estimate import _serial, measure
+from nodeaudit.core import estimate as est
+from nodeaudit.core.policy import NodeAuditPolicy
+from nodeaudit.hostaudit.netlink import EstimateError
 
 pytestmark = pytest.mark.host
 
@@ -126,7 +126,7 @@ def test_estimate_command_end_to_end(ctl_root, tmp_path):
                                          exclude={"aksNoise": True})))
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", "from nodeaudit.cli_estimate import estimate; estimate()", str(doc),
+            [sys.executable, "-c", "from nodeaudit.cli.estimate import estimate; estimate()", str(doc),
              "--execs", "400", "--nodes", "20", "--price-per-gb", "2", "--json"],
             capture_output=True, text=True, timeout=120)
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from operator_harness import REPO, Cluster, load_crd, record_requests
 
-from nodeaudit.demo.runtime import ServerThread
+from nodeaudit.testing.runtime import ServerThread
 
 sys.path.insert(0, str(REPO / "tests" / "azure"))
 from armserver import ArmServer, running_arm_server  # noqa: E402 - the Azure suite's local https ARM endpoint

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import kubernetes
 import yaml
 
-from nodeaudit.demo import simulator as sim_mod
-from nodeaudit.demo.runtime import OperatorThread, ServerThread
+from nodeaudit.testing import simulator as sim_mod
+from nodeaudit.testing.runtime import OperatorThread, ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "nodeaudit-system"
@@ -30,7 +30,7 @@ def load_crd() -> dict[str, Any]:
     path = REPO / "crds" / "nodeauditpolicy.yaml"
     if path.exists() and path.stat().st_size:
         return dict(yaml.safe_load(path.read_text()))
-    from nodeaudit.crd import crd
+    from nodeaudit.core.crd import crd
 
     return crd()
 
@@ -140,7 +140,7 @@ def operator_process(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
     """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive."""
     env = dict(os.environ, KUBECONFIG=cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
                PYTHONPATH=str(REPO / "operator"), NODEAUDIT_METRICS_PORT=str(free_port()))
-    proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli_run", "--liveness", "",
+    proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli.run", "--liveness", "",
                              "--metrics-address", "127.0.0.1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.metrics_url = f"http://127.0.0.1:{env['NODEAUDIT_METRICS_PORT']}/metrics"  # type: ignore[attr-defined]

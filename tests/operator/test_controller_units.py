@@ -13,9 +13,12 @@ import pytest
 from click.testing import CliRunner
 from operator_harness import policy
 
-from nodeaudit import cli_run, controller, jobs, kube, nodes
-from nodeaudit.demo import main as demo_main
-from nodeaudit.demo import simulator as sim
+from nodeaudit.cli import run as cli_run
+from nodeaudit.controller import kube
+from nodeaudit.controller import reconciler as controller
+from nodeaudit.core import jobs, nodes
+from nodeaudit.testing import demo as demo_main
+from nodeaudit.testing import simulator as sim
 
 POLICY = "procmon"
 KEY = nodes.state_annotation(POLICY)

@@ -12,7 +12,7 @@ from armserver import ArmServer, Resp, aks_extensions, ama
 from operator_harness import Cluster, policy, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeaudit import metrics
+from nodeaudit.controller import metrics
 
 pytestmark = pytest.mark.operator
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

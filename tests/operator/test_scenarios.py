@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from operator_harness import Cluster, operator_process, policy, wait_for
 
-from nodeaudit.demo import simulator as sim_mod
+from nodeaudit.testing import simulator as sim_mod
 
 pytestmark = pytest.mark.operator
 

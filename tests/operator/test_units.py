@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from nodeaudit import jobs, nodes, rollout, status
-from nodeaudit.demo import apiserver
-from nodeaudit.demo import simulator as sim
+from nodeaudit.core import jobs, nodes, rollout, status
+from nodeaudit.testing import apiserver
+from nodeaudit.testing import simulator as sim
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 H = "sha256:" + "ab" * 32

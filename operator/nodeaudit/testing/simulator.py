@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeaudit.demo.apiserver import ApiError, ApiServer
+from nodeaudit.testing.apiserver import ApiError, ApiServer
 
 NODES: tuple[str, str, str] = ("", "v1", "nodes")
 JOBS: tuple[str, str, str] = ("batch", "v1", "jobs")

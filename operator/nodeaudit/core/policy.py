@@ -24,8 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from nodeaudit import presets as presets_mod
-from nodeaudit import rules as rules_mod
+from nodeaudit.core import presets as presets_mod
+from nodeaudit.core.rules import grammar as rules_mod
 
 API_GROUP = "nodeaudit.io"
 API_VERSION = "v1alpha1"

@@ -76,7 +76,7 @@ def observe_apply(result: str, distro: str | None, audit_version: str | None) ->
 
 def observe_ready_to_configured(policy: str, ready_since: str, now: dt.datetime | None = None) -> None:
     """``ready_since``: the node's Ready condition lastTransitionTime (RFC 3339)."""
-    from nodeaudit.rollout import parse_time
+    from nodeaudit.core.rollout import parse_time
 
     since = parse_time(ready_since)
     if since is None:

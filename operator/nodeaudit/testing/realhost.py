@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from nodeaudit import kernellock
+from nodeaudit.hostaudit import lock as kernellock
 
 REPO = Path(__file__).resolve().parents[3]
 HOST_SCRIPTS = Path(__file__).resolve().parents[1] / "host"

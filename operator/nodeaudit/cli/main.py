@@ -17,9 +17,9 @@ import click
 import yaml
 
 from nodeaudit import __version__
-from nodeaudit import bundle as bundle_mod
-from nodeaudit import policy as policy_mod
-from nodeaudit import presets as presets_mod
+from nodeaudit.core import bundle as bundle_mod
+from nodeaudit.core import policy as policy_mod
+from nodeaudit.core import presets as presets_mod
 
 # libyaml's loader is ~10x faster than the pure-Python one and parses the same documents.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -195,7 +195,7 @@ def render(file: str, output: Path, policy_name: str | None, node_file: str | No
     for rule in rendered.rules:
         click.echo(f"  {rule.text}")
     if node_file is not None:
-        from nodeaudit import jobs
+        from nodeaudit.core import jobs
 
         node = yaml.safe_load(Path(node_file).read_text(encoding="utf-8"))
         if not isinstance(node, dict) or node.get("kind") not in (None, "Node"):
@@ -229,11 +229,11 @@ def crd(reference: bool) -> None:
       kubectl explain nodeauditpolicy.spec.rollout
     """
     if reference:
-        from nodeaudit.reference import policy_reference_markdown
+        from nodeaudit.core.reference import policy_reference_markdown
 
         click.echo(policy_reference_markdown(), nl=False)
         return
-    from nodeaudit import crd as crd_mod
+    from nodeaudit.core import crd as crd_mod
 
     click.echo(crd_mod.crd_yaml(), nl=False)
 
@@ -282,9 +282,9 @@ def _presets_document() -> dict[str, list[dict[str, Any]]]:
 
 def _register_subsystem_commands() -> None:
     """Commands that live beside their subsystem (the operator, the Azure check) join the group here."""
-    from nodeaudit.cli_check_agent import check_agent
-    from nodeaudit.cli_estimate import estimate
-    from nodeaudit.cli_run import demo, run
+    from nodeaudit.cli.check_agent import check_agent
+    from nodeaudit.cli.estimate import estimate
+    from nodeaudit.cli.run import demo, run
 
     main.add_command(run)
     main.add_command(demo)

@@ -24,14 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nodeaudit import agent as agent_mod
-from nodeaudit import jobs as jobs_mod
-from nodeaudit import kube as kube_mod
-from nodeaudit import metrics, rollout, status
-from nodeaudit import nodes as nodes_mod
-from nodeaudit.policy import parse_duration
+from nodeaudit.controller import kube as kube_mod
+from nodeaudit.controller import metrics
+from nodeaudit.core import agent as agent_mod
+from nodeaudit.core import jobs as jobs_mod
+from nodeaudit.core import nodes as nodes_mod
+from nodeaudit.core import rollout, status
+from nodeaudit.core.policy import parse_duration
 
-log = logging.getLogger("nodeaudit.controller")
+log = logging.getLogger("nodeaudit.controller.reconciler")
 
 DEFAULT_NAMESPACE = "nodeaudit-system"
 DEFAULT_IMAGE = "ghcr.io/nodeaudit/nodeaudit:0.1.0"
@@ -111,8 +112,8 @@ class PolicyEntry:
     generation: int
     created: str
     body: dict[str, Any]
-    policy: Any = None  # nodeaudit.policy.NodeAuditPolicy
-    bundle: Any = None  # nodeaudit.bundle.Bundle
+    policy: Any = None  # nodeaudit.core.policy.NodeAuditPolicy
+    bundle: Any = None  # nodeaudit.core.bundle.Bundle
     error: str | None = None
     deleting: bool = False
     delete_started: float | None = None
@@ -301,8 +302,8 @@ class Controller:
 
     def set_policy(self, body: Mapping[str, Any]) -> None:
         """A policy was created, changed or seen at start: parse and render it once."""
-        from nodeaudit.bundle import render_bundle
-        from nodeaudit.policy import PolicyError, parse_policy
+        from nodeaudit.core.bundle import render_bundle
+        from nodeaudit.core.policy import PolicyError, parse_policy
 
         meta = body.get("metadata") or {}
         name = str(meta.get("name"))
@@ -807,7 +808,7 @@ class Controller:
 
     async def _agent_loop(self) -> None:
         """Start each policy's agent check every ``spec.monitoringAgent.interval``, in this loop."""
-        from nodeaudit import azure
+        from nodeaudit.azure import check as azure
 
         while not self.primed:
             await asyncio.sleep(0.1)
@@ -888,7 +889,7 @@ class Controller:
             self.agent_wake.set()
 
     async def _run_agent_check(self, name: str, settings: Any) -> None:
-        from nodeaudit import azure
+        from nodeaudit.azure import check as azure
 
         entry = self.policies.get(name)
         if entry is None or entry.policy is None:

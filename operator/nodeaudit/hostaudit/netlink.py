@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
-from nodeaudit import kernellock
+from nodeaudit.hostaudit import lock as kernellock
 
 NETLINK_AUDIT = 9
 AUDIT_GET = 1000

@@ -14,9 +14,9 @@ from typing import Any
 
 import kopf
 
-from nodeaudit import jobs as jobs_mod
-from nodeaudit.controller import Config, Controller, Waiting
-from nodeaudit.kube import Kube
+from nodeaudit.controller.kube import Kube
+from nodeaudit.controller.reconciler import Config, Controller, Waiting
+from nodeaudit.core import jobs as jobs_mod
 
 POLICY = ("nodeaudit.io", "v1alpha1", "nodeauditpolicies")
 OURS = {jobs_mod.LABEL_POLICY: kopf.PRESENT}

@@ -1,7 +1,7 @@
 """Monitoring-agent verdicts: which scale sets ship syslog to Log Analytics, and why not.
 
-Pure: this module imports nothing of Azure, HTTP or Kubernetes (only the pure ``nodeaudit.nodes``
-for label matching and the OS label, and ``nodeaudit.status`` for short name lists). The edge (``nodeaudit.azure``) turns
+Pure: this module imports nothing of Azure, HTTP or Kubernetes (only the pure ``nodeaudit.core.nodes``
+for label matching and the OS label, and ``nodeaudit.core.status`` for short name lists). The edge (``nodeaudit.azure.check``) turns
 SDK objects into the small facts defined here (``ExtensionFact``, ``SyslogSource``), and this module
 turns facts into verdicts, reports, conditions and tables.
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from nodeaudit.nodes import matches, node_os
-from nodeaudit.status import few_names
+from nodeaudit.core.nodes import matches, node_os
+from nodeaudit.core.status import few_names
 
 # -- names -----------------------------------------------------------------------------------------
 

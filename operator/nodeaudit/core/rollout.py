@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nodeaudit.nodes import NodeFacts
+from nodeaudit.core.nodes import NodeFacts
 
 Reason = Literal["new", "reimaged", "rebooted", "update", "retry", "verify"]
 State = Literal["configured", "applying", "pending", "retrying", "failed", "waiting"]

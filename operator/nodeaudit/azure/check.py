@@ -2,7 +2,7 @@
 
 Everything that talks to ARM is here, through the real async Azure SDK clients
 (``azure.mgmt.compute.aio``, ``azure.mgmt.monitor.aio``, ``azure.mgmt.loganalytics.aio``); the
-verdicts themselves are pure (``nodeaudit.agent``).
+verdicts themselves are pure (``nodeaudit.core.agent``).
 
 - Endpoint: ``NODEAUDIT_ARM_ENDPOINT`` (default https://management.azure.com), passed to every
   client as ``base_url`` with credential scope ``<endpoint>/.default``.
@@ -42,10 +42,10 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
 
-from . import agent as A
-from .policy import NodeAuditPolicySpec, parse_duration
+from nodeaudit.core import agent as A
+from nodeaudit.core.policy import NodeAuditPolicySpec, parse_duration
 
-log = logging.getLogger("nodeaudit.azure")
+log = logging.getLogger("nodeaudit.azure.check")
 
 ENV_ENDPOINT = "NODEAUDIT_ARM_ENDPOINT"
 ENV_TOKEN_FILE = "NODEAUDIT_ARM_TOKEN_FILE"
@@ -164,7 +164,7 @@ class _CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
         path = req.url.split("?", 1)[0]
         self.counter[f"{req.method} {_operation_of(path)}"] += 1
 
-    # ``observe(operation, status or None)``: the operator's Prometheus counter (nodeaudit.metrics).
+    # ``observe(operation, status or None)``: the operator's Prometheus counter (nodeaudit.controller.metrics).
     def on_response(self, request: Any, response: Any) -> None:
         if self.observe is not None:
             self.observe(_metric_operation(request.http_request), response.http_response.status_code)

@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeaudit.audit_names import MSG_TYPES
-from nodeaudit.syscalls import I386, X86_64
+from nodeaudit.core.rules.names import MSG_TYPES
+from nodeaudit.core.rules.syscalls import I386, X86_64
 
 GB = 10**9  # decimal gigabyte
 SECONDS_PER_DAY = 86_400

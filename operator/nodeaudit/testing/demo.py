@@ -22,10 +22,10 @@ from typing import Any
 import kubernetes
 import yaml
 
-from nodeaudit import nodes as nodes_mod
-from nodeaudit.controller import DEFAULT_NAMESPACE
-from nodeaudit.demo import simulator as sim_mod
-from nodeaudit.demo.runtime import OperatorThread, ServerThread
+from nodeaudit.controller.reconciler import DEFAULT_NAMESPACE
+from nodeaudit.core import nodes as nodes_mod
+from nodeaudit.testing import simulator as sim_mod
+from nodeaudit.testing.runtime import OperatorThread, ServerThread
 
 NAMESPACE = os.environ.get("NODEAUDIT_NAMESPACE") or DEFAULT_NAMESPACE
 REPO = Path(__file__).resolve().parents[3]
@@ -39,7 +39,7 @@ def _crd() -> dict[str, Any]:
     path = REPO / "crds" / "nodeauditpolicy.yaml"
     if path.exists() and path.stat().st_size:
         return dict(yaml.safe_load(path.read_text()))
-    from nodeaudit.crd import crd
+    from nodeaudit.core.crd import crd
 
     return crd()
 
@@ -49,7 +49,7 @@ def _policy(path: str | None) -> dict[str, Any]:
     ``spec.rules[0]: unknown syscall "execvee" for arch b64``, and exit 2: never a traceback)."""
     import click
 
-    from nodeaudit.cli import _single_policy
+    from nodeaudit.cli.main import _single_policy
 
     candidates = [Path(path)] if path else [Path("examples/procmon.yaml"), REPO / "examples" / "procmon.yaml"]
     for candidate in candidates:
@@ -121,7 +121,7 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
     if not real_host:
         return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
                     keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port)
-    from nodeaudit.demo import realhost
+    from nodeaudit.testing import realhost
 
     policy = _policy(policy_path)  # a bad path fails before the kernel is touched
     # SIGTERM (a test's timeout, systemd, kill) restores kernel audit like Ctrl-C does.
@@ -195,7 +195,7 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
         print(f"  API server {server.url}  (KUBECONFIG={server.kubeconfig_path})")
         print(f"  nodes: 3 pools x {nodes_per_pool} Linux (pool user2 gated by {GATE['key']}) + 1 Windows")
         if metrics_port is not None:
-            from nodeaudit import metrics
+            from nodeaudit.controller import metrics
 
             metrics_server = metrics.serve(metrics_port, "127.0.0.1")
             print(f"  metrics: http://127.0.0.1:{metrics_server.server_port}/metrics")

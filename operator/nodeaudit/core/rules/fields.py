@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nodeaudit.audit_names import ERRNO_NAMES, FIELDS, MSG_TYPES
+from nodeaudit.core.rules.names import ERRNO_NAMES, FIELDS, MSG_TYPES
 
 
 class FieldError(ValueError):

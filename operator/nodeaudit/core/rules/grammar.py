@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
-from nodeaudit.rule_fields import (
+from nodeaudit.core.rules.fields import (
     ARCHES,
     KEY_MAX_BYTES,
     Field,
@@ -26,7 +26,7 @@ from nodeaudit.rule_fields import (
     parse_field,
     split_field,
 )
-from nodeaudit.syscalls import I386, X86_64
+from nodeaudit.core.rules.syscalls import I386, X86_64
 
 __all__ = ["AuditRule", "RuleError", "Unsafe", "parse_rule", "SYSCALL_TABLES"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from nodeaudit.rule_fields import FieldError, check_absolute_path
-from nodeaudit.rules import RuleError, Unsafe, parse_rule
+from nodeaudit.core.rules.fields import FieldError, check_absolute_path
+from nodeaudit.core.rules.grammar import RuleError, Unsafe, parse_rule
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from nodeaudit import agent as A
+from nodeaudit.core import agent as A
 
 EPILOG = """\b
 Examples:
@@ -71,8 +71,8 @@ def _what(doc: object) -> str:
 
 def _load_policy(path: str | None, name: str | None) -> tuple[Any, Any]:
     """(settings, nodeSelector) from a policy file, or the defaults."""
-    from nodeaudit.azure import AgentSettings, settings_from_spec
-    from nodeaudit.cli import _single_policy  # here: cli.py imports this module when it registers it
+    from nodeaudit.azure.check import AgentSettings, settings_from_spec
+    from nodeaudit.cli.main import _single_policy  # here: cli.py imports this module when it registers it
 
     if path is None:
         return AgentSettings(), None
@@ -115,7 +115,7 @@ def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
 def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, Any]]:
     """The nodes the operator would check for the policy: eligible (Linux, not virtual, not being
     deleted) and matched by its nodeSelector."""
-    from nodeaudit.nodes import facts_from_node, matches
+    from nodeaudit.core.nodes import facts_from_node, matches
 
     out = []
     for node in nodes:
@@ -156,7 +156,7 @@ def check_agent(
     2024-08-31) and its provisioning state. With a policy that names a Data Collection Rule or a
     workspace, also confirms that its syslog source collects the policy's facility and level.
     """
-    from nodeaudit import azure as Z
+    from nodeaudit.azure import check as Z
 
     if bool(node_files) == cluster:
         raise click.UsageError("give --node FILE... or --cluster (one of them)")

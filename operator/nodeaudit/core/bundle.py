@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from nodeaudit import rules as rules_mod
-from nodeaudit.policy import NodeAuditPolicy
+from nodeaudit.core.policy import NodeAuditPolicy
+from nodeaudit.core.rules import grammar as rules_mod
 
 BUNDLE_SCHEMA = 1
 HOST_BUNDLES_DIR = "/var/lib/nodeaudit/bundles"

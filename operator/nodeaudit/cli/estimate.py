@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import click
 
-from nodeaudit import estimate as est
-from nodeaudit.auditnl import EstimateError, KernelAuditSession, Record
-from nodeaudit.bundle import render_bundle
-from nodeaudit.kernellock import KERNEL_AUDIT_LOCK
-from nodeaudit.policy import NodeAuditPolicy
+from nodeaudit.core import estimate as est
+from nodeaudit.core.bundle import render_bundle
+from nodeaudit.core.policy import NodeAuditPolicy
+from nodeaudit.hostaudit.lock import KERNEL_AUDIT_LOCK
+from nodeaudit.hostaudit.netlink import EstimateError, KernelAuditSession, Record
 
 EPILOG = """\b
 Examples:
@@ -202,7 +202,7 @@ def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, 
         raise click.UsageError("give one of --execs, --workload, --seconds")
     if execs is None and command is None and seconds is None:
         execs = 1000
-    from nodeaudit.cli import _single_policy
+    from nodeaudit.cli.main import _single_policy
 
     policy = _single_policy(file, policy_name)
     try:

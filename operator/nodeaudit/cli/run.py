@@ -15,13 +15,13 @@ from typing import Any
 
 import click
 
-from nodeaudit.controller import DEFAULT_NAMESPACE
+from nodeaudit.controller.reconciler import DEFAULT_NAMESPACE
 
 
 def make_settings(*, server_timeout: float = 300, client_timeout: float = 330, verbose: bool = False) -> Any:
     import kopf
 
-    from nodeaudit import handlers
+    from nodeaudit.controller import handlers
 
     settings = kopf.OperatorSettings()
     handlers.configure(settings)
@@ -41,8 +41,8 @@ async def operator(*, namespace: str, peering: str | None = None, liveness: str 
     """Run the operator until ``stop_flag`` (a threading/asyncio event) is set."""
     import kopf
 
-    from nodeaudit import handlers
-    from nodeaudit.controller import Config
+    from nodeaudit.controller import handlers
+    from nodeaudit.controller.reconciler import Config
 
     handlers.register_timers(Config.from_env())  # the other handlers registered at import
     settings = settings or make_settings()
@@ -75,7 +75,7 @@ async def operator(*, namespace: str, peering: str | None = None, liveness: str 
 def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float,
         metrics_port: int, metrics_address: str, verbose: bool) -> None:
     """Run the operator (cluster-wide for Nodes and policies; Jobs in NAMESPACE)."""
-    from nodeaudit.controller import Config, SettingError
+    from nodeaudit.controller.reconciler import Config, SettingError
 
     os.environ["NODEAUDIT_NAMESPACE"] = namespace
     try:
@@ -90,7 +90,7 @@ def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if metrics_port:
-        from nodeaudit import metrics
+        from nodeaudit.controller import metrics
 
         server = metrics.serve(metrics_port, metrics_address)
         logging.getLogger("nodeaudit").info("metrics on http://%s:%d/metrics", metrics_address, server.server_port)
@@ -137,12 +137,12 @@ def credentials_problem() -> str | None:
 def demo(nodes_per_pool: int, policy_path: str | None, fail_nodes: tuple[str, ...], keep_running: bool,
          port: int, metrics_port: int, real_host: bool) -> None:
     """Run the real operator against an embedded local API with simulated AKS nodes."""
-    from nodeaudit.demo.main import run_demo
+    from nodeaudit.testing.demo import run_demo
 
     raise SystemExit(run_demo(nodes_per_pool=nodes_per_pool, policy_path=policy_path,
                               fail_nodes=set(fail_nodes), keep_running=keep_running, port=port or None,
                               metrics_port=None if metrics_port < 0 else metrics_port, real_host=real_host))
 
 
-if __name__ == "__main__":  # `python -m nodeaudit.cli_run` (used by the tests and the benchmark)
+if __name__ == "__main__":  # `python -m nodeaudit.cli.run` (used by the tests and the benchmark)
     run()

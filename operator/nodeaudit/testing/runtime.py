@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from nodeaudit.controller import DEFAULT_NAMESPACE
-from nodeaudit.demo import apiserver
+from nodeaudit.controller.reconciler import DEFAULT_NAMESPACE
+from nodeaudit.testing import apiserver
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ class OperatorThread:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
-        from nodeaudit import cli_run
+        from nodeaudit.cli import run as cli_run
 
         _quiet_thread_signal_warning()
         try:
