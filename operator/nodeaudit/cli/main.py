@@ -7,6 +7,8 @@ pre-merge checks and let a reviewer see exactly what will run as root before any
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -163,17 +165,19 @@ def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> 
 
 
 @main.command()
-@click.argument("file", metavar="POLICY.yaml")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write the bundle into (created if missing).")
+@click.argument("file", metavar="POLICY.yaml | -")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Directory to write the bundle into (created if missing; must be empty unless --force).")
+@click.option("--force", is_flag=True, help="Replace what OUTPUT already holds (the whole directory).")
 @click.option("--policy", "policy_name", help="Policy to render when FILE holds several.")
-@click.option("--node", "node_file", type=click.Path(exists=True, dir_okay=False),
-              help="A Node (YAML) to also write the Job manifest the operator would create for it.")
+@click.option("--node", "node_file", type=click.Path(dir_okay=False),
+              help="A Node (YAML) to also write the Job manifest the operator would create for it "
+                   "(OUTPUT/manifests/NODE.yaml, with the bundle ConfigMap).")
 @click.option("--image", envvar="NODEAUDIT_IMAGE", default="ghcr.io/nodeaudit/nodeaudit:" + __version__,
               show_default=True, help="Image for the Job manifest (env NODEAUDIT_IMAGE).")
 @click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default="nodeaudit-system", show_default=True,
               help="Namespace of the Job and bundle ConfigMap (env NODEAUDIT_NAMESPACE).")
-def render(file: str, output: Path, policy_name: str | None, node_file: str | None, image: str,
+def render(file: str, output: Path, force: bool, policy_name: str | None, node_file: str | None, image: str,
            namespace: str) -> None:
     """Write the bundle that runs as root on each matching node.
 
@@ -182,27 +186,23 @@ def render(file: str, output: Path, policy_name: str | None, node_file: str | No
     With --node, also writes the bundle ConfigMap and the exact Job manifest the operator would
     create for that node, so a security reviewer sees everything that will run.
 
+    Everything is written into a new directory beside OUTPUT and renamed into place at the end:
+    on any error nothing is left behind, and an existing OUTPUT is untouched.
+
     \b
     Example:
       nodeaudit render examples/procmon.yaml -o out/procmon
-      nodeaudit render examples/procmon.yaml -o out/procmon --node node.yaml
+      nodeaudit render examples/procmon.yaml -o out/procmon --node node.yaml --force
     """
+    target = _output_directory(output, force)
     policy = _single_policy(file, policy_name)
+    check_namespace(namespace, "--namespace")
+    node_name = _node_name(node_file) if node_file is not None else None
     rendered = bundle_mod.render_bundle(policy)
-    rendered.write(output)
-    click.echo(f"bundle {rendered.hash} for policy {policy.name} -> {output}/")
-    click.echo(f"rules ({bundle_mod.rules_file_name(policy.name)}, load order):")
-    for rule in rendered.rules:
-        click.echo(f"  {rule.text}")
-    if node_file is not None:
+    extra: dict[str, bytes] = {}
+    if node_name is not None:
         from nodeaudit.core import jobs
 
-        node = yaml.safe_load(Path(node_file).read_text(encoding="utf-8"))
-        if not isinstance(node, dict) or node.get("kind") not in (None, "Node"):
-            raise click.ClickException(f"{node_file}: not a Node")
-        node_name = str((node.get("metadata") or {}).get("name") or "")
-        if not node_name:
-            raise click.ClickException(f"{node_file}: metadata.name missing")
         manifests = [
             jobs.configmap_manifest(rendered, namespace),
             jobs.job_manifest(
@@ -210,9 +210,114 @@ def render(file: str, output: Path, policy_name: str | None, node_file: str | No
                 bundle_hash=rendered.hash, image=image, namespace=namespace, action="apply",
             ),
         ]
-        target = output.parent / f"{output.name}-{node_name}.job.yaml"
-        target.write_text(yaml.safe_dump_all(manifests, sort_keys=False), encoding="utf-8")
-        click.echo(f"job manifest for node {node_name} -> {target}")
+        extra[f"manifests/{node_name}.yaml"] = yaml.safe_dump_all(manifests, sort_keys=False).encode()
+    _write_directory(target, lambda tmp: rendered.write(tmp), extra)
+    click.echo(f"bundle {rendered.hash} for policy {policy.name} -> {output}/")
+    click.echo(f"rules ({bundle_mod.rules_file_name(policy.name)}, load order):")
+    for rule in rendered.rules:
+        click.echo(f"  {rule.text}")
+    if node_name is not None:
+        click.echo(f"job manifest for node {node_name} -> {output / 'manifests' / (node_name + '.yaml')}")
+
+
+def _output_directory(output: Path, force: bool) -> Path:
+    """The absolute directory to render into, refusing what would write somewhere unintended."""
+    if str(output) in ("", "."):
+        raise click.UsageError("-o/--output: give a directory (an empty path would write into the current "
+                               "directory)")
+    target = Path(os.path.abspath(output))
+    if target == Path(target.anchor) or target == Path.home():
+        raise click.UsageError(f"-o/--output: refusing to write a bundle into {target}")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise click.ClickException(f"{output}: exists and is not a directory")
+    for ancestor in target.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise click.ClickException(f"{output}: {ancestor} is a file, not a directory")
+            break
+    if target.is_dir():
+        try:
+            entries = sorted(p.name for p in target.iterdir())
+        except OSError as error:
+            raise click.ClickException(f"{output}: cannot read: {error.strerror or error}") from None
+        if entries and not force:
+            shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+            raise click.ClickException(f"{output}: directory is not empty ({len(entries)} entries: {shown}); "
+                                       "use --force to replace its contents")
+    return target
+
+
+def _write_directory(target: Path, write: Any, extra: dict[str, bytes]) -> None:
+    """Fill a new directory beside ``target`` and rename it into place: all or nothing."""
+    import shutil
+    import tempfile
+
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as error:
+        raise click.ClickException(f"{target}: cannot create: {error.strerror or error}") from None
+    old: Path | None = None
+    try:
+        write(tmp)
+        for name, data in extra.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            os.replace(target, old / "previous")
+        os.replace(tmp, target)
+    except OSError as error:
+        if old is not None and not target.exists():
+            os.replace(old / "previous", target)  # put back what was there
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise click.ClickException(f"{target}: cannot write: {error.strerror or error}") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _node_name(node_file: str) -> str:
+    """The name of the Node in ``node_file`` (YAML or JSON), or a one-line ClickException."""
+    from nodeaudit.core import nodes
+
+    try:
+        source, text = _read_source(node_file)
+    except OSError as error:
+        raise click.ClickException(f"{node_file}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{node_file}: not UTF-8 text (a Node in YAML or JSON is expected)") from None
+    try:
+        node = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise click.ClickException(f"{source}: {where}invalid YAML: "
+                                   f"{getattr(error, 'problem', None) or error}") from None
+    if not isinstance(node, dict) or node.get("kind") not in (None, "Node"):
+        what = node.get("kind") if isinstance(node, dict) else type(node).__name__
+        raise click.ClickException(f"{source}: not a Node (found {what})")
+    name = (node.get("metadata") or {}).get("name") if isinstance(node.get("metadata"), dict) else None
+    if not name:
+        raise click.ClickException(f"{source}: metadata.name missing")
+    problem = nodes.node_name_problem(str(name))
+    if problem:
+        raise click.ClickException(f'{source}: metadata.name "{name}": {problem}')
+    return str(name)
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def check_namespace(namespace: str, option: str) -> str:
+    """A namespace name is a DNS-1123 label of at most 63 characters; else a usage error."""
+    if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
+        raise click.BadParameter(f'"{namespace}" is not a valid namespace name (a DNS-1123 label: at most '
+                                 "63 lower-case letters, digits and '-', starting and ending with a letter "
+                                 "or digit)", param_hint=option)
+    return namespace
 
 
 @main.command()

@@ -129,8 +129,8 @@ def credentials_problem() -> str | None:
               help="Keep serving after the table until Ctrl-C, printing it again whenever it changes.")
 @click.option("--refresh", default=5.0, show_default=True, type=click.FloatRange(min=0.2, max=3600),
               help="With --keep-running: seconds between looks at the cluster.")
-@click.option("--port", default=0, help="API server port on 127.0.0.1 (0: pick one).")
-@click.option("--metrics-port", default=0, show_default=True,
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="API server port on 127.0.0.1 (0: pick one).")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(-1, 65535),
               help="Prometheus /metrics port on 127.0.0.1 (0: pick one; -1: none).")
 @click.option("--real-host", is_flag=True,
               help="Run one node's Job for real: its bundle through job-entry.sh (chroot) in a Debian 12 "

@@ -194,7 +194,11 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
     policy = _policy(policy_path)
     name = policy["metadata"]["name"]
     print("nodeaudit demo: local API server on 127.0.0.1, simulated AKS cluster, the real operator")
-    server = ServerThread([_crd()], port=port).start()
+    try:
+        server = ServerThread([_crd()], port=port).start()
+    except OSError as e:
+        print(f"nodeaudit demo: --port {port}: {e.strerror}", file=sys.stderr)
+        return 1
     operator: OperatorThread | None = None
     metrics_server: Any = None
     old_kubeconfig = os.environ.get("KUBECONFIG")
@@ -218,7 +222,12 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
         if metrics_port is not None:
             from nodeaudit.controller import metrics
 
-            metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            try:
+                metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            except OSError as e:
+                print(f"nodeaudit demo: --metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: "
+                      f"{e.strerror or e}", file=sys.stderr)
+                return 1
             print(f"  metrics: http://127.0.0.1:{metrics_server.server_port}/metrics")
         operator = OperatorThread(NAMESPACE).start()
         custom.create_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", policy)
