@@ -23,7 +23,7 @@ from nodeaudit.testing import apidocs
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.demo import _crd
 from nodeaudit.testing.runtime import ServerThread
-from policies import EXAMPLES
+from tests.policies import EXAMPLES
 
 NAP = ("nodeaudit.io", "v1alpha1", "nodeauditpolicies")
 
