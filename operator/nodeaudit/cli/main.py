@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,72 +18,14 @@ import click
 import yaml
 
 from nodeaudit import __version__
+from nodeaudit.cli import documents
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
 
-# libyaml's loader is ~10x faster than the pure-Python one and parses the same documents.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class LoadedPolicy:
-    """A policy document with where it came from, for messages."""
-
-    def __init__(self, source: str, index: int, raw: Any, policy: policy_mod.NodeAuditPolicy | None,
-                 problems: list[str]):
-        self.source = source
-        self.index = index
-        self.raw = raw
-        self.policy = policy
-        self.problems = problems
-
-    @property
-    def label(self) -> str:
-        return f"{self.source}: {policy_mod.policy_display_name(self.raw, self.index)}"
-
-
-def _read_source(path: str) -> tuple[str, str]:
-    if path == "-":
-        return "<stdin>", sys.stdin.read()
-    return path, Path(path).read_text(encoding="utf-8")
-
-
-def _is_policy_document(doc: Any) -> bool:
-    if not isinstance(doc, dict):
-        return True  # not a Kubernetes object at all: report it rather than skip it
-    api_version = str(doc.get("apiVersion", ""))
-    return doc.get("kind") == policy_mod.KIND or api_version.startswith(policy_mod.API_GROUP + "/") or (
-        "kind" not in doc and "spec" in doc
-    )
-
-
-def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
-    """Policies from files (multi-document YAML); a str is a problem that is not about one policy."""
-    for path in paths:
-        try:
-            source, text = _read_source(path)
-        except OSError as error:
-            yield f"{path}: cannot read: {error.strerror or error}"
-            continue
-        except UnicodeDecodeError:
-            yield f"{path}: not UTF-8 text"
-            continue
-        try:
-            documents = list(yaml.load_all(text, Loader=_YAML_LOADER))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            yield f"{source}: {where}invalid YAML: {getattr(error, 'problem', None) or error}"
-            continue
-        for index, doc in policy_mod.iter_documents(documents):
-            if not _is_policy_document(doc):
-                continue
-            try:
-                policy = policy_mod.parse_policy(doc)
-                bundle_mod.render_bundle(policy)  # the expanded rules must render, not only parse
-                yield LoadedPolicy(source, index, doc, policy, [])
-            except policy_mod.PolicyError as error:
-                yield LoadedPolicy(source, index, doc, None, error.problems)
+_YAML_LOADER = documents.YAML_LOADER
+LoadedPolicy = documents.LoadedPolicy
+load_documents = documents.load_documents
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,44 +40,92 @@ def main() -> None:
     """
 
 
+OUTPUT_FORMATS = ("text", "json", "yaml", "github")
+
+
 @main.command()
-@click.argument("files", nargs=-1, required=True, metavar="FILE... | -")
+@click.argument("files", nargs=-1, required=True, metavar="FILE|DIR|- ...")
+@click.option("-R", "--recursive", is_flag=True, help="Read the directories' subdirectories too.")
+@click.option("--allow-empty", is_flag=True,
+              help="Exit 0 when the inputs hold no NodeAuditPolicy (a stream of other kinds is fine).")
+@click.option("-o", "--output", "output", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True,
+              help="text: one line per problem; json/yaml: one document with file, document, line per "
+                   "problem; github: GitHub Actions annotations.")
+@click.option("--max-size", "max_mib", type=click.FloatRange(min=0.001, max=4096), default=documents.DEFAULT_MAX_MIB,
+              show_default=True, metavar="MiB", help="Refuse an input (a file or stdin) larger than this.")
 @click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary line.")
-def validate(files: tuple[str, ...], quiet: bool) -> None:
+def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output: str, max_mib: float,
+             quiet: bool) -> None:
     """Check NodeAuditPolicy files without a cluster.
 
-    Reads multi-document YAML (other kinds in the stream are skipped), checks every field and every
-    audit rule, and renders each policy's bundle. Exit 0 when all are valid, 1 with one line per
-    problem otherwise — usable as a GitOps pre-merge check.
+    Reads multi-document YAML and JSON, `kind: List` and NodeAuditPolicyList (what `kubectl get nap
+    -o yaml` prints) and the *.yaml, *.yml and *.json files of a directory (-R: and below). Other
+    kinds are skipped. Checks every field and every audit rule and renders each policy's bundle.
+
+    Everything validate reports goes to stdout (problems, then the summary; or one json/yaml
+    document); stderr is only for usage errors. Exit 0 when all are valid, 1 when there is a
+    problem or no policy at all (unless --allow-empty), 2 on a usage error.
 
     \b
     Example:
-      nodeaudit validate examples/*.yaml
-      kubectl kustomize deploy/ | nodeaudit validate -
+      nodeaudit validate examples/
+      kubectl kustomize deploy/examples | nodeaudit validate -
+      kubectl kustomize deploy/ | nodeaudit validate --allow-empty -
+      nodeaudit validate -R policies/ -o github     # annotations on the pull request
     """
-    problems: list[str] = []
+    problems: list[documents.Problem] = []
     seen: dict[str, str] = {}
-    valid = 0
-    for item in load_documents(files):
-        if isinstance(item, str):
+    valid: list[LoadedPolicy] = []
+    for item in load_documents(files, recursive=recursive, max_bytes=int(max_mib * 1048576)):
+        if isinstance(item, documents.Problem):
             problems.append(item)
             continue
-        problems.extend(f"{item.label}: {problem}" for problem in item.problems)
+        problems.extend(item.locate(problem) for problem in item.problems)
         if item.policy is not None:
             name = item.policy.name
             if name in seen:
-                problems.append(f"{item.label}: metadata.name: duplicate policy name (also in {seen[name]})")
+                problems.append(item.locate(f"metadata.name: duplicate policy name (also in {seen[name]})"))
             else:
                 seen[name] = item.source
-                valid += 1
-    for line in problems:
-        click.echo(line)
-    if not problems and not seen:
-        click.echo("no NodeAuditPolicy found in " + ", ".join(files))
-        sys.exit(1)
+                valid.append(item)
+    errors = [p for p in problems if p.severity == "error"]
+    empty = not problems and not seen
+    if empty:
+        summary = "no NodeAuditPolicy found in " + ", ".join(files) + (" (allowed)" if allow_empty else "")
+    else:
+        summary = f"{len(valid)} valid, {len(errors)} problem(s)"
+    _print_validation(output, problems, valid, summary, quiet and not empty)
+    sys.exit(1 if errors or (empty and not allow_empty) else 0)
+
+
+def _print_validation(output: str, problems: list[documents.Problem], valid: list[LoadedPolicy], summary: str,
+                      quiet: bool) -> None:
+    if output in ("json", "yaml"):
+        doc = {"valid": len(valid), "errors": sum(p.severity == "error" for p in problems),
+               "warnings": sum(p.severity == "warning" for p in problems), "summary": summary,
+               "problems": [p.as_dict() for p in problems],
+               "policies": [{"file": v.source, "document": v.index + 1, "item": v.item, "line": v.line,
+                             "name": v.name} for v in valid]}
+        click.echo(json.dumps(doc, indent=2) if output == "json" else yaml.safe_dump(doc, sort_keys=False), nl=output == "json")
+        return
+    for problem in problems:
+        click.echo(_github_annotation(problem) if output == "github" else problem.text())
     if not quiet:
-        click.echo(f"{valid} valid, {len(problems)} problem(s)", err=True)
-    sys.exit(1 if problems else 0)
+        click.echo(f"::notice title=nodeaudit validate::{_escape(summary)}" if output == "github" else summary)
+
+
+def _escape(text: str, prop: bool = False) -> str:
+    """GitHub Actions workflow-command escaping (properties also escape ':' and ',')."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def _github_annotation(problem: documents.Problem) -> str:
+    props = [f"file={_escape(problem.file, True)}"] if problem.file != "<stdin>" else []
+    if problem.line:
+        props.append(f"line={problem.line}")
+    props.append("title=" + _escape("nodeaudit validate" + (f" ({problem.policy})" if problem.policy else ""), True))
+    return f"::{problem.severity} {','.join(props)}::{_escape(problem.message)}"
 
 
 def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> policy_mod.NodeAuditPolicy:
@@ -144,16 +133,15 @@ def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> 
 
     ``pick``: the command's option that names a policy, for the message when `path` holds several."""
     loaded = list(load_documents((path,)))
-    errors = [item for item in loaded if isinstance(item, str)]
+    errors = [item.text() for item in loaded if isinstance(item, documents.Problem)]
     if errors:
         raise click.ClickException("\n".join(errors))
-    documents = [item for item in loaded if not isinstance(item, str)]
-    names = ", ".join(policy_mod.policy_display_name(d.raw, d.index) for d in documents) or "none"
-    chosen = documents if name is None else [
-        d for d in documents if policy_mod.policy_display_name(d.raw, d.index) == name]
+    docs = [item for item in loaded if isinstance(item, LoadedPolicy)]
+    names = ", ".join(d.name for d in docs) or "none"
+    chosen = docs if name is None else [d for d in docs if d.name == name]
     if name is not None and not chosen:
         raise click.ClickException(f'{path}: no NodeAuditPolicy named "{name}" (found: {names})')
-    bad = [f"{d.label}: {problem}" for d in chosen for problem in d.problems]
+    bad = [d.locate(problem).text() for d in chosen for problem in d.problems]
     if bad:
         raise click.ClickException("invalid policy:\n" + "\n".join(bad))
     if len(chosen) != 1:
@@ -284,11 +272,9 @@ def _node_name(node_file: str) -> str:
     from nodeaudit.core import nodes
 
     try:
-        source, text = _read_source(node_file)
-    except OSError as error:
-        raise click.ClickException(f"{node_file}: cannot read: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise click.ClickException(f"{node_file}: not UTF-8 text (a Node in YAML or JSON is expected)") from None
+        source, text = documents.read_text(node_file, int(documents.DEFAULT_MAX_MIB * 1048576))
+    except documents.InputError as error:
+        raise click.ClickException(f"{error} (a Node in YAML or JSON is expected)") from None
     try:
         node = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as error:
