@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from nodeaudit import DEFAULT_IMAGE
 from nodeaudit.controller import kube as kube_mod
 from nodeaudit.controller import metrics
 from nodeaudit.core import agent as agent_mod
@@ -35,7 +36,6 @@ from nodeaudit.core.policy import parse_duration
 log = logging.getLogger("nodeaudit.controller.reconciler")
 
 DEFAULT_NAMESPACE = "nodeaudit-system"
-DEFAULT_IMAGE = "ghcr.io/nodeaudit/nodeaudit:0.1.0"
 
 
 class SettingError(ValueError):
