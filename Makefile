@@ -55,11 +55,10 @@ test-operator: install ## the real operator against a local API server
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
 
-lint: install apt-deps ## ruff on everything, mypy on the pure core, shellcheck on apply.sh
-	$(VENV)/bin/ruff check operator tests bench
+lint: install apt-deps ## ruff (BLE, RUF100 on) and mypy, shellcheck on every shell file, hadolint
+	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/mypy
-	shellcheck -s sh operator/nodeaudit/host/*.sh
-	shellcheck tests/e2e/kind-smoke.sh
+	tools/lint-shell.sh
 	$(VENV)/bin/hadolint Dockerfile
 
 crds: install ## regenerate crds/nodeauditpolicy.yaml and docs/policy.md from the pydantic model

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
-import hostlib  # noqa: E402
+import hostlib
 
 STANDINS = Path(__file__).resolve().parent / "apply_standins"
 TOOLS = ("sh", "cat", "sed", "grep", "tr", "cut", "head", "tail", "mkdir", "mktemp", "cp", "mv", "rm",

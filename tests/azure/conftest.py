@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from armserver import ArmServer, running_arm_server  # noqa: E402
+from armserver import ArmServer, running_arm_server
 
-from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
+from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential
 
 
 @pytest.fixture(scope="session")

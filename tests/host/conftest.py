@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hostlib  # noqa: E402
+import hostlib
 
 
 @pytest.fixture(scope="session")

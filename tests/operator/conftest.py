@@ -17,7 +17,7 @@ from operator_harness import REPO, Cluster, load_crd, record_requests
 from nodeaudit.testing.runtime import ServerThread
 
 sys.path.insert(0, str(REPO / "tests" / "azure"))
-from armserver import ArmServer, running_arm_server  # noqa: E402 - the Azure suite's local https ARM endpoint
+from armserver import ArmServer, running_arm_server
 
 # Read (Config.from_env) when the operator starts; the resync timer keeps the first interval.
 os.environ.setdefault("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.3")

@@ -24,7 +24,7 @@ import yaml
 from operator_harness import NAMESPACE, REPO, Cluster, policy, wait_for
 
 sys.path.insert(0, str(REPO / "tests"))
-from rbac import Request, allowed_by, grants_for, unused_rules  # noqa: E402
+from rbac import Request, allowed_by, grants_for, unused_rules
 
 pytestmark = [pytest.mark.operator,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")]

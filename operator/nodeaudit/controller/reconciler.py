@@ -411,7 +411,7 @@ class Controller:
                     continue
                 try:
                     await self.reconcile(entry)
-                except Exception:  # noqa: BLE001 - keep the loop alive; retry soon
+                except Exception:  # keep the loop alive; retry soon
                     log.exception("reconcile of policy %s failed; retrying", name)
                     entry.requeue_at = time.monotonic() + 2.0
 
@@ -877,7 +877,7 @@ class Controller:
     async def _check_agent(self, name: str, settings: Any) -> None:
         try:
             await self._run_agent_check(name, settings)
-        except Exception as e:  # noqa: BLE001 - nobody awaits this task: say it, never lose it
+        except Exception as e:  # nobody awaits this task: say it, never lose it
             log.exception("agent check of policy %s failed", name)
             current = self.policies.get(name)
             if current is not None:
