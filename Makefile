@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 CONSTRAINTS := constraints.txt
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' operator/nodeaudit/__init__.py)
 
-.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind clean
+.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind fresh-check clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ image: ## build the container image (operator and node Jobs)
 
 sync-examples: ## refresh deploy/examples from examples/ (a test checks they are the same)
 	cp examples/*.yaml deploy/examples/
+
+fresh-check: apt-deps ## make demo and make test in a fresh Debian 12 root (mmdebstrap, chroot): what a new user sees
+	tools/fresh-check.sh
 
 e2e-kind: ## smoke test on a kind cluster (needs Docker and kind; cannot run in the dev sandbox)
 	./tests/e2e/kind-smoke.sh
