@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
+
 SCRIPT = REPO / "tools" / "lint-shell.sh"
 
 
@@ -23,7 +24,7 @@ def test_every_shipped_shell_file_is_listed() -> None:
     shipped = {str(p.relative_to(REPO)) for p in (REPO / "operator" / "nodeaudit" / "host").glob("*.sh")}
     assert shipped and shipped <= files
     assert {".ci/run", "tests/e2e/kind-smoke.sh", "tools/lint-shell.sh"} <= files
-    assert "tests/apply_standins/apt-get" in files  # no .sh suffix: found by its shebang
+    assert "tests/shell/standins/apt-get" in files  # no .sh suffix: found by its shebang
     assert not any(f.endswith(".py") for f in files)
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 import nodeaudit
+from tests import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BASE_TAG = "nodeaudit-base:test"
 IMAGE_TAG = "nodeaudit:test"
 SUITE = "bookworm"

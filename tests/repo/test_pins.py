@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-from pathlib import Path
 
 import tomllib
 import yaml
@@ -12,8 +11,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import nodeaudit
+from tests import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CONSTRAINTS = REPO / "constraints.txt"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$")
 
