@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the host tests, the linters and the demo use; kubectl (tests/test_kubectl.py) comes
+# Debian packages the host tests, the linters and the demo use; kubectl (tests/cli/test_kubectl.py) comes
 # from Debian's kubernetes-client when no kubectl is installed.
 APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

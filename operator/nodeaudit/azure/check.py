@@ -23,6 +23,7 @@ import base64
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -155,9 +156,11 @@ class BoundedRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
 class _CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
     """Counts every HTTP attempt (it sits after the retry policy) by method and operation."""
 
-    def __init__(self, counter: Counter[str], observe: Callable[[str, int | None], None] | None = None) -> None:
+    def __init__(self, counter: Counter[str], observe: Callable[[str, int | None], None] | None = None,
+                 errors: list[BaseException] | None = None) -> None:
         self.counter = counter
         self.observe = observe
+        self.errors = errors  # the last attempt's exception: a deadline names it (connection refused, ...)
 
     def on_request(self, request: Any) -> None:
         req = request.http_request
@@ -170,6 +173,8 @@ class _CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
             self.observe(_metric_operation(request.http_request), response.http_response.status_code)
 
     def on_exception(self, request: Any) -> None:
+        if self.errors is not None and sys.exc_info()[1] is not None:
+            self.errors[:] = [sys.exc_info()[1]]  # type: ignore[list-item]
         if self.observe is not None:
             self.observe(_metric_operation(request.http_request), None)
 
@@ -226,6 +231,7 @@ class ArmClients:
         self.credential = credential if credential is not None else make_credential(env)
         self.options = options or ArmOptions()
         self.requests: Counter[str] = Counter()
+        self.last_error: list[BaseException] = []  # the last failed attempt (see _CountingPolicy)
         self._clients: dict[tuple[str, str], Any] = {}
         self._loop: object = None
 
@@ -244,7 +250,7 @@ class ArmClients:
                 retry_backoff_factor=o.retry_backoff_factor,
                 retry_backoff_max=o.retry_backoff_max,
             ),
-            "per_retry_policies": [_CountingPolicy(self.requests, self.observe)],
+            "per_retry_policies": [_CountingPolicy(self.requests, self.observe, self.last_error)],
             "connection_verify": o.connection_verify,
             "connection_timeout": o.connection_timeout,
             "read_timeout": o.read_timeout,
@@ -407,7 +413,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def describe_error(
-    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = ""
+    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = "",
+    last_attempt: BaseException | None = None,
 ) -> str:
     """A one-line verdict message for a failed ARM call. Never includes a token.
 
@@ -416,7 +423,8 @@ def describe_error(
     """
     at = f" ({endpoint})" if endpoint else ""
     if isinstance(e, asyncio.TimeoutError):
-        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){retry_note}"
+        cause = f"; last attempt: {_first_line(last_attempt)}" if last_attempt is not None else ""
+        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){cause}{retry_note}"
     if isinstance(e, DecodeError | DeserializationError):
         return f"{what}: ARM sent a malformed response (not the expected JSON){retry_note}"
     if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
@@ -488,7 +496,8 @@ class AgentChecker:
 
     def _describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
         return describe_error(e, what=what, permission=permission, scope=scope,
-                              endpoint=self.clients.endpoint, retry_note=self.retry_note)
+                              endpoint=self.clients.endpoint, retry_note=self.retry_note,
+                              last_attempt=next(iter(self.clients.last_error), None))
 
     async def _list_extensions(self, ref: A.ScaleSetRef) -> list[A.ExtensionFact]:
         client = self.clients.compute(ref.subscription)

@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from nodeaudit.cli.params import EXIT_INCOMPLETE, FiniteFloat
 from nodeaudit.core import agent as A
 
 EPILOG = """\b
@@ -26,8 +27,8 @@ Examples:
 
 \b
 Exit status: 0 every scale set has an agent (and the DCR/workspace collects the
-policy's facility where one is named), 1 one lacks it, 2 the check could not be
-completed (permission, throttling, timeout, bad input).
+policy's facility where one is named), 1 one lacks it, 2 a usage error (bad option
+or input file), 3 the check could not be completed (permission, throttling, timeout).
 Environment: NODEAUDIT_ARM_ENDPOINT (default https://management.azure.com),
 NODEAUDIT_ARM_TOKEN_FILE (a bearer token; else DefaultAzureCredential).
 """
@@ -38,7 +39,8 @@ def _load_nodes(paths: tuple[str, ...]) -> list[dict[str, Any]]:
     nodes: list[dict[str, Any]] = []
     for p in paths:
         try:
-            docs = list(yaml.safe_load_all(Path(p).read_text(encoding="utf-8")))
+            text = sys.stdin.read() if p == "-" else Path(p).read_text(encoding="utf-8")
+            docs = list(yaml.safe_load_all(text))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise click.UsageError(f"--node {p}: {e}") from None
         for index, doc in enumerate(docs, start=1):
@@ -127,7 +129,8 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
 
 @click.command("check-agent", epilog=EPILOG)
 @click.option("--node", "node_files", multiple=True, type=click.Path(dir_okay=False),
-              help="A Node (or NodeList) YAML file, e.g. from `kubectl get node NAME -o yaml`. Repeatable.")
+              help="A Node (or NodeList) YAML file, e.g. from `kubectl get node NAME -o yaml` ('-': stdin). "
+                   "Repeatable.")
 @click.option("--cluster", is_flag=True, help="Read the nodes from the cluster (kubeconfig or in-cluster).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig for --cluster / ContainerInsights.")
 @click.option("--context", help="kubeconfig context.")
@@ -142,7 +145,7 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
 @click.option("--endpoint", envvar="NODEAUDIT_ARM_ENDPOINT", help="ARM endpoint (default https://management.azure.com).")
 @click.option("--ca-file", envvar="NODEAUDIT_ARM_CA_FILE", type=click.Path(exists=True, dir_okay=False),
               help="CA bundle for the ARM endpoint (private endpoints, tests).")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True, max=3600), default=120.0, show_default=True,
               help="Seconds allowed per scale set (all pages and retries).")
 def check_agent(
     node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
@@ -177,9 +180,9 @@ def check_agent(
     if cluster:
         try:
             nodes = Z.list_nodes(kube)
-        except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 2
+        except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 3 (incomplete)
             click.echo(f"error: listing nodes failed: {type(e).__name__}: {getattr(e, 'reason', '') or e}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_INCOMPLETE)
         nodes = _select_nodes(nodes, selector)
     else:
         nodes = _load_nodes(node_files)
@@ -195,7 +198,7 @@ def check_agent(
         if kube is not None:
             kube.close()
     if not report.scale_sets and not report.errors and settings.check != "None":
-        # nothing was checked: not a clean answer (exit 2, not 0)
+        # nothing was checked: not a clean answer (exit 3, not 0)
         report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
                              if nodes else "nothing checkable: no node selected")
     click.echo(A.render_json(report) if as_json else A.render_table(report), nl=as_json)

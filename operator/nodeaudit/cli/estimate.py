@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import click
 
+from nodeaudit.cli.params import FiniteFloat
 from nodeaudit.core import estimate as est
 from nodeaudit.core.bundle import render_bundle
 from nodeaudit.core.policy import NodeAuditPolicy
@@ -186,12 +187,12 @@ def measure(policy: NodeAuditPolicy, *, execs: int | None = None, command: str |
 @click.option("--execs", type=click.IntRange(min=1, max=1_000_000),
               help="Sample workload: this many execs of /bin/true (default 1,000 when no other workload).")
 @click.option("--workload", "command", metavar="CMD", help="Sample workload: a shell command (sh -c).")
-@click.option("--seconds", type=click.FloatRange(min=0.1, max=3600),
+@click.option("--seconds", type=FiniteFloat(min=0.1, max=3600),
               help="No workload: observe what this machine produces for this long.")
-@click.option("--exec-rate", "exec_rates", multiple=True, type=click.FloatRange(min=0),
+@click.option("--exec-rate", "exec_rates", multiple=True, type=FiniteFloat(min=0),
               help="Execs per second on a node, for the projection of a workload sample (repeatable; "
                    "default 1, 10 and 100).")
-@click.option("--price-per-gb", type=click.FloatRange(min=0),
+@click.option("--price-per-gb", type=FiniteFloat(min=0),
               help="Your Log Analytics ingestion price per GB, in your currency (default: print GB only).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, command: str | None,
@@ -215,7 +216,11 @@ def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, 
     data = est.report_dict(policy.name, policy.spec.volume, measured.sample, rows, measured.workload,
                            "the audit netlink socket (records sized as audisp-syslog sends them)")
     data["restoreProblems"] = problems
-    click.echo(json.dumps(data, indent=2) if as_json else est.format_report(data))
+    try:  # JSON has no NaN or Infinity: a projection that holds one is refused, not printed
+        click.echo(json.dumps(data, indent=2, allow_nan=False) if as_json else est.format_report(data))
+    except ValueError as e:
+        click.echo(f"nodeaudit estimate: the projection is not finite ({e})", err=True)
+        sys.exit(1)
     if problems:
         click.echo("nodeaudit estimate: kernel audit not fully restored: " + "; ".join(problems), err=True)
         sys.exit(3)

@@ -500,9 +500,10 @@ class AgentReport:
     @property
     def exit_code(self) -> int:
         """0 every scale set has an agent (and collection is confirmed where asked); 1 one lacks it;
-        2 the check could not be completed (errors win: an incomplete answer is not a clean one)."""
+        3 the check could not be completed (errors win: an incomplete answer is not a clean one).
+        2 stays the usage error's, as for every command (docs/cli.md)."""
         if self.errors or self.failed_checks or any(c.state == "Error" for c in self.collection):
-            return 2
+            return 3
         if self.lacking or self.collection_missing:
             return 1
         return 0

@@ -1,0 +1,43 @@
+"""Option types and exit codes shared by every command (the table is docs/cli.md).
+
+Why: click's FloatRange lets ``nan`` through every bound (nan < 0 is false) and accepts ``inf``, so
+``--seconds nan`` ran and ``--json`` then printed NaN, which is not JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # what was asked is wrong or did not succeed: invalid policy, agent missing, not Ready
+EXIT_USAGE = 2  # a bad option, argument or setting (click's own usage errors are 2 as well)
+EXIT_INCOMPLETE = 3  # the check could not be completed: permission, throttling, timeout, unreachable
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
+
+class FiniteFloat(click.ParamType):  # type: ignore[type-arg]
+    """A finite float within [min, max] (``min_open``: strictly above min)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False) -> None:
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            self.fail(f"{value} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"{value} must be <= {self.max:g}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self.min}, {self.max})"
