@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from typing import Any
 import click
 import yaml
 
-from nodeaudit.cli.params import EXIT_INCOMPLETE, FiniteFloat
+from nodeaudit.cli.params import DATA_FORMATS, EXIT_INCOMPLETE, FiniteFloat, print_data
 from nodeaudit.core import agent as A
 
 EPILOG = """\b
@@ -138,7 +139,9 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
               help="A policy FILE (YAML): its monitoringAgent/syslog settings and (with --cluster) its "
                    "nodeSelector.")
 @click.option("--policy-name", metavar="NAME", help="The policy to use when the --policy FILE holds several.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True,
+              help="text: a table; json/yaml: the report.")
+@click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 @click.option("--remediate", is_flag=True,
               help="Install the policy's remediation extension where the agent is missing, then upgrade the "
                    "instances (changes AKS node resources: AKS support discourages it).")
@@ -149,7 +152,7 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
               help="Seconds allowed per scale set (all pages and retries).")
 def check_agent(
     node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
-    policy_file: str | None, policy_name: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
+    policy_file: str | None, policy_name: str | None, output: str, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
     timeout: float,
 ) -> None:
     """Check that every node pool's VM scale set runs a monitoring agent.
@@ -201,5 +204,7 @@ def check_agent(
         # nothing was checked: not a clean answer (exit 3, not 0)
         report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
                              if nodes else "nothing checkable: no node selected")
-    click.echo(A.render_json(report) if as_json else A.render_table(report), nl=as_json)
+    if as_json:
+        output = "json"
+    print_data(output, json.loads(A.render_json(report)) if output != "text" else None, A.render_table(report))
     sys.exit(report.exit_code)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import grp
-import json
 import os
 import pwd
 import re
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 
 import click
 
-from nodeaudit.cli.params import FiniteFloat
+from nodeaudit.cli.params import DATA_FORMATS, FiniteFloat, print_data
 from nodeaudit.core import estimate as est
 from nodeaudit.core.bundle import render_bundle
 from nodeaudit.core.policy import NodeAuditPolicy
@@ -194,10 +193,11 @@ def measure(policy: NodeAuditPolicy, *, execs: int | None = None, command: str |
                    "default 1, 10 and 100).")
 @click.option("--price-per-gb", type=FiniteFloat(min=0),
               help="Your Log Analytics ingestion price per GB, in your currency (default: print GB only).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, command: str | None,
              seconds: float | None, exec_rates: tuple[float, ...], price_per_gb: float | None,
-             as_json: bool) -> None:
+             output: str, as_json: bool) -> None:
     """Measure the records and syslog bytes a policy produces on this machine and project GB/day."""
     if sum(x is not None for x in (execs, command, seconds)) > 1:
         raise click.UsageError("give one of --execs, --workload, --seconds")
@@ -217,7 +217,7 @@ def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, 
                            "the audit netlink socket (records sized as audisp-syslog sends them)")
     data["restoreProblems"] = problems
     try:  # JSON has no NaN or Infinity: a projection that holds one is refused, not printed
-        click.echo(json.dumps(data, indent=2, allow_nan=False) if as_json else est.format_report(data))
+        print_data("json" if as_json else output, data, est.format_report(data) if output == "text" else "")
     except ValueError as e:
         click.echo(f"nodeaudit estimate: the projection is not finite ({e})", err=True)
         sys.exit(1)

@@ -19,6 +19,7 @@ import yaml
 
 from nodeaudit import DEFAULT_IMAGE, __version__
 from nodeaudit.cli import documents
+from nodeaudit.cli.params import DATA_FORMATS, print_data
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
@@ -182,9 +183,9 @@ def render(file: str, output: Path, force: bool, policy_name: str | None, node_f
       nodeaudit render examples/procmon.yaml -o out/procmon
       nodeaudit render examples/procmon.yaml -o out/procmon --node node.yaml --force
     """
+    check_namespace(namespace, "--namespace")
     target = _output_directory(output, force)
     policy = _single_policy(file, policy_name)
-    check_namespace(namespace, "--namespace")
     node_name = _node_name(node_file) if node_file is not None else None
     rendered = bundle_mod.render_bundle(policy)
     extra: dict[str, bytes] = {}
@@ -308,7 +309,8 @@ def check_namespace(namespace: str, option: str) -> str:
 
 @main.command()
 @click.option("--reference", is_flag=True, help="Print the policy reference (docs/policy.md) instead.")
-def crd(reference: bool) -> None:
+@click.option("-o", "--output", "output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def crd(reference: bool, output: str) -> None:
     """Print the CustomResourceDefinition generated from the policy model.
 
     This is what `make crds` writes to crds/nodeauditpolicy.yaml: a structural schema with a
@@ -326,20 +328,25 @@ def crd(reference: bool) -> None:
         return
     from nodeaudit.core import crd as crd_mod
 
+    if output == "json":
+        click.echo(json.dumps(crd_mod.crd(), indent=2))
+        return
     click.echo(crd_mod.crd_yaml(), nl=False)
 
 
 @main.command("presets")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def presets_command(as_json: bool) -> None:
+@click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True)
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="The same as -o json.")
+def presets_command(output: str, as_json: bool) -> None:
     """List the named rule sets, volume levels and the AKS noise list, with what each records.
 
     \b
     Example:
       nodeaudit presets
+      nodeaudit presets -o json | jq '.presets[].name'
     """
-    if as_json:
-        click.echo(json.dumps(_presets_document(), indent=2))
+    if as_json or output != "text":
+        print_data("json" if as_json else output, _presets_document(), "")
         return
     doc = _presets_document()
     for preset in doc["presets"]:
@@ -369,6 +376,69 @@ def _presets_document() -> dict[str, list[dict[str, Any]]]:
         ],
         "aksNoise": [{"path": n.path, "why": n.why} for n in presets_mod.AKS_NOISE],
     }
+
+
+def _commit() -> str:
+    """The source commit: $NODEAUDIT_COMMIT (the image sets it from its build), else the git
+    checkout this package runs from (an editable install), else "unknown"."""
+    if os.environ.get("NODEAUDIT_COMMIT"):
+        return os.environ["NODEAUDIT_COMMIT"]
+    import subprocess
+
+    source = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+def version_info() -> dict[str, str]:
+    import importlib.metadata
+    import platform
+
+    try:
+        kopf_version = importlib.metadata.version("kopf")
+    except importlib.metadata.PackageNotFoundError:
+        kopf_version = "not installed"
+    return {"version": __version__, "commit": _commit(), "python": platform.python_version(), "kopf": kopf_version}
+
+
+@main.command("version")
+@click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True)
+def version_command(output: str) -> None:
+    """Print the version, the source commit, the Python and the kopf versions.
+
+    \b
+    Example:
+      nodeaudit version
+      nodeaudit version -o json
+    """
+    info = version_info()
+    print_data(output, info, "\n".join(f"{k + ':':9}{v}" for k, v in info.items()))
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@main.command("completion")
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell completion script for bash, zsh or fish.
+
+    \b
+    Example:
+      source <(nodeaudit completion bash)                      # this shell
+      nodeaudit completion bash > /etc/bash_completion.d/nodeaudit
+      nodeaudit completion zsh > "${fpath[1]}/_nodeaudit"
+      nodeaudit completion fish > ~/.config/fish/completions/nodeaudit.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # every name in SHELLS is one of click's
+    click.echo(cls(main, {}, "nodeaudit", "_NODEAUDIT_COMPLETE").source())
 
 
 def _register_subsystem_commands() -> None:

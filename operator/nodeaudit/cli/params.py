@@ -6,10 +6,12 @@ Why: click's FloatRange lets ``nan`` through every bound (nan < 0 is false) and 
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import click
+import yaml
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # what was asked is wrong or did not succeed: invalid policy, agent missing, not Ready
@@ -41,3 +43,17 @@ class FiniteFloat(click.ParamType):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         return f"FiniteFloat({self.min}, {self.max})"
+
+
+# -o/--output of every command that prints data (kubectl's names; text is the human form).
+DATA_FORMATS = click.Choice(["text", "json", "yaml"])
+
+
+def print_data(output: str, data: Any, text: str) -> None:
+    """``-o json|yaml`` prints ``data`` (JSON never holds NaN); the text form prints ``text``."""
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, allow_nan=False))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
