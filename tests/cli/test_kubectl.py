@@ -121,6 +121,33 @@ def test_get_nap_shows_the_printer_columns(binary: str, cluster: dict[str, Any],
     assert _rows(wide.stdout)[0][-1] == "BUNDLE" and _rows(wide.stdout)[1][-1] == "sha256:abc"
 
 
+def test_get_watch_prints_rows_with_the_printer_columns(binary: str, cluster: dict[str, Any], tmp_path: Path) -> None:
+    """`kubectl get nap -w`: each change is one more row under the same columns, not NAME AGE."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cluster["home"]), "KUBECONFIG": cluster["kubeconfig"]}
+    server = cluster["server"]
+    policy = yaml.safe_load((EXAMPLES / "procmon.yaml").read_text())
+    policy["metadata"]["name"] = "watched"
+    server.call(lambda: server.server.put_object(NAP, None, policy))
+    proc = subprocess.Popen([binary, "--cache-dir", str(tmp_path / "cache"), "get", "nap", "watched", "-w",
+                             "--request-timeout", "8s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        import time
+
+        time.sleep(2)  # kubectl has listed and is watching
+        server.call(lambda: server.server.patch_object(NAP, None, "watched", {"status": {
+            "nodes": {"matched": 3, "configured": 3, "failed": 0},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Configured"}]}}, subresource="status"))
+        time.sleep(1.5)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    rows = _rows(out)
+    assert rows[0] == ["NAME", "READY", "CONFIGURED", "MATCHED", "FAILED", "AGE"], out
+    assert rows[-1][:5] == ["watched", "True", "3", "3", "0"], out
+    server.call(lambda: server.server.delete_object(NAP, None, "watched"))
+
+
 def test_get_several_kinds_across_namespaces(binary: str, cluster: dict[str, Any], tmp_path: Path) -> None:
     """The README's line: `kubectl get nap,nodes,jobs -A` while the demo runs."""
     result = kubectl(binary, cluster, "get", "nap,nodes,cm", "-A", tmp=tmp_path)

@@ -499,7 +499,8 @@ class ApiServer(kmock.KubernetesScaffold):
         self.log.append(entry)
         try:
             if verb == "watch":
-                return await self._serve_watch_stream(raw, res, ns, params)
+                as_table = apidocs.wants_table(raw.headers.get("Accept", "")) and not sub
+                return await self._serve_watch_stream(raw, res, ns, params, as_table)
             as_table = apidocs.wants_table(raw.headers.get("Accept", ""))
             if verb == "list":
                 body = self._list_body(res, ns, params)
@@ -641,7 +642,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 "metadata": {"resourceVersion": str(self.rv)}, "items": list(self._select(res, ns, params))}
 
     async def _serve_watch_stream(self, raw: aiohttp.web.BaseRequest, res: ResKey, ns: str | None,
-                                  params: dict[str, str]) -> aiohttp.web.StreamResponse:
+                                  params: dict[str, str], as_table: bool = False) -> aiohttp.web.StreamResponse:
         watcher = _Watcher(res, ns, parse_label_selector(params.get("labelSelector")),
                            parse_field_selector(params.get("fieldSelector")))
         since = params.get("resourceVersion")
@@ -667,8 +668,22 @@ class ApiServer(kmock.KubernetesScaffold):
                     "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
                     "reason": "Expired", "message": "too old resource version"}}).encode() + b"\n")
                 return response
+            columns_sent = False
+
+            def encode(event: dict[str, Any]) -> bytes:
+                """An event as JSON; for ``kubectl get -w`` its object as a one-row Table (the column
+                definitions in the first event only, as the API server sends them)."""
+                nonlocal columns_sent
+                if as_table and event.get("type") != "ERROR":
+                    table = self._table(res, [event["object"]], params)
+                    if columns_sent:
+                        table["columnDefinitions"] = []
+                    columns_sent = True
+                    event = {"type": event["type"], "object": table}
+                return json.dumps(event).encode()
+
             for event in initial:
-                await response.write(json.dumps(event).encode() + b"\n")
+                await response.write(encode(event) + b"\n")
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout else None
@@ -680,12 +695,12 @@ class ApiServer(kmock.KubernetesScaffold):
                     break
                 if event is None:
                     break
-                chunk = [json.dumps(event).encode()]
+                chunk = [encode(event)]
                 while not watcher.queue.empty():
                     more = watcher.queue.get_nowait()
                     if more is None:
                         break
-                    chunk.append(json.dumps(more).encode())
+                    chunk.append(encode(more))
                 await response.write(b"\n".join(chunk) + b"\n")
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
