@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,10 @@ def main() -> None:
     \b
     Offline:    validate, render, crd, presets, estimate (measures on this machine's kernel)
     In-cluster: run (the operator), check-agent
-    Try it:    demo (the real operator against a local API with simulated AKS nodes)
+    Try it:     demo (the real operator against a local API with simulated AKS nodes)
+    Shell:      version, completion bash|zsh|fish
+
+    Exit codes: 0 ok, 1 failed, 2 usage error, 3 check incomplete (docs/cli.md).
     """
 
 
@@ -236,7 +240,7 @@ def _output_directory(output: Path, force: bool) -> Path:
     return target
 
 
-def _write_directory(target: Path, write: Any, extra: dict[str, bytes]) -> None:
+def _write_directory(target: Path, write: Callable[[Path], object], extra: dict[str, bytes]) -> None:
     """Fill a new directory beside ``target`` and rename it into place: all or nothing."""
     import shutil
     import tempfile
