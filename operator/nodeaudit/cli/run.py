@@ -37,9 +37,8 @@ def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float
     from nodeaudit.controller import app
     from nodeaudit.controller.config import Config, SettingError
 
-    os.environ["NODEAUDIT_NAMESPACE"] = namespace
     try:
-        Config.from_env()
+        config = Config.from_env(namespace=namespace)
     except SettingError as e:
         click.echo(f"nodeaudit run: {e}", err=True)
         raise SystemExit(2) from None
@@ -55,7 +54,7 @@ def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float
         server = metrics.serve(metrics_port, metrics_address)
         logging.getLogger("nodeaudit").info("metrics on http://%s:%d/metrics", metrics_address, server.server_port)
     settings = app.make_settings(server_timeout=watch_timeout, client_timeout=watch_timeout + 30, verbose=verbose)
-    asyncio.run(app.operator(namespace=namespace, peering=peering, liveness=liveness or None, settings=settings))
+    asyncio.run(app.operator(config, peering=peering, liveness=liveness or None, settings=settings))
 
 
 def credentials_problem() -> str | None:
