@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from operator_harness import policy
 
 from nodeaudit.cli import run as cli_run
 from nodeaudit.controller import kube
@@ -20,6 +19,7 @@ from nodeaudit.controller import reconciler as controller
 from nodeaudit.core import jobs, nodes
 from nodeaudit.testing import demo as demo_main
 from nodeaudit.testing import simulator as sim
+from tests.operator.operator_harness import policy
 
 POLICY = "procmon"
 KEY = nodes.state_annotation(POLICY)
