@@ -360,10 +360,12 @@ class Coalescer:
         self.idle = idle
         self.max_pending = max_pending
         self.pending: OrderedDict[tuple[int, int, int], tuple[float, list[Record]]] = OrderedDict()
+        self.last: Record | None = None  # the record of the last line fed, when it was one
 
     def feed(self, line: str, now: float | None = None) -> list[list[Record] | Unparsed]:
         """Completed events (and unparsable lines) after this line."""
         now = time.monotonic() if now is None else now
+        self.last = None
         try:
             record = parse_line(line)
         except RecordError:
@@ -371,6 +373,7 @@ class Coalescer:
             if not text.strip():
                 return []
             return [Unparsed(_clip(text, RAW_MAX_BYTES)[0])]
+        self.last = record
         out: list[list[Record] | Unparsed] = []
         ident = record.event_id
         if record.type == "EOE":
