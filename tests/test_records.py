@@ -196,3 +196,17 @@ def test_fuzz_never_crashes(lines, argv_bytes, paths):
             assert len(item.get("paths", [])) <= paths
         else:
             assert len(item.raw) <= records.RAW_MAX_BYTES
+
+
+def test_validate_refuses_a_bad_redact_pattern_with_its_position(tmp_path):
+    import subprocess
+    import sys
+
+    doc = tmp_path / "p.yaml"
+    doc.write_text("apiVersion: nodeaudit.io/v1alpha1\nkind: NodeAuditPolicy\nmetadata: {name: procmon}\n"
+                   "spec:\n  presets: [procmon]\n  redact: ['--password[= ]\\S+', '--token=(\\S+']\n")
+    proc = subprocess.run([str(Path(sys.executable).parent / "nodeaudit"), "validate", str(doc)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "spec.redact[1]: bad regular expression at position 8: missing ), unterminated subpattern" in \
+        proc.stdout + proc.stderr
