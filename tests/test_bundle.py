@@ -28,6 +28,7 @@ def test_files_of_the_seed_bundle() -> None:
     bundle = _bundle()
     assert set(bundle.files) == RAW_FILES | {
         "dispatcher.py", "records.py", "dispatcher.json", "dispatcher-v3.conf", "dispatcher-v2.conf",
+        "syslog-off-v3.conf", "syslog-off-v2.conf",
     }
     assert bundle.hash.startswith("sha256:") and len(bundle.hex) == 64
     rules = bundle.files["60-nodeaudit-procmon.rules"].decode()

@@ -95,12 +95,14 @@ def _env_file(values: Mapping[str, str]) -> bytes:
     return "".join(lines).encode()
 
 
-def _plugin_config(policy: NodeAuditPolicy, *, version: int) -> bytes:
+def _plugin_config(policy: NodeAuditPolicy, *, version: int, active: bool = True) -> bytes:
     syslog = policy.spec.syslog
     path, kind = ("/sbin/audisp-syslog", "always") if version == 3 else ("builtin_syslog", "builtin")
+    why = ("audit records to syslog for the monitoring agent" if active
+           else "off: the nodeaudit dispatcher (nodeaudit.conf) forwards the records instead")
     return (
-        "# managed by nodeaudit: audit records to syslog for the monitoring agent\n"
-        "active = yes\n"
+        f"# managed by nodeaudit: {why}\n"
+        f"active = {'yes' if active else 'no'}\n"
         "direction = out\n"
         f"path = {path}\n"
         f"type = {kind}\n"
@@ -179,6 +181,8 @@ def render_bundle(policy: NodeAuditPolicy) -> Bundle:
         files["dispatcher.json"] = dispatcher_config(policy)
         files["dispatcher-v3.conf"] = _dispatcher_plugin_config(3)
         files["dispatcher-v2.conf"] = _dispatcher_plugin_config(2)
+        files["syslog-off-v3.conf"] = _plugin_config(policy, version=3, active=False)
+        files["syslog-off-v2.conf"] = _plugin_config(policy, version=2, active=False)
     provisional_env = {
         "NODEAUDIT_POLICY": policy.name,
         "NODEAUDIT_RULES_FILE": rules_name,
