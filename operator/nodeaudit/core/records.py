@@ -282,11 +282,9 @@ def build_event(records: Sequence[Record], *, limits: Limits | None = None,
     syscall = by_type.get("SYSCALL", [None])[0]
     main = syscall or (kept[0] if kept else first)
     f = main.fields
-    event: dict[str, Any] = {
-        "ts": rfc3339(first.seconds, first.millis),
-        "serial": first.serial,
-        "type": main.type,
-    }
+    event: dict[str, Any] = {"ts": rfc3339(first.seconds, first.millis), "serial": first.serial}
+    if main.type != "SYSCALL":  # most events are syscalls: say the type only when it is not one
+        event["type"] = main.type
     if first.node:
         event["node"] = first.node
     key = decode_value(f.get("key"))
@@ -315,7 +313,8 @@ def build_event(records: Sequence[Record], *, limits: Limits | None = None,
     if redacted:
         event["argvRedacted"] = True
     cwd = by_type.get("CWD")
-    event["cwd"] = decode_value(cwd[0].fields.get("cwd")) if cwd else None
+    if "CWD" not in skip:  # absent where the volume does not record it (lean), null when unknown
+        event["cwd"] = decode_value(cwd[0].fields.get("cwd")) if cwd else None
     event["pid"] = _int(f.get("pid"))
     event["ppid"] = _int(f.get("ppid"))
     event["uid"] = _int(f.get("uid"))
