@@ -72,8 +72,8 @@ def test_json_format_ships_the_one_parser_and_the_policy_settings() -> None:
     assert v3.count("args = ") == 1 and len(v3.split("args = ")[1].split("\n")[0].split()) == 2
     env = bundle.files["bundle.env"].decode()
     assert "NODEAUDIT_SYSLOG_FORMAT=json\n" in env
-    # The dispatcher needs EOE to end events at once; it never reaches syslog in this form.
-    assert "-a always,exclude -F msgtype=EOE" not in bundle.files["expected.rules"].decode()
+    # The rules are the same in both forms: a node that falls back to raw ships what raw ships.
+    assert bundle.files["expected.rules"] == _bundle(syslog={"format": "raw"}, volume="lean").files["expected.rules"]
     assert _bundle(redact=["other"]).hash != _bundle().hash
 
 
@@ -81,6 +81,7 @@ def test_expected_rules_are_the_kernel_listing() -> None:
     bundle = _bundle()
     expected = bundle.files["expected.rules"].decode().splitlines()
     assert expected == [
+        "-a always,exclude -F msgtype=EOE",
         "-a always,exclude -F msgtype=BPRM_FCAPS",
         "-a always,exit -F arch=b64 -S execve -F key=procmon",
         "-a always,exit -F arch=b32 -S execve -F key=procmon",

@@ -111,21 +111,29 @@ def test_interleaved_serials_coalesce_per_event():
     assert got == want and set(got) == {52, 70}
 
 
-def test_eoe_completes_at_once_and_without_eoe_the_idle_timer_does():
-    c = records.Coalescer(idle=0.5)
-    echo = [line for line in V3 if ":52)" in line]
-    out = []
-    for line in echo[:-1]:
-        out += c.feed(line, now=10.0)
-    assert out == [] and len(c.pending) == 1
-    done = c.feed(echo[-1], now=10.1)  # EOE
-    assert len(done) == 1 and len(done[0]) == len(echo) - 1
-    assert not c.pending
-    for line in echo[:-1]:
-        c.feed(line, now=20.0)
+def test_an_event_completes_at_eoe_proctitle_or_its_last_argument_else_when_idle():
+    echo = [line for line in V3 if ":52)" in line]  # SYSCALL BPRM_FCAPS EXECVE CWD PATH PATH PROCTITLE EOE
+    # forensic: EOE ends it. standard drops EOE: PROCTITLE ends it.
+    for kept, last in ((echo, "EOE"), ([x for x in echo if "type=EOE" not in x], "PROCTITLE")):
+        c = records.Coalescer(idle=0.5)
+        out = [item for line in kept for item in c.feed(line, now=10.0)]
+        assert len(out) == 1 and not c.pending and kept[-1].startswith(f"type={last}")
+    # lean (no PROCTITLE, no EOE): the EXECVE with every argument ends an exec...
+    lean = [x for x in echo if x.startswith(("type=SYSCALL", "type=EXECVE"))]
+    c = records.Coalescer(idle=0.5, excluded_types=("PROCTITLE", "EOE", "PATH", "CWD", "BPRM_FCAPS"))
+    assert c.feed(lean[0], now=1.0) == []
+    (done,) = c.feed(lean[1], now=1.0)
+    assert [r.type for r in done] == ["SYSCALL", "EXECVE"]
+    # ...also when a long argument spans three EXECVE records.
+    long = [x for x in V3 if ":84)" in x and x.startswith(("type=SYSCALL", "type=EXECVE"))]
+    got = [c.feed(line, now=1.0) for line in long]
+    assert got[:-1] == [[]] * (len(long) - 1) and len(got[-1]) == 1
+    # Anything else waits for the idle timer.
+    watch = [x for x in V3 if ":70)" in x and x.startswith("type=SYSCALL")]
+    assert c.feed(watch[0], now=20.0) == []
     assert c.expire(now=20.4) == []
-    expired = c.expire(now=20.6)
-    assert len(expired) == 1 and records.build_event(expired[0])["argv"][1] == "hello world"
+    (expired,) = c.expire(now=20.6)
+    assert records.build_event(expired)["key"] == "identity"
 
 
 def test_pending_is_bounded_oldest_first():

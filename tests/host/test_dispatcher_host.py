@@ -22,76 +22,12 @@ import costlib
 import hostlib
 import pytest
 from hostlib import PROCMON_RULES, Rootfs, policy_doc
+from podlib import CgroupUnavailable, KubeletCgroup, write_task_state
 
 pytestmark = pytest.mark.host
 
 DASH = "/usr/bin/dash"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 STATE = "var/lib/nodeaudit/state/dispatcher.json"
-TASKS = "run/containerd/io.containerd.runtime.v2.task/k8s.io"
-
-
-class KubeletCgroup:
-    """A pod slice and a cri-containerd scope in every hierarchy that takes one here (cgroup v1
-    `pids` and `name=systemd`, or the v2 unified tree); only what this made is removed."""
-
-    def __init__(self, pod_uid: str, container_id: str):
-        pod = pod_uid.replace("-", "_")
-        rel = (f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod}.slice/"
-               f"cri-containerd-{container_id}.scope")
-        if (CGROUP_ROOT / "cgroup.procs").exists():  # pure v2
-            bases = [CGROUP_ROOT]
-        else:
-            bases = [CGROUP_ROOT / c for c in ("pids", "systemd") if (CGROUP_ROOT / c / "cgroup.procs").exists()]
-        if not bases:
-            pytest.skip("no writable cgroup hierarchy for a kubepods slice here")
-        self.leaves = [base / rel for base in bases]
-        self.created: list[Path] = []
-        for base in bases:
-            directory = base
-            for part in Path(rel).parts:
-                directory = directory / part
-                if not directory.exists():
-                    directory.mkdir()
-                    self.created.append(directory)
-
-    def join(self) -> None:
-        """preexec_fn: the child moves itself in before it execs (as runc puts the container's init)."""
-        for leaf in self.leaves:
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
-
-    def close(self) -> None:
-        for leaf in self.leaves:
-            pids = [int(p) for p in (leaf / "cgroup.procs").read_text().split()] if leaf.exists() else []
-            hostlib.kill_pids(pids)
-        for directory in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
-            for _ in range(50):
-                try:
-                    directory.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-
-
-def write_task_state(root: Rootfs, container_id: str, pod_uid: str) -> dict[str, str]:
-    want = {"name": "web", "pod": "shop-web-7d4b9c-x2x9q", "namespace": "shop", "podUid": pod_uid,
-            "image": "ghcr.io/acme/shop-web:1.4.2"}
-    directory = root / f"{TASKS}/{container_id}"
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps({
-        "ociVersion": "1.1.0",
-        "process": {"args": ["/bin/sh"]},
-        "annotations": {
-            "io.kubernetes.cri.container-type": "container",
-            "io.kubernetes.cri.container-name": want["name"],
-            "io.kubernetes.cri.sandbox-name": want["pod"],
-            "io.kubernetes.cri.sandbox-namespace": want["namespace"],
-            "io.kubernetes.cri.sandbox-uid": pod_uid,
-            "io.kubernetes.cri.sandbox-id": "b" * 64,
-            "io.kubernetes.cri.image-name": want["image"],
-        },
-    }))
-    return want
 
 
 def json_events(messages: list[str]) -> list[tuple[str, dict]]:
@@ -163,7 +99,10 @@ def pod(host):
     root = host.root("python")
     pod_uid = str(uuid.uuid4())
     container_id = uuid.uuid4().hex + uuid.uuid4().hex
-    cgroup = KubeletCgroup(pod_uid, container_id)
+    try:
+        cgroup = KubeletCgroup(pod_uid, container_id)
+    except CgroupUnavailable as exc:
+        pytest.skip(str(exc))
     listener = Listener(host, root)
     try:
         yield root, cgroup, container_id, write_task_state(root, container_id, pod_uid), listener

@@ -416,16 +416,7 @@ class NodeAuditPolicy(_Model):
         return self.metadata.name
 
     def expanded_rules(self) -> list[str]:
-        """Every rule that lands in the node's rules file, in load order.
-
-        With `syslog.format: json` the kernel keeps sending EOE: the dispatcher needs the end of
-        each event to send it at once, and EOE never reaches syslog there (it only ends the event)."""
-        rules = self._volume_rules()
-        if self.spec.syslog.enabled and self.spec.syslog.format == "json":
-            rules = [r for r in rules if r != "-a always,exclude -F msgtype=EOE"]
-        return rules
-
-    def _volume_rules(self) -> list[str]:
+        """Every rule that lands in the node's rules file, in load order."""
         spec = self.spec
         return presets_mod.expand(
             presets=spec.presets,

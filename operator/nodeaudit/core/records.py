@@ -19,6 +19,7 @@ with a space, a quote, a control character or non-ASCII); `(null)` means absent.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import OrderedDict
@@ -344,20 +345,66 @@ def build_event(records: Sequence[Record], *, limits: Limits | None = None,
     return event
 
 
+TAG = "nodeaudit"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def json_message(event: Mapping[str, Any]) -> str:
+    """The event as the dispatcher sends it: compact JSON, UTF-8 text kept as it is."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def syslog_datagram(pri: int, message: str, when: time.struct_time | None = None) -> bytes:
+    """What syslog(3) writes to /dev/log: `<PRI>Mmm dd hh:mm:ss nodeaudit: message` (no pid, so
+    the monitoring agent's ProcessName is `nodeaudit`)."""
+    t = time.localtime() if when is None else when
+    head = f"<{pri}>{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {TAG}: "
+    return (head + message).encode("utf-8", "backslashreplace")
+
+
 def standalone(kind: str) -> bool:
     return kind.startswith(_STANDALONE_PREFIXES)
+
+
+def execve_complete(records: Sequence[Record]) -> bool:
+    """Whether these EXECVE records hold every argument argc announces (a long one comes in
+    `aN[0]..` chunks, possibly over several records, until their length reaches `aN_len`)."""
+    fields: dict[str, str] = {}
+    for record in records:
+        fields.update(record.fields)
+    argc = _int(fields.get("argc"))
+    if argc is None:
+        return False
+    for index in range(argc):
+        if f"a{index}" in fields:
+            continue
+        total = _int(fields.get(f"a{index}_len"))
+        if total is None:
+            return False
+        have = 0
+        chunk = 0
+        while f"a{index}[{chunk}]" in fields:
+            have += len(unquote(fields[f"a{index}[{chunk}]"]))
+            chunk += 1
+        if have < total:
+            return False
+    return True
 
 
 class Coalescer:
     """Groups records by event (seconds, millis, serial) and hands out whole events.
 
-    An event is complete at its EOE record; a standalone record type is complete at once; any
-    other event when no record of it arrived for `idle` seconds (`expire`), or when more than
-    `max_pending` events are open (the oldest goes first), or at the end (`flush`)."""
+    The kernel writes a syscall event's records in one order: SYSCALL, the auxiliary records
+    (EXECVE, ...), CWD, PATH, PROCTITLE, EOE. So an event is complete at its EOE, else at its
+    PROCTITLE (the volumes drop EOE), else, where the volume drops PROCTITLE too (lean), an exec
+    is complete once its EXECVE records hold every argument. A standalone record type (user
+    space messages) is complete at once. Any other event when no record of it came for `idle`
+    seconds (`expire`), when more than `max_pending` are open (oldest first), or at `flush`."""
 
-    def __init__(self, idle: float = 0.5, max_pending: int = 1024):
+    def __init__(self, idle: float = 0.5, max_pending: int = 1024, excluded_types: Iterable[str] = ()):
         self.idle = idle
         self.max_pending = max_pending
+        self.without_proctitle = "PROCTITLE" in set(excluded_types)
         self.pending: OrderedDict[tuple[int, int, int], tuple[float, list[Record]]] = OrderedDict()
         self.last: Record | None = None  # the record of the last line fed, when it was one
 
@@ -380,23 +427,31 @@ class Coalescer:
             if entry is not None:
                 out.append(entry[1])
             return out
-        entry = self.pending.get(ident)
-        if entry is None:
-            if standalone(record.type):
-                out.append([record])
-                return out
-            self.pending[ident] = (now, [record])
-        else:
-            entry[1].append(record)
-            self.pending[ident] = (now, entry[1])
+        entry = self.pending.pop(ident, None)
+        if entry is None and standalone(record.type):
+            out.append([record])
+            return out
+        group = [record] if entry is None else [*entry[1], record]
+        if record.type == "PROCTITLE" or (
+                record.type == "EXECVE" and self.without_proctitle
+                and execve_complete([r for r in group if r.type == "EXECVE"])):
+            out.append(group)
+            return out
+        self.pending[ident] = (now, group)  # at the end: the dict stays in order of last record
         while len(self.pending) > self.max_pending:
             out.append(self.pending.popitem(last=False)[1][1])
         return out
 
     def expire(self, now: float | None = None) -> list[list[Record]]:
         now = time.monotonic() if now is None else now
-        done = [ident for ident, (seen, _) in self.pending.items() if now - seen >= self.idle]
-        return [self.pending.pop(ident)[1] for ident in done]
+        out = []
+        while self.pending:
+            ident, (seen, group) = next(iter(self.pending.items()))
+            if now - seen < self.idle:
+                break
+            del self.pending[ident]
+            out.append(group)
+        return out
 
     def flush(self) -> list[list[Record]]:
         out = [records for _, records in self.pending.values()]
@@ -406,7 +461,7 @@ class Coalescer:
 
 def events(lines: Iterable[str], **build: Any) -> list[dict[str, Any] | Unparsed]:
     """Every event of a finished stream of lines (tests, estimate): built, in completion order."""
-    coalescer = Coalescer(idle=float("inf"))
+    coalescer = Coalescer(idle=float("inf"), excluded_types=build.get("excluded_types", ()))
     out: list[dict[str, Any] | Unparsed] = []
     for line in lines:
         for item in coalescer.feed(line, now=0.0):

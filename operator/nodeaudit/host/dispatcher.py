@@ -36,7 +36,6 @@ except ImportError:  # on the node: records.py is installed next to this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import records  # type: ignore[no-redef,import-not-found]
 
-TAG = "nodeaudit"
 FACILITIES = {"LOG_AUTH": 4, "LOG_AUTHPRIV": 10, "LOG_DAEMON": 3, "LOG_USER": 1, "LOG_SYSLOG": 5,
               **{f"LOG_LOCAL{i}": 16 + i for i in range(8)}}
 PRIORITIES = {"LOG_EMERG": 0, "LOG_ALERT": 1, "LOG_CRIT": 2, "LOG_ERR": 3, "LOG_WARNING": 4,
@@ -64,7 +63,6 @@ _ANNOTATIONS = {
     "podUid": "io.kubernetes.cri.sandbox-uid",
     "image": "io.kubernetes.cri.image-name",
 }
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def load_config(path: str | None) -> dict[str, Any]:
@@ -228,9 +226,7 @@ class Syslog:
     def send(self, message: str) -> bool:
         if self.sock is None and not self._connect():
             return False
-        now = time.localtime()
-        head = f"<{self.pri}>{_MONTHS[now.tm_mon - 1]} {now.tm_mday:2d} {now.tm_hour:02d}:{now.tm_min:02d}:{now.tm_sec:02d} {TAG}: "
-        data = (head + message).encode("utf-8", "backslashreplace")
+        data = records.syslog_datagram(self.pri, message)
         assert self.sock is not None
         try:
             self.sock.send(data)
@@ -263,8 +259,8 @@ class Dispatcher:
         self.attributor = Attributor(self.config)
         self.redactions = records.compile_redactions(self.config["redact"])
         self.limits = records.Limits(argv_bytes=int(self.config["argvBytes"]), paths=int(self.config["pathsMax"]))
-        self.coalescer = records.Coalescer(idle=float(self.config["idleSeconds"]))
         self.excluded = tuple(self.config["excludedTypes"])
+        self.coalescer = records.Coalescer(idle=float(self.config["idleSeconds"]), excluded_types=self.excluded)
 
     def emit(self, message: str) -> None:
         if self.syslog.send(message):
@@ -277,7 +273,7 @@ class Dispatcher:
         for item in items:
             if isinstance(item, records.Unparsed):
                 self.counters["unparsed"] += 1
-                self.emit(item.raw)
+                self.emit(records.redact([item.raw], self.redactions)[0][0])
                 continue
             self.finish(item)
 
@@ -307,7 +303,7 @@ class Dispatcher:
             event["container"] = {"id": None, "unresolved": True}
             self.counters["containersUnresolved"] += 1
         self.counters["events"] += 1
-        self.emit(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+        self.emit(records.json_message(event))
 
     def feed(self, line: str, now: float) -> None:
         items = self.coalescer.feed(line, now)
