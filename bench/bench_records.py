@@ -25,11 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
-
-import costlib  # noqa: E402
-import hostlib  # noqa: E402
-import podlib  # noqa: E402
+from tests.host import costlib, hostlib, podlib
 
 SAMPLE = int(os.environ.get("NODEAUDIT_BENCH_SAMPLE", "500"))
 TIMED = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "2000"))

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-import hostlib
+from tests.host import hostlib
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TASKS = "run/containerd/io.containerd.runtime.v2.task/k8s.io"

@@ -18,11 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
-import costlib
-import hostlib
 import pytest
-from hostlib import PROCMON_RULES, Rootfs, policy_doc
-from podlib import CgroupUnavailable, KubeletCgroup, write_task_state
+
+from tests.host import costlib, hostlib
+from tests.host.hostlib import PROCMON_RULES, Rootfs, policy_doc
+from tests.host.podlib import CgroupUnavailable, KubeletCgroup, write_task_state
 
 pytestmark = pytest.mark.host
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from nodeaudit.core import records
 
-DATA = Path(__file__).parent / "data" / "records"
+DATA = Path(__file__).resolve().parents[1] / "data" / "records"
 # Split on newlines only: str.splitlines() also splits at 0x1d, the separator of the enriched part.
 V3 = (DATA / "auditd-3.0.9-plugin.log").read_text().rstrip("\n").split("\n")
 V28 = (DATA / "auditd-2.8-audispd.log").read_text().rstrip("\n").split("\n")

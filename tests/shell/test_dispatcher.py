@@ -19,7 +19,7 @@ from nodeaudit.core import records
 from nodeaudit.host import dispatcher
 
 HOST = Path(dispatcher.__file__).parent
-DATA = Path(__file__).parent / "data" / "records"
+DATA = Path(__file__).resolve().parents[1] / "data" / "records"
 V3 = (DATA / "auditd-3.0.9-plugin.log").read_bytes()
 V28 = (DATA / "auditd-2.8-audispd.log").read_bytes()
 CID = "a" * 64
