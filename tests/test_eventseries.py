@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from nodeaudit.core import events
+from nodeaudit.core import eventseries as events
 
 TEMPLATE = "configured {count} node(s) with bundle sha256:ab: {subjects}"
 
