@@ -328,3 +328,35 @@ def test_fifty_nodes_deleted_at_once_never_block(cluster: Cluster, proxy: faults
         wait_for(lambda: cluster.counts().get("matched") == 0 and _ready(cluster), timeout=20, what="0 matched")
         time.sleep(0.5)
         assert len(seen.created) == before, "no Job for a deleted node"
+
+
+# ---- everything at once, seeded (what issue 15 measured and must keep) ------------------------
+
+def test_rollout_under_random_faults_configures_every_node_once(cluster: Cluster, proxy: faults.FaultProxy) -> None:
+    """5 % of requests 500/503, 3 % 409 on PATCH, watches cut every 2-5 s with half the resumes
+    answered 410, connections refused for a while, every answer 150 ms slower: every node ends
+    configured, no Job is made twice and the startup taint is gone exactly where configured."""
+    seen = JobsSeen(cluster)
+    taint = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
+    nodes = cluster.add_nodes("user1", 12, taints=[taint]) + cluster.add_nodes("user2", 8)
+    cluster.sim.fail_times = {nodes[3]: 1}  # one node fails once and is retried
+    proxy.latency = 0.15
+    proxy.fail(409, times=None, rate=0.03, method="PATCH", agent="nodeaudit", subresource=None)
+    proxy.fail(500, times=None, rate=0.025, agent="nodeaudit", subresource=None)
+    proxy.fail(503, times=None, rate=0.025, agent="kopf", subresource=None)
+    proxy.gone_on_resume(times=None, rate=0.5)
+    proxy.cut_watches_every(2.0, 5.0)
+    cluster.apply_policy(policy(rollout={"maxUnavailable": 6, "maxFailures": 3}))
+    with cluster.operator():
+        wait_for(lambda: len(seen.names("apply")) >= 6, timeout=30, what="the rollout under way")
+        proxy.refuse_for(3.0)
+        cluster.add_nodes("user2", 2, start=8)  # autoscaled while the API is unreachable
+        wait_for(lambda: _ready(cluster) and cluster.counts().get("configured") == 22, timeout=90,
+                 interval=0.5, what="every node configured")
+    names = seen.names()
+    assert len(names) == len(set(names)), "a Job made twice"
+    for node in cluster.core.list_node().items:
+        name = node.metadata.name
+        assert (cluster.record(name) or {}).get("result") == "ok", name
+        assert not [t for t in node.spec.taints or [] if t.key == "nodeaudit.io/unconfigured"], name
+    assert proxy.calls("fail") and proxy.calls("gone"), "the faults happened"
