@@ -9,7 +9,7 @@ APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind clean
+.PHONY: help install apt-deps test test-unit test-host test-operator test-faults test-azure lint crds demo bench image sync-examples e2e-kind clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test-host: install apt-deps ## apply.sh in a real Debian rootfs against the real
 
 test-operator: install ## the real operator against a local API server
 	$(PY) -m pytest -m operator $(PYTEST_ARGS)
+
+test-faults: install ## the operator behind the fault-injecting API proxy (NODEAUDIT_FAULT_SEED=N repeats a run)
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
