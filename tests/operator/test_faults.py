@@ -18,10 +18,10 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from operator_harness import NAMESPACE, Cluster, policy, wait_for
 
 from nodeaudit.testing import apiserver, faults
 from nodeaudit.testing import simulator as sim_mod
+from tests.operator.operator_harness import NAMESPACE, Cluster, policy, wait_for
 
 pytestmark = [pytest.mark.operator, pytest.mark.faults]
 
