@@ -142,7 +142,6 @@ def test_seed_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- case 1: a running Job deleted by someone else -----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="case 1: a deleted running Job is not noticed (issue 15)")
 def test_running_job_deleted_by_someone_else(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     seen = JobsSeen(cluster)
     cluster.sim.hold = True
@@ -167,7 +166,6 @@ def test_running_job_deleted_by_someone_else(cluster: Cluster, proxy: faults.Fau
 
 # ---- case 2: the policy deleted mid-rollout with removeOnDelete ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="case 2: nodes whose apply Job ran during the deletion get no removal (issue 15)")
 def test_policy_deleted_mid_rollout_removes_from_every_node(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     seen = JobsSeen(cluster)
     cluster.sim.hold = True
@@ -192,7 +190,6 @@ def test_policy_deleted_mid_rollout_removes_from_every_node(cluster: Cluster, pr
 
 # ---- case 3: a node deleted while the node watch is down, resumed with 410 Gone --------------
 
-@pytest.mark.xfail(strict=True, reason="case 3: a re-list does not replace the cluster view (issue 15)")
 def test_node_deleted_while_watch_down_with_410_resume(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     nodes = cluster.add_nodes("user1", 8)
     cluster.apply_policy(policy())
@@ -209,7 +206,6 @@ def test_node_deleted_while_watch_down_with_410_resume(cluster: Cluster, proxy: 
         assert cluster.counts() == {"matched": 7, "configured": 7, "applying": 0, "failed": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="case 3: a re-list does not replace the cluster view (issue 15)")
 def test_job_deleted_while_job_watch_down_with_410_resume(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     seen = JobsSeen(cluster)
     cluster.sim.hold = True
@@ -232,7 +228,6 @@ def test_job_deleted_while_job_watch_down_with_410_resume(cluster: Cluster, prox
 
 # ---- case 4: a 500 whose write landed, on kopf's first finalizer write ------------------------
 
-@pytest.mark.xfail(strict=True, reason="case 4: a landed 500 on the finalizer write leaves the policy unhandled (issue 15)")
 def test_finalizer_write_landed_then_500(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     nodes = cluster.add_nodes("user1", 4)
     rule = proxy.land_then_fail(500, resource=PLURAL, verb="patch", agent="kopf", body=faults.adds_finalizer)
@@ -248,7 +243,6 @@ def test_finalizer_write_landed_then_500(cluster: Cluster, proxy: faults.FaultPr
 
 # ---- case 5: status that settles (kstatus) -------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="case 5: status waits forever (issue 15)")
 def test_status_settles_when_retries_are_used_up(cluster: Cluster, proxy: faults.FaultProxy,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODEAUDIT_RETRY_LIMIT", "3")

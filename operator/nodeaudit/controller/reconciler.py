@@ -34,6 +34,9 @@ CREATE_RETRY_SECONDS = 5.0
 FAILED_PASS_RETRY_SECONDS = 2.0
 RESULT_POLL_SECONDS = 0.5
 IDLE_WAKE_SECONDS = 30.0
+RELIST_DEBOUNCE_SECONDS = 0.5  # kopf's re-listing events of one kind arrive within this
+RELIST_RETRY_SECONDS = 2.0
+FINALIZER = "nodeaudit.io/finalizer"  # lifecycle.configure sets it as kopf's finalizer
 
 
 class Waiting(Exception):
@@ -50,22 +53,77 @@ class Controller:
         self.writer = Writer(kube, config, self.view)
         self.agent = AgentCheck(self.view, kube)
         self._task: asyncio.Task[None] | None = None
+        self._relist_task: asyncio.Task[None] | None = None
+        self._relist_kinds: set[str] = set()
+        self._passing: str | None = None  # the policy whose pass runs now
         self.passes = 0
 
     # ---- intake (called from kopf handlers; never awaits the API) -------------------------
 
-    def on_node(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+    def on_node(self, body: Mapping[str, Any], deleted: bool = False, listing: bool = False) -> None:
         facts = self.view.on_node(body, deleted)
         if facts is not None:
             self.agent.notice_scale_set(facts)
+        if listing:
+            self.notice_listing("nodes")
 
-    def on_job(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+    def on_job(self, body: Mapping[str, Any], deleted: bool = False, listing: bool = False) -> None:
+        if listing:
+            self.notice_listing("jobs")
         finished = self.view.on_job(body, deleted)
         if finished is not None:
             metrics.observe_job(finished.action, finished.outcome, time.monotonic() - finished.created)
 
     def on_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         self.view.on_pod(body, deleted)
+
+    def notice_listing(self, kind: str) -> None:
+        """kopf listed ``kind`` ("nodes", "jobs") again: its watch was answered 410 Gone on resume
+        (or it restarted). kopf then replays the listing as events but sends no DELETED for what
+        went away meanwhile, and neither kopf's on.event nor its indexes drop those objects. So one
+        LIST of our own (debounced) replaces that part of the view. Pods need none: a result a
+        lost Pod event missed is read from the Job's Pods when the Job is recorded."""
+        if not self.view.primed:
+            return  # priming is such a LIST
+        self._relist_kinds.add(kind)
+        if self._relist_task is None or self._relist_task.done():
+            self._relist_task = asyncio.create_task(self._relist(), name="nodeaudit-relist")
+
+    async def _relist(self) -> None:
+        paths = {"nodes": ("/api/v1/nodes", None),
+                 "jobs": (kube_mod.jobs_path(self.config.namespace), {"labelSelector": jobs_mod.LABEL_POLICY})}
+        while self._relist_kinds:
+            await asyncio.sleep(RELIST_DEBOUNCE_SECONDS)
+            kind = sorted(self._relist_kinds)[0]
+            self._relist_kinds.discard(kind)
+            path, params = paths[kind]
+            started = time.monotonic()
+            try:
+                listing = await self.kube.get(path, params)
+            except (kube_mod.ApiError, OSError, asyncio.TimeoutError) as e:
+                log.warning("re-listing %s failed (%s); retrying", kind, e)
+                self._relist_kinds.add(kind)
+                await asyncio.sleep(RELIST_RETRY_SECONDS)
+                continue
+            gone = self.view.replace(kind, (listing or {}).get("items") or [], started)
+            if gone:
+                log.info("re-list of %s: %d deleted while the watch was down: %s", kind, len(gone),
+                         ", ".join(gone[:10]))
+
+    def notice_policy(self, body: Mapping[str, Any]) -> None:
+        """Every event of a policy (kopf's on.event, which kopf never skips). kopf's change handlers
+        run once per change and only after kopf's finalizer write: when that write lands but is
+        answered 5xx, kopf's retry fails its resourceVersion test (422) and the next event only
+        finishes the finalizer step, so no create handler runs until the policy changes again.
+        A policy that carries our finalizer and is unknown (or of another generation) is taken
+        from here. Before the finalizer is on it, nothing rolls out: its deletion would skip the
+        removal."""
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
+            return
+        known = self.view.policies.get(str(meta.get("name")))
+        if known is None or known.uid != meta.get("uid") or known.generation != int(meta.get("generation") or 1):
+            self.set_policy(body)
 
     def set_policy(self, body: Mapping[str, Any]) -> None:
         """A policy was created, changed or seen at start: parse and render it once."""
@@ -85,6 +143,10 @@ class Controller:
         self.agent.start()
 
     async def stop(self) -> None:
+        if self._relist_task is not None:
+            self._relist_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._relist_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -145,11 +207,14 @@ class Controller:
                 entry = view.policies.get(name)
                 if entry is None or entry.deleting:
                     continue
+                self._passing = name
                 try:
                     await self.reconcile(entry)
                 except Exception:  # noqa: BLE001 - keep the loop alive; retry soon
                     log.exception("reconcile of policy %s failed; retrying", name)
                     entry.requeue_at = time.monotonic() + FAILED_PASS_RETRY_SECONDS
+                finally:
+                    self._passing = None
 
     # ---- one pass -------------------------------------------------------------------------
 
@@ -161,6 +226,7 @@ class Controller:
             return
         await self.record_finished(entry)
         view = self.view
+        view.settle_gone_jobs()
         matched = view.matched_nodes(entry)
         conflicts = view.conflicts(entry, matched)
         excluded = {n for nodes in conflicts.values() for n in nodes}
@@ -190,7 +256,8 @@ class Controller:
             generation=entry.generation, bundle=entry.bundle.hash, matched=plan.matched,
             configured=plan.count("configured"), applying=plan.count("applying"),
             pending=plan.count("pending"), waiting=plan.count("waiting"), retrying=plan.count("retrying"),
-            failed=plan.count("failed"), failed_nodes=plan.failed_nodes, stalled=plan.stalled,
+            failed=plan.count("failed"), failed_nodes=plan.failed_nodes,
+            retrying_nodes=[n for n, state in plan.states.items() if state == "retrying"], stalled=plan.stalled,
             paused=plan.paused, conflicts=conflicts, create_failed=create_error,
             agent=agent, agent_scale_sets=agent_scale_sets,
         )
@@ -248,12 +315,14 @@ class Controller:
         if entry is None:
             self.set_policy(body)
             entry = self.view.policies[name]
-        entry.deleting = True
+        entry.deleting = True  # no pass starts another apply Job from now on
         if entry.delete_started is None:
             entry.delete_started = time.monotonic()
-        holders = [n for n in self.view.nodes.values() if name in n.records]
+        if self._passing == name:  # its Jobs may be being created: look at them next time
+            raise Waiting("waiting for the policy's current pass to end")
+        holders = removal.holders(name, self.view.nodes, self.view.jobs)
         if entry.error is not None or entry.policy is None or not entry.policy.spec.remove_on_delete:
-            await asyncio.gather(*(self.writer.clear_record(name, n.name) for n in holders))
+            await asyncio.gather(*(self.writer.clear_record(name, n.name) for n in holders if name in n.records))
             self.forget_policy(name)
             return
         timed_out = time.monotonic() - entry.delete_started > self.config.removal_timeout
