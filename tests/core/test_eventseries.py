@@ -54,3 +54,20 @@ def test_occurrences_without_subject_count_times() -> None:
         agg.add(t, "p", events.NORMAL, "RolloutStarted", "sha256:1", "rollout started ({count}x)")
     (post,) = agg.due(10)
     assert post.message == "rollout started (3x)" and post.first == 0 and post.last == 2
+
+
+def test_series_body_is_a_named_event_with_count_and_times() -> None:
+    from nodeaudit.core import events as bodies
+
+    agg = events.Aggregator()
+    type_, reason, template = bodies.apply_failures("sha256:1", "node n1: rule {1} bad")
+    agg.add(1_700_000_000.0, "procmon", type_, reason, "sha256:1", template, "n1")
+    agg.add(1_700_000_060.0, "procmon", type_, reason, "sha256:1", template, "n2")
+    (post,) = agg.due(1_700_000_060.0)
+    body = bodies.series_body(post, policy_uid="uid-1", namespace="nodeaudit-system", instance="pod-1")
+    assert body["metadata"] == {"name": post.name, "namespace": "nodeaudit-system"}
+    assert (body["type"], body["reason"], body["count"]) == ("Warning", "ApplyFailed", 2)
+    assert body["message"] == "2 node(s) failed to apply bundle sha256:1: n1, n2; latest: node n1: rule {1} bad"
+    assert body["firstTimestamp"] == "2023-11-14T22:13:20Z" and body["lastTimestamp"] == "2023-11-14T22:14:20Z"
+    assert body["involvedObject"]["uid"] == "uid-1" and body["involvedObject"]["kind"] == "NodeAuditPolicy"
+    assert bodies.series_update(post) == {"count": 2, "message": body["message"], "lastTimestamp": body["lastTimestamp"]}

@@ -271,7 +271,6 @@ def test_status_settles_when_retries_are_used_up(cluster: Cluster, proxy: faults
 
 # ---- case 6: Normal events, aggregated per policy and rollout --------------------------------
 
-@pytest.mark.xfail(strict=True, reason="case 6: no Normal events (issue 15)")
 def test_normal_events_aggregated_per_rollout(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     taint = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
     nodes = cluster.add_nodes("user1", 12, taints=[taint])
@@ -296,7 +295,6 @@ def test_normal_events_aggregated_per_rollout(cluster: Cluster, proxy: faults.Fa
         assert all(cluster.record(n) is None for n in nodes)
 
 
-@pytest.mark.xfail(strict=True, reason="case 6: InvalidSpec posts no event (issue 15)")
 def test_invalid_spec_posts_a_warning_event(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     cluster.add_nodes("user1", 1)
     cluster.apply_policy(policy(rules=["-a always,exit -F arch=b64 -S execvee -k x"]))

@@ -191,6 +191,9 @@ class Controller:
         while True:
             now = time.monotonic()
             due = [e.requeue_at for e in view.policies.values() if e.requeue_at is not None]
+            events_due = self.writer.series.next_due(time.time())
+            if events_due is not None:
+                due.append(now + events_due)
             timeout = max(0.05, min(due) - now) if due else IDLE_WAKE_SECONDS
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(view.wake.wait(), timeout=timeout)
@@ -215,14 +218,18 @@ class Controller:
                     entry.requeue_at = time.monotonic() + FAILED_PASS_RETRY_SECONDS
                 finally:
                     self._passing = None
+            await self.writer.flush_events()
 
     # ---- one pass -------------------------------------------------------------------------
 
     async def reconcile(self, entry: PolicyEntry) -> None:
         self.passes += 1
         if entry.error is not None or entry.policy is None or entry.bundle is None:
-            await self.writer.write_status(entry, status.Summary(generation=entry.generation,
-                                                                 invalid=entry.error or "not parsed"))
+            error = entry.error or "not parsed"
+            await self.writer.write_status(entry, status.Summary(generation=entry.generation, invalid=error))
+            if entry.invalid_reported != error:
+                entry.invalid_reported = error
+                await self.writer.event(entry, *events.invalid_spec(error))
             return
         await self.record_finished(entry)
         view = self.view
@@ -244,6 +251,12 @@ class Controller:
         starts = [s for s in plan.start
                   if jobs_mod.job_name(entry.name, s.node, "apply", s.run_key) not in view.jobs]
         create_error = await self.writer.start_all(entry, starts) if starts else None
+        before = entry.status or {}
+        if (create_error is None and any(s.reason != "verify" for s in starts)
+                and not _ready_for(before, entry.bundle.hash)
+                and not self.writer.series.seen(entry.name, "RolloutStarted", entry.bundle.hash)):
+            self.writer.note(entry, entry.bundle.hash,
+                             *events.rollout_started(entry.bundle.hash, plan.matched, plan.budget))
         if plan.requeue_after is not None:
             entry.requeue_at = time.monotonic() + max(0.05, plan.requeue_after)
         if create_error is not None:  # try again later, as after any failed pass
@@ -262,6 +275,10 @@ class Controller:
             agent=agent, agent_scale_sets=agent_scale_sets,
         )
         await self.writer.write_status(entry, summary)
+        if _ready_for(entry.status or {}, entry.bundle.hash) and not _ready_for(before, entry.bundle.hash):
+            ready = next(c for c in (entry.status or {}).get("conditions") or () if c.get("type") == "Ready")
+            self.writer.note(entry, entry.bundle.hash, *events.rollout_finished(entry.bundle.hash, ready["message"]))
+            await self.writer.flush_events(force=True)  # the rollout's last node counts with it
         if create_error is not None and create_error != entry.create_error_reported:
             await self.writer.event(entry, *events.create_failed(create_error))
         entry.create_error_reported = create_error
@@ -322,25 +339,45 @@ class Controller:
             raise Waiting("waiting for the policy's current pass to end")
         holders = removal.holders(name, self.view.nodes, self.view.jobs)
         if entry.error is not None or entry.policy is None or not entry.policy.spec.remove_on_delete:
-            await asyncio.gather(*(self.writer.clear_record(name, n.name) for n in holders if name in n.records))
-            self.forget_policy(name)
+            recorded = [n for n in holders if name in n.records]
+            await asyncio.gather(*(self.writer.clear_record(name, n.name) for n in recorded))
+            if entry.policy is not None:
+                self.writer.note(entry, "delete", *events.removal_skipped(len(recorded)))
+            await self._goodbye(name)
             return
         timed_out = time.monotonic() - entry.delete_started > self.config.removal_timeout
         plan = removal.plan_removal(name, holders, self.view.jobs, timed_out)
         failed = dict(plan.failed)
+        by_name = {n.name: n for n in holders}
         for node_name in plan.clear:
             if node_name in failed:
                 await self.writer.event(entry, *events.remove_failed(node_name, failed[node_name]))
             await self.writer.clear_record(name, node_name)
+            ran = removal.removal_run_key(name, by_name[node_name], self.view.jobs)
+            done = self.view.jobs.get(jobs_mod.job_name(name, node_name, "remove", ran))
+            (entry.removed if done is not None and done.outcome == "succeeded" else entry.let_go).add(node_name)
         if plan.start:
             await self.writer.ensure_configmap(entry)
             await asyncio.gather(*(self.writer.start_job(entry, s, action="remove") for s in plan.start))
         if plan.waiting:
             raise Waiting(f"waiting for removal on {len(plan.waiting)} node(s)")
-        self.forget_policy(name)
+        self.writer.note(entry, "delete", *events.removal_finished(len(entry.removed), len(entry.let_go)))
+        await self._goodbye(name)
         await self.writer.delete_unused_configmaps()
+
+    async def _goodbye(self, name: str) -> None:
+        """The policy's last Events, then forget it (the finalizer goes when the handler returns)."""
+        await self.writer.flush_events(force=True)
+        self.writer.forget_events(name)
+        self.forget_policy(name)
 
     async def resync(self) -> None:
         """Periodic safety net (kopf timer): look at every policy again and collect garbage."""
         self.view.mark()
         await self.writer.delete_unused_configmaps()
+
+
+def _ready_for(status_: Mapping[str, Any], bundle: str) -> bool:
+    """``status_`` says Ready=True for ``bundle``."""
+    return status_.get("bundle") == bundle and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status_.get("conditions") or ())

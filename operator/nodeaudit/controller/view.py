@@ -46,6 +46,10 @@ class PolicyEntry:
     stalled_reported: frozenset[str] = frozenset()
     failures_reported: set[str] = field(default_factory=set)
     create_error_reported: str | None = None
+    invalid_reported: str | None = None
+    # A deletion's progress, for its RemovalFinished Event: nodes cleaned up, nodes let go.
+    removed: set[str] = field(default_factory=set)
+    let_go: set[str] = field(default_factory=set)
 
     @property
     def order(self) -> tuple[str, str]:
@@ -72,6 +76,7 @@ def parse_entry(body: Mapping[str, Any], old: PolicyEntry | None) -> PolicyEntry
     if old is not None:
         entry.failures_reported = old.failures_reported
         entry.stalled_reported = old.stalled_reported
+        entry.invalid_reported = old.invalid_reported
     try:
         entry.policy = parse_policy(entry.body)
         entry.bundle = render_bundle(entry.policy)
