@@ -142,11 +142,17 @@ def test_seed_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- case 1: a running Job deleted by someone else -----------------------------------------
 
-def test_running_job_deleted_by_someone_else(cluster: Cluster, proxy: faults.FaultProxy) -> None:
+def _held_rollout(cluster: Cluster, nodes: int) -> JobsSeen:
+    """``nodes`` nodes and the policy; the simulator holds the Jobs running until released."""
     seen = JobsSeen(cluster)
     cluster.sim.hold = True
-    cluster.add_nodes("user1", 3)
+    cluster.add_nodes("user1", nodes)
     cluster.apply_policy(policy())
+    return seen
+
+
+def test_running_job_deleted_by_someone_else(cluster: Cluster, proxy: faults.FaultProxy) -> None:
+    seen = _held_rollout(cluster, 3)
     with cluster.operator():
         jobs = wait_for(lambda: len(cluster.jobs()) == 3 and cluster.jobs(), what="3 running Jobs")
         victim = jobs[0]["metadata"]["name"]
@@ -207,10 +213,7 @@ def test_node_deleted_while_watch_down_with_410_resume(cluster: Cluster, proxy: 
 
 
 def test_job_deleted_while_job_watch_down_with_410_resume(cluster: Cluster, proxy: faults.FaultProxy) -> None:
-    seen = JobsSeen(cluster)
-    cluster.sim.hold = True
-    cluster.add_nodes("user1", 2)
-    cluster.apply_policy(policy())
+    seen = _held_rollout(cluster, 2)
     with cluster.operator():
         jobs = wait_for(lambda: len(cluster.jobs()) == 2 and cluster.jobs(), what="2 running Jobs")
         proxy.hold_watches("jobs")
