@@ -42,8 +42,8 @@ def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return lifecycle.login(memo, **kwargs)
 
 
-# Async: they only touch the Controller's in-memory view, in its loop (a sync handler would run in
-# kopf's thread pool). ``type`` None marks kopf's listing (at start, or its re-list after 410 Gone).
+# Async, like the policy handlers below: they only touch the Controller's in-memory view, which
+# belongs to its loop (a sync handler would run in kopf's thread pool, beside the loop). ``type`` None marks kopf's listing (at start, or its re-list after 410 Gone).
 
 @kopf.on.event("", "v1", "nodes")
 async def node_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -68,7 +68,7 @@ async def policy_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(*POLICY)
 @kopf.on.create(*POLICY)
 @kopf.on.update(*POLICY)
-def policy_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def policy_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).set_policy(body)
 
 

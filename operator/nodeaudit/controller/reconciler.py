@@ -132,6 +132,7 @@ class Controller:
 
     def forget_policy(self, name: str) -> None:
         self.view.forget_policy(name)
+        self.view.settle_gone_jobs()  # its deleted Jobs will never be recorded
         self.agent.forget(name)
         metrics.forget_policy(name)
 
