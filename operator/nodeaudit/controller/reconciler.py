@@ -51,7 +51,7 @@ class Controller:
         self.config = config
         self.view = View()
         self.writer = Writer(kube, config, self.view)
-        self.agent = AgentCheck(self.view, kube)
+        self.agent = AgentCheck(self.view, kube, config)
         self._task: asyncio.Task[None] | None = None
         self._relist_task: asyncio.Task[None] | None = None
         self._relist_kinds: set[str] = set()

@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -184,7 +183,7 @@ class Writer:
         for post in self.series.due(time.time(), force=force):
             body = events.series_body(post, policy_uid=self._uids.get(post.policy, ""),
                                       namespace=self.config.namespace,
-                                      instance=os.environ.get("HOSTNAME", "nodeaudit"))
+                                      instance=self.config.instance)
             path = kube_mod.events_path(self.config.namespace)
             try:
                 created, _ = await self.kube.create(path, body)
@@ -201,7 +200,7 @@ class Writer:
         body = events.event_body(policy=entry.name, policy_uid=entry.uid, namespace=self.config.namespace,
                                  type_=type_, reason=reason, message=message,
                                  now=dt.datetime.now(dt.timezone.utc),
-                                 instance=os.environ.get("HOSTNAME", "nodeaudit"))
+                                 instance=self.config.instance)
         try:
             await self.kube.create(kube_mod.events_path(self.config.namespace), body)
         except kube_mod.ApiError as e:
