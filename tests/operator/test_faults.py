@@ -32,6 +32,7 @@ GROUP, VERSION, PLURAL = "nodeaudit.io", "v1alpha1", "nodeauditpolicies"
 def proxy(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[faults.FaultProxy]:
     """The fault proxy in front of the cluster's API server; the operator's kubeconfig points at it."""
     fp = cluster.st.submit(faults.FaultProxy(cluster.st.url).start()).result(10)
+    print(f"fault proxy seed {fp.seed} (repeat with {faults.SEED_ENV}={fp.seed})")  # shown when a test fails
     path = tmp_path / "kubeconfig-through-faults.yaml"
     path.write_text(yaml.safe_dump(apiserver.kubeconfig(fp.url)))
     monkeypatch.setenv("KUBECONFIG", str(path))
