@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.host import costlib, hostlib
-from tests.host.hostlib import PROCMON_RULES, Rootfs, policy_doc
+from tests.host.hostlib import Rootfs
 from tests.host.podlib import CgroupUnavailable, KubeletCgroup, write_task_state
+from tests.policies import PROCMON_RULES, policy_doc
 
 pytestmark = pytest.mark.host
 
