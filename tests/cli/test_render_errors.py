@@ -12,7 +12,7 @@ import yaml
 
 from nodeaudit.testing import simulator as sim_mod
 from tests.cli.usage import NODEAUDIT, assert_one_line_error, files_under, nodeaudit
-from tests.policies import EXAMPLES, policy_dict
+from tests.policies import EXAMPLES, policy_doc
 
 POLICY = str(EXAMPLES / "procmon.yaml")
 BUNDLE_FILES = {"apply.sh", "bundle.json", "60-nodeaudit-procmon.rules"}
@@ -44,7 +44,7 @@ def test_render_refuses_a_non_empty_directory_unless_forced(tmp_path: Path) -> N
     assert files_under(tmp_path) == before
     # Two policies rendered into one directory used to leave both rules files beside one bundle.json.
     other = tmp_path / "other.yaml"
-    doc = policy_dict()
+    doc = policy_doc()
     doc["metadata"]["name"] = "other"
     other.write_text(yaml.safe_dump(doc))
     assert nodeaudit("render", POLICY, "-o", str(out), "--force").code == 0

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from tests.cli.usage import assert_one_line_error, nodeaudit
-from tests.policies import EXAMPLES, REPO, policy_dict
+from tests.policies import EXAMPLES, REPO, policy_doc
 
 
 def _bad(name: str = "bad") -> dict[str, object]:
-    doc = policy_dict(rules=["-a always,exit -F arch=b64 -S execvee"])
+    doc = policy_doc(rules=["-a always,exit -F arch=b64 -S execvee"])
     doc["metadata"] = {"name": name}
     return doc
 
@@ -37,7 +37,7 @@ def test_validate_dev_zero_is_capped() -> None:
 
 def test_validate_max_size(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(policy_dict()) + "# " + "x" * 2000 + "\n")
+    path.write_text(yaml.safe_dump(policy_doc()) + "# " + "x" * 2000 + "\n")
     result = nodeaudit("validate", "-q", str(path), "--max-size", "0.001")
     assert (result.code, result.stdout.strip()) == (1, f"{path}: larger than 1048 bytes (the input cap; raise it "
                                                        "with --max-size MiB)")
@@ -45,7 +45,7 @@ def test_validate_max_size(tmp_path: Path) -> None:
 
 
 def test_validate_lists_as_kubectl_prints_them(tmp_path: Path) -> None:
-    good = policy_dict()
+    good = policy_doc()
     path = tmp_path / "list.yaml"
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [good, _bad()]}))
     result = nodeaudit("validate", "-q", str(path))
@@ -61,7 +61,7 @@ def test_validate_lists_as_kubectl_prints_them(tmp_path: Path) -> None:
 def test_validate_directories_and_recursion(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "deep").mkdir()
-    (tmp_path / "a" / "p.yaml").write_text(yaml.safe_dump(policy_dict()))
+    (tmp_path / "a" / "p.yaml").write_text(yaml.safe_dump(policy_doc()))
     (tmp_path / "a" / "notes.txt").write_text("not yaml: [")
     (tmp_path / "a" / "deep" / "bad.yml").write_text(yaml.safe_dump(_bad()))
     result = nodeaudit("validate", str(tmp_path / "a"))
@@ -89,7 +89,7 @@ def test_the_readme_pre_merge_examples_are_true() -> None:
 def test_validate_json_names_file_document_and_line(tmp_path: Path) -> None:
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
-                                        policy_dict(), _bad()]))
+                                        policy_doc(), _bad()]))
     result = nodeaudit("validate", str(path), "-o", "json")
     assert result.code == 1 and result.stderr == ""
     doc = json.loads(result.stdout)

@@ -17,7 +17,7 @@ from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.demo import _crd
 from nodeaudit.testing.runtime import ServerThread
 from tests.cli.usage import NODEAUDIT, assert_one_line_error, nodeaudit
-from tests.policies import policy_dict
+from tests.policies import policy_doc
 
 NAP = ("nodeaudit.io", "v1alpha1", "nodeauditpolicies")
 
@@ -41,7 +41,7 @@ def test_run_with_kubeconfig_context_and_json_logs(tmp_path: Path) -> None:
         assert store is not None
         server.call(lambda: store.put_object(("", "v1", "namespaces"), None, {"metadata": {"name": "nodeaudit-system"}}))
         server.call(lambda: store.put_object(("", "v1", "nodes"), None, sim_mod.aks_node("user1", 0, mode="user")))
-        policy = policy_dict(monitoringAgent={"check": "None"})
+        policy = policy_doc(monitoringAgent={"check": "None"})
         server.call(lambda: store.put_object(NAP, None, policy))
         kubeconfig = _kubeconfig(tmp_path, server.url)
         proc = subprocess.Popen([NODEAUDIT, "run", "--kubeconfig", str(kubeconfig), "--context", "local",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import textwrap
 from collections.abc import Callable
@@ -19,15 +18,17 @@ import click
 import yaml
 
 from nodeaudit import DEFAULT_IMAGE, __version__
-from nodeaudit.cli import documents
-from nodeaudit.cli.params import DATA_FORMATS, print_data
+from nodeaudit.cli.check_agent import check_agent
+from nodeaudit.cli.common import single_policy
+from nodeaudit.cli.demo import demo
+from nodeaudit.cli.estimate import estimate
+from nodeaudit.cli.params import DATA_FORMATS, check_namespace, print_data
+from nodeaudit.cli.run import run
+from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import bundle as bundle_mod
-from nodeaudit.core import policy as policy_mod
+from nodeaudit.core import loader
 from nodeaudit.core import presets as presets_mod
-
-_YAML_LOADER = documents.YAML_LOADER
-LoadedPolicy = documents.LoadedPolicy
-load_documents = documents.load_documents
+from nodeaudit.core.loader import LoadedPolicy, load_documents
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,6 +46,10 @@ def main() -> None:
     """
 
 
+for _command in (run, demo, check_agent, estimate):  # the command families in their own modules
+    main.add_command(_command)
+
+
 OUTPUT_FORMATS = ("text", "json", "yaml", "github")
 
 
@@ -56,7 +61,7 @@ OUTPUT_FORMATS = ("text", "json", "yaml", "github")
 @click.option("-o", "--output", "output", type=click.Choice(OUTPUT_FORMATS), default="text", show_default=True,
               help="text: one line per problem; json/yaml: one document with file, document, line per "
                    "problem; github: GitHub Actions annotations.")
-@click.option("--max-size", "max_mib", type=click.FloatRange(min=0.001, max=4096), default=documents.DEFAULT_MAX_MIB,
+@click.option("--max-size", "max_mib", type=click.FloatRange(min=0.001, max=4096), default=loader.DEFAULT_MAX_MIB,
               show_default=True, metavar="MiB", help="Refuse an input (a file or stdin) larger than this.")
 @click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary line.")
 def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output: str, max_mib: float,
@@ -78,11 +83,11 @@ def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output:
       kubectl kustomize deploy/ | nodeaudit validate --allow-empty -
       nodeaudit validate -R policies/ -o github     # annotations on the pull request
     """
-    problems: list[documents.Problem] = []
+    problems: list[loader.Problem] = []
     seen: dict[str, str] = {}
     valid: list[LoadedPolicy] = []
     for item in load_documents(files, recursive=recursive, max_bytes=int(max_mib * 1048576)):
-        if isinstance(item, documents.Problem):
+        if isinstance(item, loader.Problem):
             problems.append(item)
             continue
         problems.extend(item.locate(problem) for problem in item.problems)
@@ -103,7 +108,7 @@ def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output:
     sys.exit(1 if errors or (empty and not allow_empty) else 0)
 
 
-def _print_validation(output: str, problems: list[documents.Problem], valid: list[LoadedPolicy], summary: str,
+def _print_validation(output: str, problems: list[loader.Problem], valid: list[LoadedPolicy], summary: str,
                       quiet: bool) -> None:
     if output in ("json", "yaml"):
         doc = {"valid": len(valid), "errors": sum(p.severity == "error" for p in problems),
@@ -125,36 +130,12 @@ def _escape(text: str, prop: bool = False) -> str:
     return text.replace(":", "%3A").replace(",", "%2C") if prop else text
 
 
-def _github_annotation(problem: documents.Problem) -> str:
+def _github_annotation(problem: loader.Problem) -> str:
     props = [f"file={_escape(problem.file, True)}"] if problem.file != "<stdin>" else []
     if problem.line:
         props.append(f"line={problem.line}")
     props.append("title=" + _escape("nodeaudit validate" + (f" ({problem.policy})" if problem.policy else ""), True))
     return f"::{problem.severity} {','.join(props)}::{_escape(problem.message)}"
-
-
-def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> policy_mod.NodeAuditPolicy:
-    """The one policy in `path` (or the one called `name`), or a ClickException saying what is wrong.
-
-    ``pick``: the command's option that names a policy, for the message when `path` holds several."""
-    loaded = list(load_documents((path,)))
-    errors = [item.text() for item in loaded if isinstance(item, documents.Problem)]
-    if errors:
-        raise click.ClickException("\n".join(errors))
-    docs = [item for item in loaded if isinstance(item, LoadedPolicy)]
-    names = ", ".join(d.name for d in docs) or "none"
-    chosen = docs if name is None else [d for d in docs if d.name == name]
-    if name is not None and not chosen:
-        raise click.ClickException(f'{path}: no NodeAuditPolicy named "{name}" (found: {names})')
-    bad = [d.locate(problem).text() for d in chosen for problem in d.problems]
-    if bad:
-        raise click.ClickException("invalid policy:\n" + "\n".join(bad))
-    if len(chosen) != 1:
-        raise click.ClickException(f"{path}: expected exactly one NodeAuditPolicy (found: {names}); "
-                                   f"pick one with {pick}")
-    result = chosen[0].policy
-    assert result is not None
-    return result
 
 
 @main.command()
@@ -168,7 +149,7 @@ def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> 
                    "(OUTPUT/manifests/NODE.yaml, with the bundle ConfigMap).")
 @click.option("--image", envvar="NODEAUDIT_IMAGE", default=DEFAULT_IMAGE,
               show_default=True, help="Image for the Job manifest (env NODEAUDIT_IMAGE).")
-@click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default="nodeaudit-system", show_default=True,
+@click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default=DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of the Job and bundle ConfigMap (env NODEAUDIT_NAMESPACE).")
 def render(file: str, output: Path, force: bool, policy_name: str | None, node_file: str | None, image: str,
            namespace: str) -> None:
@@ -189,7 +170,7 @@ def render(file: str, output: Path, force: bool, policy_name: str | None, node_f
     """
     check_namespace(namespace, "--namespace")
     target = _output_directory(output, force)
-    policy = _single_policy(file, policy_name)
+    policy = single_policy(file, policy_name)
     node_name = _node_name(node_file) if node_file is not None else None
     rendered = bundle_mod.render_bundle(policy)
     extra: dict[str, bytes] = {}
@@ -277,11 +258,11 @@ def _node_name(node_file: str) -> str:
     from nodeaudit.core import nodes
 
     try:
-        source, text = documents.read_text(node_file, int(documents.DEFAULT_MAX_MIB * 1048576))
-    except documents.InputError as error:
+        source, text = loader.read_text(node_file, int(loader.DEFAULT_MAX_MIB * 1048576))
+    except loader.InputError as error:
         raise click.ClickException(f"{error} (a Node in YAML or JSON is expected)") from None
     try:
-        node = yaml.load(text, Loader=_YAML_LOADER)
+        node = yaml.load(text, Loader=loader.YAML_LOADER)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -297,18 +278,6 @@ def _node_name(node_file: str) -> str:
     if problem:
         raise click.ClickException(f'{source}: metadata.name "{name}": {problem}')
     return str(name)
-
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-
-
-def check_namespace(namespace: str, option: str) -> str:
-    """A namespace name is a DNS-1123 label of at most 63 characters; else a usage error."""
-    if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
-        raise click.BadParameter(f'"{namespace}" is not a valid namespace name (a DNS-1123 label: at most '
-                                 "63 lower-case letters, digits and '-', starting and ending with a letter "
-                                 "or digit)", param_hint=option)
-    return namespace
 
 
 @main.command()
@@ -443,18 +412,3 @@ def completion(shell: str) -> None:
     cls = get_completion_class(shell)
     assert cls is not None  # every name in SHELLS is one of click's
     click.echo(cls(main, {}, "nodeaudit", "_NODEAUDIT_COMPLETE").source())
-
-
-def _register_subsystem_commands() -> None:
-    """Commands that live beside their subsystem (the operator, the Azure check) join the group here."""
-    from nodeaudit.cli.check_agent import check_agent
-    from nodeaudit.cli.estimate import estimate
-    from nodeaudit.cli.run import demo, run
-
-    main.add_command(run)
-    main.add_command(demo)
-    main.add_command(check_agent)
-    main.add_command(estimate)
-
-
-_register_subsystem_commands()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import click
@@ -57,3 +58,15 @@ def print_data(output: str, data: Any, text: str) -> None:
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
     else:
         click.echo(text, nl=not text.endswith("\n"))
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def check_namespace(namespace: str, option: str) -> str:
+    """A namespace name is a DNS-1123 label of at most 63 characters; else a usage error."""
+    if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
+        raise click.BadParameter(f'"{namespace}" is not a valid namespace name (a DNS-1123 label: at most '
+                                 "63 lower-case letters, digits and '-', starting and ending with a letter "
+                                 "or digit)", param_hint=option)
+    return namespace

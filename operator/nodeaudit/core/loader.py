@@ -1,8 +1,11 @@
-"""Reading policies from files, directories and stdin, with the file, document and line of every problem.
+"""Policies from files, directories and stdin: every document checked once, with its file, document
+and line, and the problem named the same way everywhere (``FILE:LINE: NAME: spec.rules[0]: ...``).
 
-Why its own module: validate, render, check-agent, estimate and the demo all read policies, and a
-pre-merge check must point at the line to fix (``-o json``, GitHub annotations). Inputs are capped
-in size before they are parsed: a 50 MB stream took 13 s and 585 MB, and ``/dev/zero`` never ends.
+Why in the core: ``nodeaudit validate/render/estimate/check-agent`` and the demo all read policy
+files the same way (multi-document YAML, ``kind: List`` and NodeAuditPolicyList expanded, other kinds
+skipped, each policy parsed and its bundle rendered), and a pre-merge check must point at the line
+to fix (``-o json``, GitHub annotations). Inputs are capped in size before they are parsed: a 50 MB
+stream took 13 s and 585 MB, and ``/dev/zero`` never ends. A LoadError's message is what a user sees.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ LIST_KINDS = ("List", policy_mod.KIND + "List")
 
 class InputError(Exception):
     """An input that cannot be read at all: one line naming it."""
+
+
+class LoadError(ValueError):
+    """A policy file that does not hold the one usable policy asked for; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -226,3 +233,24 @@ def load_documents(paths: tuple[str, ...], *, recursive: bool = False,
             mark = getattr(error, "problem_mark", None)
             yield Problem(source, f"invalid YAML: {getattr(error, 'problem', None) or error}",
                           line=mark.line + 1 if mark is not None else None)
+
+
+def single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> LoadedPolicy:
+    """The one policy in `path` (or the one called `name`), or a LoadError saying what is wrong.
+
+    ``pick``: the command's option that names a policy, for the message when `path` holds several."""
+    loaded = list(load_documents((path,)))
+    errors = [item.text() for item in loaded if isinstance(item, Problem)]
+    if errors:
+        raise LoadError("\n".join(errors))
+    docs = [item for item in loaded if isinstance(item, LoadedPolicy)]
+    names = ", ".join(d.name for d in docs) or "none"
+    chosen = docs if name is None else [d for d in docs if d.name == name]
+    if name is not None and not chosen:
+        raise LoadError(f'{path}: no NodeAuditPolicy named "{name}" (found: {names})')
+    bad = [d.locate(problem).text() for d in chosen for problem in d.problems]
+    if bad:
+        raise LoadError("invalid policy:\n" + "\n".join(bad))
+    if len(chosen) != 1:
+        raise LoadError(f"{path}: expected exactly one NodeAuditPolicy (found: {names}); pick one with {pick}")
+    return chosen[0]
