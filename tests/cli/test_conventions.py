@@ -79,3 +79,13 @@ def test_every_help_has_an_example(command: str) -> None:
     example = result.stdout.split("Example", 1)
     assert len(example) == 2, f"nodeaudit {command} --help has no example"
     assert f"nodeaudit {command}" in example[1]
+
+
+def test_render_prints_what_it_wrote_as_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    result = nodeaudit("render", str(EXAMPLES / "procmon.yaml"), "-o", str(out), "--format", "json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["policy"] == "procmon" and doc["bundle"].startswith("sha256:")
+    assert doc["files"] == sorted(p.name for p in out.iterdir())
+    assert json.loads((out / "bundle.json").read_text())["hash"] == doc["bundle"]

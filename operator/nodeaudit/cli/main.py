@@ -143,6 +143,8 @@ def _github_annotation(problem: loader.Problem) -> str:
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="Directory to write the bundle into (created if missing; must be empty unless --force).")
 @click.option("--force", is_flag=True, help="Replace what OUTPUT already holds (the whole directory).")
+@click.option("--format", "print_format", type=DATA_FORMATS, default="text", show_default=True,
+              help="How to print what was written (-o names the directory here, as DESIGN fixes it).")
 @click.option("--policy", "policy_name", help="Policy to render when FILE holds several.")
 @click.option("--node", "node_file", type=click.Path(dir_okay=False),
               help="A Node (YAML) to also write the Job manifest the operator would create for it "
@@ -151,8 +153,8 @@ def _github_annotation(problem: loader.Problem) -> str:
               show_default=True, help="Image for the Job manifest (env NODEAUDIT_IMAGE).")
 @click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default=DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of the Job and bundle ConfigMap (env NODEAUDIT_NAMESPACE).")
-def render(file: str, output: Path, force: bool, policy_name: str | None, node_file: str | None, image: str,
-           namespace: str) -> None:
+def render(file: str, output: Path, force: bool, print_format: str, policy_name: str | None, node_file: str | None,
+           image: str, namespace: str) -> None:
     """Write the bundle that runs as root on each matching node.
 
     The bundle is apply.sh, the rules file, the syslog plugin configs, expected.rules and
@@ -186,12 +188,14 @@ def render(file: str, output: Path, force: bool, policy_name: str | None, node_f
         ]
         extra[f"manifests/{node_name}.yaml"] = yaml.safe_dump_all(manifests, sort_keys=False).encode()
     _write_directory(target, lambda tmp: rendered.write(tmp), extra)
-    click.echo(f"bundle {rendered.hash} for policy {policy.name} -> {output}/")
-    click.echo(f"rules ({bundle_mod.rules_file_name(policy.name)}, load order):")
-    for rule in rendered.rules:
-        click.echo(f"  {rule.text}")
+    lines = [f"bundle {rendered.hash} for policy {policy.name} -> {output}/",
+             f"rules ({bundle_mod.rules_file_name(policy.name)}, load order):",
+             *(f"  {rule.text}" for rule in rendered.rules)]
     if node_name is not None:
-        click.echo(f"job manifest for node {node_name} -> {output / 'manifests' / (node_name + '.yaml')}")
+        lines.append(f"job manifest for node {node_name} -> {output / 'manifests' / (node_name + '.yaml')}")
+    data = {"bundle": rendered.hash, "policy": policy.name, "directory": str(output),
+            "files": sorted([*rendered.files, *extra]), "rules": [rule.text for rule in rendered.rules]}
+    print_data(print_format, data, "\n".join(lines))
 
 
 def _output_directory(output: Path, force: bool) -> Path:
