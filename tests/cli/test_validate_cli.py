@@ -4,16 +4,15 @@ usage errors."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.cli.usage import assert_one_line_error, nodeaudit
+from tests.kustomize import needs_kustomize
 from tests.policies import EXAMPLES, REPO, policy_doc
 
 
@@ -72,7 +71,7 @@ def test_validate_directories_and_recursion(tmp_path: Path) -> None:
                                           '"execvee" for arch b64', "1 valid, 1 problem(s)"]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+@needs_kustomize
 def test_the_readme_pre_merge_examples_are_true() -> None:
     readme = (REPO / "README.md").read_text()
     for line, code in (("kubectl kustomize deploy/examples | nodeaudit validate -", 0),
