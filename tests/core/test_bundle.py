@@ -21,7 +21,7 @@ def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
 def test_files_of_the_seed_bundle() -> None:
     bundle = _bundle()
     assert set(bundle.files) == {
-        "apply.sh", "job-entry.sh", "bundle.env", "bundle.json", "expected.rules",
+        "apply.sh", "job-entry.sh", "lib.sh", "bundle.env", "bundle.json", "expected.rules",
         "syslog-v3.conf", "syslog-v2.conf", rules_file_name("procmon"),
     }
     assert bundle.hash.startswith("sha256:") and len(bundle.hex) == 64

@@ -25,7 +25,7 @@ HOST_BUNDLES_DIR = "/var/lib/nodeaudit/bundles"
 INSTALL_TIMEOUT_SECONDS = 300
 _ENV_VALUE = re.compile(r"[A-Za-z0-9._:/,-]*")
 # Scripts shipped verbatim from the package; the rest is generated.
-_HOST_SCRIPTS = ("apply.sh", "job-entry.sh")
+_HOST_SCRIPTS = ("apply.sh", "job-entry.sh", "lib.sh")
 
 
 def rules_file_name(policy_name: str) -> str:
