@@ -58,9 +58,10 @@ test-faults: install ## the operator behind the fault-injecting API proxy (NODEA
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
 
-lint: install apt-deps ## ruff (BLE, RUF100 on) and mypy, shellcheck on every shell file, hadolint
+lint: install apt-deps ## ruff (BLE, RUF100 on), mypy, import contracts (.importlinter), shellcheck on every shell file, hadolint
 	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	tools/lint-shell.sh
 	$(VENV)/bin/hadolint Dockerfile
 
