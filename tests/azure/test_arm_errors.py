@@ -57,8 +57,8 @@ def test_unreachable_endpoint_names_the_error_and_the_endpoint(arm, aloop, token
     assert s.state == "Error"
     assert "Cannot connect to host 127.0.0.1:9" in s.message and "https://127.0.0.1:9" in s.message
     assert "retried" not in s.message  # the one-shot caller passes no retry note
-    s = check(arm, str(token_file), aloop, endpoint="https://127.0.0.1:9", retry_note="; retried next interval")
-    assert s.scale_sets[0].message.endswith("; retried next interval")
+    report = check(arm, str(token_file), aloop, endpoint="https://127.0.0.1:9", retry_note="; retried next interval")
+    assert report.scale_sets[0].message.endswith("; retried next interval")
 
 
 def test_every_endpoint_is_https_only(token_file):

@@ -14,7 +14,7 @@ from nodeaudit.core.policy import parse_policy
 from tests.policies import policy_doc
 
 
-def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
+def _bundle(**spec: Any):
     return render_bundle(parse_policy(policy_doc(**spec)))
 
 
