@@ -17,6 +17,7 @@
 #   NODEAUDIT_FRESH_WORKDIR  where the root is extracted (default /var/tmp)
 #   NODEAUDIT_DEBIAN_MIRROR  Debian mirror for mmdebstrap (default http://deb.debian.org/debian)
 set -euo pipefail
+{ # read to the end before running: editing this file during a run must not change the run
 
 SUITE=bookworm
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +46,9 @@ if [ "${1:-}" = --inside ]; then
     mounted+=("$2")
     if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2"; fi
   }
+  # The root must be a mount point of its own: unshare --propagation (the host tests) and mmdebstrap
+  # change the propagation of "/", which the kernel refuses for a plain directory.
+  bind "$root" "$root"
   bind /proc "$root/proc"
   bind /sys "$root/sys"
   bind /dev "$root/dev"
@@ -177,3 +181,4 @@ echo "fresh-check: make demo: exit $demo_rc after $demo_s s: ${demo_outcome:-no 
 echo "fresh-check: make test: exit $test_rc after $test_s s: ${pytest_summary:-no pytest summary (see $logs/test.log)}"
 echo "fresh-check: skip reasons: $(grep -cE '^SKIPPED' "$logs/test.log" 2>/dev/null || true) SKIPPED lines in $logs/test.log"
 exit "$status"
+}
