@@ -88,7 +88,7 @@ fi
 
 # ---- outside: the root, the clone, the configuration, then the namespace -------------------------
 [ "$(id -u)" = 0 ] || die "needs root (chroot, mounts, kernel audit for the host tests)"
-for tool in mmdebstrap unshare chroot zstd git flock; do
+for tool in mmdebstrap unshare pivot_root zstd git flock; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found: make apt-deps installs it"
 done
 git -C "$REPO" rev-parse --verify -q HEAD >/dev/null || die "$REPO is not a git clone with a commit"
