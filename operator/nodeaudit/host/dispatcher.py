@@ -36,10 +36,6 @@ except ImportError:  # on the node: records.py is installed next to this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import records  # type: ignore[no-redef,import-not-found]
 
-FACILITIES = {"LOG_AUTH": 4, "LOG_AUTHPRIV": 10, "LOG_DAEMON": 3, "LOG_USER": 1, "LOG_SYSLOG": 5,
-              **{f"LOG_LOCAL{i}": 16 + i for i in range(8)}}
-PRIORITIES = {"LOG_EMERG": 0, "LOG_ALERT": 1, "LOG_CRIT": 2, "LOG_ERR": 3, "LOG_WARNING": 4,
-              "LOG_NOTICE": 5, "LOG_INFO": 6, "LOG_DEBUG": 7}
 DEFAULTS: dict[str, Any] = {
     "facility": "LOG_AUTHPRIV",
     "priority": "LOG_INFO",
@@ -254,7 +250,7 @@ class Dispatcher:
 
     def reload(self) -> None:
         self.config = load_config(self.config_path)
-        pri = FACILITIES[self.config["facility"]] * 8 + PRIORITIES[self.config["priority"]]
+        pri = records.syslog_pri(self.config["facility"], self.config["priority"])
         self.syslog = Syslog(self.config["socket"], pri)
         self.attributor = Attributor(self.config)
         self.redactions = records.compile_redactions(self.config["redact"])
