@@ -130,9 +130,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def operator_process(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
-    """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive."""
-    env = dict(os.environ, KUBECONFIG=cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
+def operator_process(cluster: Cluster, kubeconfig: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive.
+    ``kubeconfig``: another way to the API server (the fault proxy's) than the cluster's own."""
+    env = dict(os.environ, KUBECONFIG=kubeconfig or cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
                PYTHONPATH=str(REPO / "operator"), NODEAUDIT_METRICS_PORT=str(free_port()))
     proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli.run", "--liveness", "",
                              "--metrics-address", "127.0.0.1"], env=env,
