@@ -15,8 +15,9 @@ import yaml
 
 from nodeaudit import __version__
 from nodeaudit.cli.main import main
+from tests import REPO
 from tests.cli.usage import NODEAUDIT, assert_one_line_error, nodeaudit
-from tests.policies import EXAMPLES, REPO
+from tests.policies import EXAMPLES
 
 
 def test_version_names_version_commit_python_and_kopf() -> None:
@@ -81,7 +82,7 @@ def test_every_help_has_an_example(command: str) -> None:
     assert f"nodeaudit {command}" in example[1]
 
 
-def test_render_prints_what_it_wrote_as_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_render_prints_what_it_wrote_as_json(tmp_path) -> None:
     out = tmp_path / "out"
     result = nodeaudit("render", str(EXAMPLES / "procmon.yaml"), "-o", str(out), "--format", "json")
     assert result.code == 0, result.stderr

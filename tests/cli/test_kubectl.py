@@ -247,7 +247,7 @@ def test_demo_keep_running_refreshes_its_table(tmp_path: Path) -> None:
                              "--metrics-port", "-1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=EXAMPLES.parent)
     seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
         before = int(_lines_until(proc, re.compile(r"Jobs run: (\d+)"), seen, 90).group(1))

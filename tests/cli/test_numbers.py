@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from nodeaudit.cli.params import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
+from tests import REPO
 from tests.cli.usage import assert_one_line_error, nodeaudit
-from tests.policies import EXAMPLES, REPO
+from tests.policies import EXAMPLES
 
 POLICY = str(EXAMPLES / "procmon.yaml")
 VMSS_NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "aks-user-1-vmss000000"},
@@ -29,14 +30,14 @@ def test_estimate_refuses_non_finite_numbers(option: str, value: str) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
-def test_check_agent_refuses_a_timeout_that_cannot_work(value: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_agent_refuses_a_timeout_that_cannot_work(value: str, tmp_path) -> None:
     node = tmp_path / "node.yaml"
     node.write_text(yaml.safe_dump(VMSS_NODE))
     result = nodeaudit("check-agent", "--node", str(node), "--timeout", value)
     assert_one_line_error(result, EXIT_USAGE, r"Invalid value for '--timeout': ")
 
 
-def test_check_agent_names_the_real_cause_and_reads_stdin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_agent_names_the_real_cause_and_reads_stdin(tmp_path) -> None:
     """Port 1 on 127.0.0.1 refuses connections: within a short deadline the message still says so
     (it used to say only "no answer within the deadline"), and the check is incomplete: exit 3."""
     token = tmp_path / "token"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from tests import REPO
 from tests.cli.usage import assert_one_line_error, nodeaudit
 from tests.kustomize import needs_kustomize
-from tests.policies import EXAMPLES, REPO, policy_doc
+from tests.policies import EXAMPLES, policy_doc
 
 
 def _bad(name: str = "bad") -> dict[str, object]:

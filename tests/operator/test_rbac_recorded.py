@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from tests import REPO
 from tests.kustomize import needs_kustomize
-from tests.operator.operator_harness import NAMESPACE, REPO, Cluster, policy, wait_for
+from tests.operator.operator_harness import NAMESPACE, Cluster, policy, wait_for
 from tests.rbac import Request, allowed_by, grants_for, unused_rules
 
 pytestmark = needs_kustomize  # kubectl with a kustomize that builds deploy/ (tests/kustomize.py)

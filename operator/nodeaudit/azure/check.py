@@ -412,9 +412,24 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(e).__name__
 
 
+#: What to configure when the credential chain yields no token: one sentence, never the chain's dump.
+NO_CREDENTIAL = (f"no Azure credential: give the operator a workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
+                 f"AZURE_FEDERATED_TOKEN_FILE) or set {ENV_TOKEN_FILE}")
+
+
+def credential_message(e: BaseException) -> str:
+    """One line for a credential that gave no token. DefaultAzureCredential's message lists every
+    credential it tried, one paragraph each (kilobytes): it becomes NO_CREDENTIAL. The token-file
+    credential's own line (which file, what is wrong with it) is kept."""
+    raw = str(getattr(e, "message", None) or e).strip()
+    unavailable = any(c.__name__ == "CredentialUnavailableError" for c in type(e).__mro__)
+    if unavailable or "DefaultAzureCredential" in raw or "\n" in raw:
+        return NO_CREDENTIAL
+    return " ".join(raw.split())[:200] or type(e).__name__
+
+
 def describe_error(
-    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = "",
-    last_attempt: BaseException | None = None,
+    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = ""
 ) -> str:
     """A one-line verdict message for a failed ARM call. Never includes a token.
 
@@ -423,14 +438,13 @@ def describe_error(
     """
     at = f" ({endpoint})" if endpoint else ""
     if isinstance(e, asyncio.TimeoutError):
-        cause = f"; last attempt: {_first_line(last_attempt)}" if last_attempt is not None else ""
-        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){cause}{retry_note}"
+        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){retry_note}"
     if isinstance(e, DecodeError | DeserializationError):
         return f"{what}: ARM sent a malformed response (not the expected JSON){retry_note}"
     if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
-        # raised by the credential itself, before any request: its message is the cause
-        text = " ".join(str(getattr(e, "message", None) or e).split())
-        return f"{what}: cannot get a token: {text[:600] or type(e).__name__}"
+        # raised by the credential itself, before any request
+        message = credential_message(e)
+        return f"{what}: {message}" if message == NO_CREDENTIAL else f"{what}: cannot get a token: {message}"
     if isinstance(e, ClientAuthenticationError) and e.status_code == 401:
         return f"{what}: ARM rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
     if isinstance(e, HttpResponseError):
@@ -495,9 +509,12 @@ class AgentChecker:
             return await asyncio.wait_for(coro, self.clients.options.deadline)
 
     def _describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
-        return describe_error(e, what=what, permission=permission, scope=scope,
-                              endpoint=self.clients.endpoint, retry_note=self.retry_note,
-                              last_attempt=next(iter(self.clients.last_error), None))
+        message = describe_error(e, what=what, permission=permission, scope=scope,
+                                 endpoint=self.clients.endpoint, retry_note=self.retry_note)
+        if isinstance(e, asyncio.TimeoutError) and self.clients.last_error:
+            # the deadline cut the SDK's retries short: name what the last attempt met
+            message += f"; last attempt: {_first_line(self.clients.last_error[0])}"
+        return message
 
     async def _list_extensions(self, ref: A.ScaleSetRef) -> list[A.ExtensionFact]:
         client = self.clients.compute(ref.subscription)

@@ -81,7 +81,8 @@ def kubeconfig_connection(path: str | None, context: str | None) -> kopf.Connect
         return f"kubeconfig {config_file}: no such file"
     cfg = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_kube_config(config_file=config_file, context=context, client_configuration=cfg)
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=config_file, context=context, client_configuration=cfg)
     except Exception as e:  # noqa: BLE001 - any reason the kubeconfig is unusable is the message
         where = f"context {context}: " if context else ""
         return f"{where}kubeconfig {config_file}: {' '.join(str(e).split()) or type(e).__name__}"
