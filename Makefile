@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	  { echo ">> installing python3-venv"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev,demo]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install nodeaudit with its test and dev dependencies
