@@ -15,12 +15,12 @@ from typing import Any
 import click
 import yaml
 
-from nodeaudit import __version__
+from nodeaudit import DEFAULT_IMAGE, __version__
 from nodeaudit.cli.check_agent import check_agent
 from nodeaudit.cli.common import single_policy
 from nodeaudit.cli.estimate import estimate
 from nodeaudit.cli.run import demo, run
-from nodeaudit.controller.config import DEFAULT_IMAGE, DEFAULT_NAMESPACE
+from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.documents import load_documents

@@ -15,11 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from nodeaudit import __version__
+from nodeaudit import DEFAULT_IMAGE
 from nodeaudit.core import rollout
 
 DEFAULT_NAMESPACE = "nodeaudit-system"
-DEFAULT_IMAGE = f"ghcr.io/nodeaudit/nodeaudit:{__version__}"
 
 T = TypeVar("T")
 Parse = Callable[[str, str], Any]  # (variable, raw value) -> value, or SettingError
