@@ -8,6 +8,7 @@ import os
 import pytest
 
 from nodeaudit.hostaudit import guard as kernel_guard
+from nodeaudit.hostaudit import lock as kernellock
 from tests.host import hostlib
 
 FOREIGN = ("-w", "/etc/hostname", "-p", "wa", "-k", "nodeaudit-test-foreign")
@@ -47,7 +48,7 @@ def test_a_held_lock_is_a_refusal(ctl_root: hostlib.Rootfs, tmp_path) -> None:
     if os.geteuid() != 0:
         pytest.skip("kernel audit needs root")
     lock = str(tmp_path / "kernel-audit.lock")
-    holder = kernel_guard.kernellock.acquire(lock, timeout=1)
+    holder = kernellock.acquire(lock, timeout=1)
     try:
         guard = kernel_guard.KernelAuditGuard(ctl_root.path, lock_path=lock, lock_timeout=0.3)
         with pytest.raises(kernel_guard.KernelAuditBusy, match="held by another kernel-audit user"):

@@ -312,7 +312,7 @@ class ApiServer(kmock.KubernetesScaffold):
     def delete_object(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self._delete(res, namespace, name)
 
-    def writes(self, agent: str | None = None) -> builtins.list[LogEntry]:
+    def writes(self, agent: str | None = None) -> builtins.list[LogEntry]:  # list: the method above
         return [e for e in self.log if e.verb in ("create", "update", "patch", "delete")
                 and (agent is None or e.agent == agent)]
 
