@@ -119,7 +119,10 @@ class Attributor:
         except OSError:
             return None
         try:
-            return int(data[data.rindex(b")") + 2:].split()[19])
+            fields = data[data.rindex(b")") + 2:].split()
+            if fields[0] in (b"Z", b"X"):
+                return None  # exited: a zombie's cgroup file no longer names its container
+            return int(fields[19])
         except (ValueError, IndexError):
             return None
 
