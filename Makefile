@@ -4,15 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the host tests, the linters and the demo use.
-APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod
+# Debian packages the targets use: mmdebstrap and zstd (the host tests' and fresh-check's roots),
+# util-linux (unshare, nsenter, flock, pivot_root), kmod, shellcheck (lint), git (lint-shell lists the
+# tracked files; fresh-check clones HEAD).
+APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # Every Python pin lives in constraints.txt; the version in operator/nodeaudit/__init__.py.
 CONSTRAINTS := constraints.txt
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' operator/nodeaudit/__init__.py)
 
-.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind fresh-check clean
+.PHONY: help install apt-deps test test-unit test-host test-operator test-faults test-azure lint crds demo bench image sync-examples e2e-kind fresh-check clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,12 +54,16 @@ test-host: install apt-deps ## apply.sh in a real Debian rootfs against the real
 test-operator: install ## the real operator against a local API server
 	$(PY) -m pytest -m operator $(PYTEST_ARGS)
 
+test-faults: install ## the operator behind the fault-injecting API proxy (NODEAUDIT_FAULT_SEED=N repeats a run)
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
 
-lint: install apt-deps ## ruff (BLE, RUF100 on) and mypy, shellcheck on every shell file, hadolint
+lint: install apt-deps ## ruff (BLE, RUF100 on), mypy, import contracts (.importlinter), shellcheck on every shell file, hadolint
 	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	tools/lint-shell.sh
 	$(VENV)/bin/hadolint Dockerfile
 

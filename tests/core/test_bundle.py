@@ -11,15 +11,15 @@ import pytest
 
 from nodeaudit.core.bundle import content_hash, render_bundle, rules_file_name
 from nodeaudit.core.policy import parse_policy
-from tests.policies import policy_dict
+from tests.policies import policy_doc
 
 
-def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
-    return render_bundle(parse_policy(policy_dict(**spec)))
+def _bundle(**spec: Any):
+    return render_bundle(parse_policy(policy_doc(**spec)))
 
 
 RAW_FILES = {
-    "apply.sh", "job-entry.sh", "bundle.env", "bundle.json", "expected.rules",
+    "apply.sh", "job-entry.sh", "lib.sh", "bundle.env", "bundle.json", "expected.rules",
     "syslog-v3.conf", "syslog-v2.conf", rules_file_name("procmon"),
 }
 
@@ -127,7 +127,7 @@ def test_what_stays_in_the_cluster_keeps_the_hash(change: dict[str, Any]) -> Non
 
 
 def test_policy_name_changes_the_hash() -> None:
-    other = policy_dict()
+    other = policy_doc()
     other["metadata"] = {"name": "procmon-b"}
     assert render_bundle(parse_policy(other)).hash != _bundle().hash
 

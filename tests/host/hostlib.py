@@ -29,14 +29,9 @@ from pathlib import Path
 from nodeaudit.hostaudit import lock as kernellock
 from nodeaudit.testing import realhost
 
-REPO = Path(__file__).resolve().parents[2]
 HOST_SCRIPTS = realhost.HOST_SCRIPTS
 SUITE = realhost.SUITE
-PROCMON_RULES = (
-    "-a always,exit -F arch=b64 -S execve -k procmon",
-    "-a always,exit -F arch=b32 -S execve -k procmon",
-)
-# How `auditctl -l` prints PROCMON_RULES.
+# How `auditctl -l` prints tests.policies.PROCMON_RULES.
 PROCMON_LISTED = (
     "-a always,exit -F arch=b64 -S execve -F key=procmon",
     "-a always,exit -F arch=b32 -S execve -F key=procmon",
@@ -263,6 +258,7 @@ def write_bundle(directory: Path, policy: str, rules: list[str], expected: list[
     files: dict[str, bytes] = {
         "apply.sh": (HOST_SCRIPTS / "apply.sh").read_bytes(),
         "job-entry.sh": (HOST_SCRIPTS / "job-entry.sh").read_bytes(),
+        "lib.sh": (HOST_SCRIPTS / "lib.sh").read_bytes(),
         rules_name: ("## test bundle\n" + "".join(r + "\n" for r in rules)).encode(),
         "expected.rules": "".join(e + "\n" for e in expected).encode(),
         "syslog-v3.conf": plugin_config(3),
@@ -296,12 +292,3 @@ def render_policy_bundle(directory: Path, policy: Mapping[str, object]) -> Path:
     bundle = render_bundle(NodeAuditPolicy.model_validate(dict(policy)))
     bundle.write(directory)
     return directory
-
-
-def policy_doc(name: str, rules: list[str], **spec: object) -> dict[str, object]:
-    return {
-        "apiVersion": "nodeaudit.io/v1alpha1",
-        "kind": "NodeAuditPolicy",
-        "metadata": {"name": name},
-        "spec": {"rules": list(rules), **spec},
-    }

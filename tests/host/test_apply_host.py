@@ -11,10 +11,12 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 from tests.host import costlib, hostlib
 from tests.host.costlib import find_exec_record
-from tests.host.hostlib import PROCMON_LISTED, PROCMON_RULES, Rootfs, policy_doc
+from tests.host.hostlib import PROCMON_LISTED, Rootfs
+from tests.policies import PROCMON_RULES, policy_doc
 
 V3_PLUGIN = "etc/audit/plugins.d/syslog.conf"
 RULES_FILE = "etc/audit/rules.d/60-nodeaudit-procmon.rules"
@@ -44,7 +46,7 @@ def assert_record_reaches_syslog(root: Rootfs, devlog: hostlib.DevLog) -> None:
     marker = costlib.run_marker(root)
     found = devlog.wait_for(lambda msgs: find_exec_record(msgs, marker), timeout=10)
     assert found, f"no EXECVE record with {marker} reached /dev/log; got {len(devlog.messages)} datagrams"
-    execve, syscall = found  # type: ignore[misc]
+    execve, syscall = cast(tuple[str, str], found)
     assert execve.startswith("<86>"), execve
     assert syscall.startswith("<86>"), syscall
     assert 'key="procmon"' in syscall

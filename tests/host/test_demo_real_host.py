@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nodeaudit.hostaudit import lock as kernellock
+from tests import REPO
 from tests.host import hostlib
 
 NODEAUDIT = str(Path(sys.executable).parent / "nodeaudit")
@@ -29,7 +30,7 @@ REAL_NODE = "aks-user1-20000002-vmss000000"
 def _demo(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([NODEAUDIT, "demo", "--real-host", "--nodes-per-pool", "2", "--metrics-port", "-1",
-                             *args], cwd=hostlib.REPO, env=env, text=True,
+                             *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -99,7 +100,7 @@ def test_demo_real_host_interrupted_restores_kernel_audit(ctl_root: hostlib.Root
         pytest.fail(out + rest)
     assert "still serving" in out, out
     # auditd started by the real Job is running now, with the policy's rules in the kernel.
-    root = Path(re.search(r"runs job-entry\.sh in (\S+) ", out).group(1))  # type: ignore[union-attr]
+    root = Path(re.search(r"runs job-entry\.sh in (\S+) ", out).group(1))
     assert any(hostlib.comm(p) == "auditd" for p in hostlib.processes_rooted_in(root)), out
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     rest, _ = proc.communicate(timeout=60)
