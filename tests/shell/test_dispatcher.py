@@ -144,8 +144,8 @@ def test_one_datagram_per_event_at_facility_and_priority(node, tmp_path):
     want = [e for e in records.events((V3 + V28).decode().rstrip("\n").split("\n"))]
     assert len(got) == len(want) + 1
     pri = 19 * 8 + 5
-    assert all(m.startswith(f"<{pri}>") and " nodeaudit: " in m for m in got)
-    bodies = [m.split(" nodeaudit: ", 1)[1] for m in got]
+    assert all(m.startswith(f"<{pri}>nodeaudit: ") for m in got)
+    bodies = [m.split("nodeaudit: ", 1)[1] for m in got]
     assert "not a record" in bodies
     events = [json.loads(b) for b in bodies if b.startswith("{")]
     echo = next(e for e in events if e["serial"] == 52)

@@ -4,7 +4,7 @@ auditd (3.x: plugins.d; 2.x: audispd's plugins.d) starts it as `python3 dispatch
 `format = string`: audit records arrive on stdin, one a line. Records of one event (same serial)
 become one JSON object (nodeaudit.core.records, shipped next to this file), attributed to its
 container through /proc/<pid>/cgroup and containerd's task state, and go to /dev/log as one
-datagram `<PRI>Mmm dd hh:mm:ss nodeaudit: {...}`.
+datagram `<PRI>nodeaudit: {...}`.
 
 Never blocks auditd: the socket is non-blocking; while syslog is behind, a bounded queue (4,096
 messages) holds what it cannot take yet, and beyond that, or with the socket gone, messages are
