@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from tests.host import costlib, hostlib, podlib
+from tests.policies import policy_doc
 
 SAMPLE = int(os.environ.get("NODEAUDIT_BENCH_SAMPLE", "500"))
 TIMED = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "2000"))
@@ -104,7 +105,7 @@ def run_format(fmt: str, root: hostlib.Rootfs, audit: hostlib.KernelAudit, cgrou
     import subprocess
 
     spec = {"presets": ["procmon"], "volume": "lean", "syslog": {"format": fmt}}
-    bundle = hostlib.render_policy_bundle(tmp / "bundles" / fmt, hostlib.policy_doc("procmon", [], **spec))
+    bundle = hostlib.render_policy_bundle(tmp / "bundles" / fmt, policy_doc("procmon", [], **spec))
     row: dict[str, object] = {"format": fmt}
     # /dev/log is read from before the apply: auditd itself logs there and blocks when nobody reads.
     with costlib.Draining(devlog):
