@@ -37,9 +37,9 @@ def json_events(messages: list[str]) -> list[tuple[str, dict]]:
     """(PRI, event) of every nodeaudit JSON datagram."""
     out = []
     for message in messages:
-        head, sep, body = message.partition(" nodeaudit: ")
+        head, sep, body = message.partition(">nodeaudit: ")
         if sep and body.startswith("{"):
-            out.append((head.split(">", 1)[0] + ">", json.loads(body)))
+            out.append((head + ">", json.loads(body)))
     return out
 
 
