@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 import pytest
@@ -86,7 +86,7 @@ def _node_of(job: dict[str, Any]) -> str:
 
 def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=proxy.url))
-    core = kubernetes.client.CoreV1Api(api)
+    core: Any = cast(Any, kubernetes.client.CoreV1Api(api))  # takes a dict body
     node = sim_mod.aks_node("user1", 1)
     name = node["metadata"]["name"]
 
