@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +64,10 @@ class JobsSeen:
     def names(self, action: str | None = None) -> list[str]:
         return [j["metadata"]["name"] for j in self.created
                 if action is None or j["metadata"]["labels"].get("nodeaudit.io/action") == action]
+
+    def at_least(self, action: str, count: int) -> Callable[[], bool]:
+        """A wait_for predicate: ``count`` Jobs of ``action`` were created."""
+        return lambda: len(self.names(action)) >= count
 
     def nodes(self, action: str) -> list[str]:
         return [j["spec"]["template"]["spec"]["nodeName"] for j in self.created
@@ -377,7 +381,7 @@ def test_operator_killed_three_times_under_faults(cluster: Cluster, proxy: fault
     deleted = ""
     for round_ in range(3):
         with operator_process(cluster, kubeconfig) as proc:
-            wait_for(lambda r=round_: len(seen.names("apply")) >= 8 * (r + 1), timeout=40, interval=0.2,
+            wait_for(seen.at_least("apply", 8 * (round_ + 1)), timeout=40, interval=0.2,
                      what=f"progress in round {round_}")
             if round_ == 0:  # a node deleted while its Job runs (a scale-down mid-Job)
                 running = [j for j in cluster.jobs() if not (j.get("status") or {}).get("conditions")]
