@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import kubernetes
 import pytest
 import yaml
@@ -114,6 +115,19 @@ def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) ->
         assert json.loads(rsp.readline())["object"]["code"] == 410
     assert [c.verb for c in proxy.calls("gone")] == ["watch"]
 
+    # A cut ends an open watch abruptly; a held watch is not answered until released.
+    with urllib.request.urlopen(f"{proxy.url}/api/v1/nodes?watch=true&timeoutSeconds=30", timeout=10) as rsp:
+        assert json.loads(rsp.readline())["type"] == "ADDED"
+        proxy.cut_watches("nodes")
+        with pytest.raises(Exception):  # noqa: B017 - http.client's IncompleteRead or a reset
+            rsp.read()
+    proxy.hold_watches("nodes")
+    held = cluster.st.submit(_watch_first_line(proxy.url))
+    with pytest.raises(TimeoutError):
+        held.result(0.5)
+    proxy.release_watches()
+    assert json.loads(held.result(5))["type"] == "ADDED"
+
     proxy.latency = 0.2
     started = time.monotonic()
     core.read_node(name)
@@ -126,6 +140,12 @@ def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) ->
     core.api_client.rest_client.pool_manager.clear()  # its kept-alive connection was dropped
     core.read_node(name)
     assert proxy.seed == faults.seed_from_env()
+
+
+async def _watch_first_line(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{url}/api/v1/nodes?watch=true&timeoutSeconds=5") as rsp:
+        return await rsp.content.readline()
 
 
 def _connects(port: int) -> bool:
