@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from armserver import ArmServer, running_arm_server  # noqa: E402
 
-from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
+from nodeaudit.azure.checker import AgentChecker  # noqa: E402
+from nodeaudit.azure.clients import ArmClients, ArmOptions  # noqa: E402
+from nodeaudit.azure.credential import TokenFileCredential  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ import time
 import pytest
 from armserver import SPEC_MAXIMUM, SPEC_MINIMUM, Resp, aks_extensions, ama, ext, oms, vmss_node
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
 from nodeaudit.core import agent as A
+from nodeaudit.core.agent import AgentSettings
 
 pytestmark = pytest.mark.azure
 

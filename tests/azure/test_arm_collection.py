@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.core.agent import AgentSettings
 
 pytestmark = pytest.mark.azure
 

@@ -13,8 +13,13 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from click.testing import CliRunner
 
 from conftest import fast_options
-from nodeaudit.azure import check as Z
+from nodeaudit.azure import check as check_mod
+from nodeaudit.azure import checker as checker_mod
+from nodeaudit.azure import clients as clients_mod
+from nodeaudit.azure import credential as credential_mod
+from nodeaudit.azure import facts as facts_mod
 from nodeaudit.cli.check_agent import check_agent
+from nodeaudit.core import agent as agent_mod
 from nodeaudit.core.agent import AgentReport
 
 pytestmark = pytest.mark.azure
@@ -29,11 +34,11 @@ def nodes(vmss: str = VMSS, n: int = 1) -> list[dict]:
 
 
 def check(arm, token_path: str, aloop, *, endpoint: str | None = None, retry_note: str = "") -> AgentReport:
-    clients = Z.ArmClients(Z.TokenFileCredential(token_path), endpoint=endpoint or arm.endpoint,
+    clients = clients_mod.ArmClients(credential_mod.TokenFileCredential(token_path), endpoint=endpoint or arm.endpoint,
                            options=fast_options(arm, deadline=5.0))
-    checker = Z.AgentChecker(clients, ttl=0.0, retry_note=retry_note)
+    checker = checker_mod.AgentChecker(clients, ttl=0.0, retry_note=retry_note)
     try:
-        return aloop.run_until_complete(Z.check_policy_agents(nodes(), Z.AgentSettings(), checker))
+        return aloop.run_until_complete(check_mod.check_policy_agents(nodes(), agent_mod.AgentSettings(), checker))
     finally:
         aloop.run_until_complete(clients.close())
 
@@ -65,21 +70,21 @@ def test_unreachable_endpoint_names_the_error_and_the_endpoint(arm, aloop, token
 
 def test_every_endpoint_is_https_only(token_file):
     with pytest.raises(ValueError, match="https://"):
-        Z.ArmClients(Z.TokenFileCredential(str(token_file)), endpoint="http://127.0.0.1:9")
-    assert Z.ArmClients(Z.TokenFileCredential(str(token_file)), endpoint="https://x.example/").endpoint == "https://x.example"
+        clients_mod.ArmClients(credential_mod.TokenFileCredential(str(token_file)), endpoint="http://127.0.0.1:9")
+    assert clients_mod.ArmClients(credential_mod.TokenFileCredential(str(token_file)), endpoint="https://x.example/").endpoint == "https://x.example"
 
 
 def test_describe_error_keeps_the_cause():
     kw = {"what": "listing extensions", "permission": "p", "scope": "s", "endpoint": "https://arm.example"}
-    msg = Z.describe_error(ClientAuthenticationError("DefaultAzureCredential failed\n  WorkloadIdentity: no file"), **kw)
+    msg = facts_mod.describe_error(ClientAuthenticationError("DefaultAzureCredential failed\n  WorkloadIdentity: no file"), **kw)
     assert msg == "listing extensions: cannot get a token: DefaultAzureCredential failed WorkloadIdentity: no file"
-    msg = Z.describe_error(ServiceRequestError("Bearer token authentication is not permitted for non-TLS\nmore"), **kw)
+    msg = facts_mod.describe_error(ServiceRequestError("Bearer token authentication is not permitted for non-TLS\nmore"), **kw)
     assert "ServiceRequestError: Bearer token authentication is not permitted for non-TLS" in msg
     assert "more" not in msg and "https://arm.example" in msg
-    msg = Z.describe_error(KeyError("odd"), **kw)
+    msg = facts_mod.describe_error(KeyError("odd"), **kw)
     assert msg.startswith("listing extensions: unexpected KeyError: 'odd'") and "https://arm.example" in msg
-    assert "retried" not in Z.describe_error(asyncio.TimeoutError(), **kw)
-    assert Z.describe_error(asyncio.TimeoutError(), **kw, retry_note="; retried next interval").endswith(
+    assert "retried" not in facts_mod.describe_error(asyncio.TimeoutError(), **kw)
+    assert facts_mod.describe_error(asyncio.TimeoutError(), **kw, retry_note="; retried next interval").endswith(
         "; retried next interval")
 
 
@@ -88,8 +93,8 @@ def test_remediation_failure_names_the_permission_of_the_step(arm, make_checker,
     arm.override = lambda method, path: (
         Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no"}})
         if method == "PUT" and "datacollectionruleassociations" in path.lower() else None)
-    settings = Z.AgentSettings(remediate=True, data_collection_rule_id=DCR)
-    msg = arun(Z.check_policy_agents(nodes(), settings, make_checker())).scale_sets[0].remediation
+    settings = agent_mod.AgentSettings(remediate=True, data_collection_rule_id=DCR)
+    msg = arun(check_mod.check_policy_agents(nodes(), settings, make_checker())).scale_sets[0].remediation
     assert msg.startswith("remediation failed: associating the Data Collection Rule: 403")
     assert "Microsoft.Insights/dataCollectionRuleAssociations/write" in msg
     assert "extensions/write" not in msg and "manualUpgrade" not in msg

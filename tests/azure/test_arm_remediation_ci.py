@@ -1,16 +1,18 @@
-"""Opt-in remediation through the real SDK, and the ContainerInsights check through the real
-kubernetes client (both against the local https endpoint)."""
+"""Opt-in remediation through the real SDK, and the ContainerInsights check through the operator's
+own async kube layer (both against the local https endpoint)."""
 
 from __future__ import annotations
 
 import base64
 import logging
 
+import kopf
 import pytest
 from armserver import Resp, aks_extensions, ama, vmss_node
-from kubernetes import client as k
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.controller.kube import Kube
+from nodeaudit.core.agent import AgentSettings
 
 pytestmark = pytest.mark.azure
 
@@ -20,13 +22,12 @@ WS_KEY = "c2VjcmV0LXdvcmtzcGFjZS1rZXk9PQ=="
 
 
 @pytest.fixture
-def kube(arm):
-    cfg = k.Configuration()
-    cfg.host = arm.endpoint
-    cfg.ssl_ca_cert = arm.ca_file
-    api = k.ApiClient(cfg)
+def kube(arm, aloop):
+    """The operator's own async kube layer, pointed at the local https server's Kubernetes paths."""
+    api = Kube()
+    api.configure(kopf.ConnectionInfo(server=arm.endpoint, ca_path=arm.ca_file))
     yield api
-    api.close()
+    aloop.run_until_complete(api.close())
 
 
 def nodes(vmss: str, n: int = 2, **extra) -> list[dict]:
@@ -71,7 +72,7 @@ def test_remediation_oms_with_workspace_key_from_a_secret(arm, make_checker, aru
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
     settings = AgentSettings(remediate=True, remediation_extension="OmsAgentForLinux",
                              workspace_secret=("law-keys", "nodeaudit-system", "workspaceId", "workspaceKey"))
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube_api_client=kube))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube=kube))
     assert report.scale_sets[0].remediation.startswith("installed OmsAgentForLinux"), report.scale_sets[0].remediation
     ((_, body),) = arm.puts
     p = body["properties"]
@@ -86,7 +87,7 @@ def test_remediation_oms_without_secret_is_not_attempted(arm, make_checker, arun
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
     settings = AgentSettings(remediate=True, remediation_extension="OmsAgentForLinux",
                              workspace_secret=("missing", "nodeaudit-system", "workspaceId", "workspaceKey"))
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube_api_client=kube))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube=kube))
     assert "not attempted" in report.scale_sets[0].remediation and arm.puts == []
 
 
@@ -125,7 +126,7 @@ def test_container_insights_covers_the_nodes(arm, make_checker, arun, kube):
     ns = nodes("aks-user-1-vmss", 3)
     arm.kube[DS_PATH] = Resp(200, ama_logs_ds(tolerations=[{"operator": "Exists", "effect": "NoSchedule"}]))
     arm.kube[PODS_PATH] = Resp(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod_on(n["metadata"]["name"]) for n in ns]})
-    report = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube))
+    report = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube))
     s = report.scale_sets[0]
     assert (s.state, s.agent) == ("Present", "ama-logs") and arm.list_calls() == 0
 
@@ -134,7 +135,7 @@ def test_container_insights_taint_not_tolerated(arm, make_checker, arun, kube):
     ns = nodes("aks-gpu-1-vmss", 2, taints=[{"key": "sku", "value": "gpu", "effect": "NoSchedule"}])
     arm.kube[DS_PATH] = Resp(200, ama_logs_ds(tolerations=[{"key": "CriticalAddonsOnly", "operator": "Exists"}]))
     arm.kube[PODS_PATH] = Resp(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Missing" and "sku=gpu:NoSchedule" in s.message
 
 
@@ -142,14 +143,14 @@ def test_container_insights_admitted_but_not_yet_running(arm, make_checker, arun
     ns = nodes("aks-user-1-vmss", 2)
     arm.kube[DS_PATH] = Resp(200, ama_logs_ds())
     arm.kube[PODS_PATH] = Resp(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod_on(ns[0]["metadata"]["name"])]})
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Pending" and ns[1]["metadata"]["name"] in s.message
 
 
 def test_container_insights_not_enabled_and_forbidden(arm, make_checker, arun, kube):
     ns = nodes("aks-user-1-vmss", 1)
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Missing" and "not found" in s.message
     arm.kube[DS_PATH] = Resp(403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Error" and "403" in s.message

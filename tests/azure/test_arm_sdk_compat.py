@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from armserver import ama
 
-from nodeaudit.azure.check import extension_fact
+from nodeaudit.azure.facts import extension_fact
 
 pytestmark = pytest.mark.azure
 

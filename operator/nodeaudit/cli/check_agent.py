@@ -71,26 +71,26 @@ def _what(doc: object) -> str:
 
 def _load_policy(path: str | None, name: str | None) -> tuple[Any, Any]:
     """(settings, nodeSelector) from a policy file, or the defaults."""
-    from nodeaudit.azure.check import AgentSettings, settings_from_spec
     from nodeaudit.cli.main import _single_policy  # here: cli.py imports this module when it registers it
 
     if path is None:
-        return AgentSettings(), None
+        return A.AgentSettings(), None
     try:
         policy = _single_policy(path, name, pick="--policy-name NAME")
     except click.ClickException as e:  # exit 2 (bad input), not 1 (an agent missing)
         raise click.UsageError(f"--policy {path}: {e.message}") from None
-    return settings_from_spec(policy.spec), policy.spec.node_selector
+    return A.settings_from_spec(policy.spec), policy.spec.node_selector
 
 
-def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
+def _kube_configuration(kubeconfig: str | None, context: str | None) -> Any:
+    """The kubeconfig (or in-cluster) settings, loaded by the kubernetes package's config loader."""
     from kubernetes import client, config
 
     try:
         if kubeconfig or context:
             cfg = client.Configuration()
             config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
-            return client.ApiClient(cfg)
+            return cfg
         # $KUBECONFIG now (the kubernetes package reads it once, when imported), else ~/.kube/config
         location = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         try:
@@ -105,11 +105,32 @@ def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
                     f"cannot reach the cluster: no kubeconfig at {location} "
                     f"({no_kubeconfig}) and not running in a cluster ({not_in_cluster}); "
                     "give --kubeconfig or set KUBECONFIG") from None
-        return client.ApiClient(cfg)
+        return cfg
     except click.UsageError:
         raise
     except Exception as e:
         raise click.UsageError(f"cannot reach the cluster: {e}") from None
+
+
+def _kube(kubeconfig: str | None, context: str | None) -> Any:
+    """The operator's own async kube layer (``nodeaudit.controller.kube.Kube``) with the kubeconfig's
+    credentials: the CLI reads the cluster exactly as the operator does, without blocking."""
+    import kopf
+
+    from nodeaudit.controller.kube import Kube
+
+    cfg = _kube_configuration(kubeconfig, context)
+    auth = str((cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or "")
+    prefix = (cfg.api_key_prefix or {}).get("authorization")
+    scheme, _, token = (f"{prefix} {auth}" if prefix else auth).partition(" ")
+    kube = Kube()
+    kube.configure(kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert or None, insecure=not cfg.verify_ssl,
+        scheme=scheme or None, token=token or None,
+        username=cfg.username or None, password=cfg.password or None,
+        certificate_path=cfg.cert_file or None, private_key_path=cfg.key_file or None,
+    ))
+    return kube
 
 
 def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, Any]]:
@@ -156,7 +177,9 @@ def check_agent(
     2024-08-31) and its provisioning state. With a policy that names a Data Collection Rule or a
     workspace, also confirms that its syslog source collects the policy's facility and level.
     """
-    from nodeaudit.azure import check as Z
+    from nodeaudit.azure.check import check_policy_agents
+    from nodeaudit.azure.checker import AgentChecker
+    from nodeaudit.azure.clients import ArmClients, ArmOptions
 
     if bool(node_files) == cluster:
         raise click.UsageError("give --node FILE... or --cluster (one of them)")
@@ -164,8 +187,8 @@ def check_agent(
     if remediate:
         settings.remediate = True
     try:  # a bad endpoint is a usage error before the cluster is asked anything
-        options = Z.ArmOptions(connection_verify=ca_file or True, deadline=timeout)
-        clients = Z.ArmClients(endpoint=endpoint, options=options)
+        options = ArmOptions(connection_verify=ca_file or True, deadline=timeout)
+        clients = ArmClients(endpoint=endpoint, options=options)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -173,30 +196,34 @@ def check_agent(
     if cluster or kubeconfig or context or settings.check == "ContainerInsights" or (
         settings.remediate and settings.remediation_extension == A.OMS
     ):
-        kube = _kube_client(kubeconfig, context)
-    if cluster:
-        try:
-            nodes = Z.list_nodes(kube)
-        except Exception as e:
-            click.echo(f"error: listing nodes failed: {type(e).__name__}: {getattr(e, 'reason', '') or e}", err=True)
-            sys.exit(2)
-        nodes = _select_nodes(nodes, selector)
-    else:
-        nodes = _load_nodes(node_files)
+        kube = _kube(kubeconfig, context)
 
-    async def run() -> A.AgentReport:
+    file_nodes = None if cluster else _load_nodes(node_files)
+
+    async def run() -> A.AgentReport | str:
         async with clients:
-            checker = Z.AgentChecker(clients, ttl=0.0)
-            return await Z.check_policy_agents(nodes, settings, checker, kube_api_client=kube)
+            try:
+                nodes = file_nodes
+                if nodes is None:
+                    try:
+                        listing = await kube.get("/api/v1/nodes")
+                    except Exception as e:
+                        return f"listing nodes failed: {type(e).__name__}: {e}"
+                    items = (listing or {}).get("items") or [] if isinstance(listing, dict) else []
+                    nodes = _select_nodes([n for n in items if isinstance(n, dict)], selector)
+                report = await check_policy_agents(nodes, settings, AgentChecker(clients, ttl=0.0), kube=kube)
+            finally:
+                if kube is not None:
+                    await kube.close()
+        if not report.scale_sets and not report.errors and settings.runs:
+            # nothing was checked: not a clean answer (exit 2, not 0)
+            report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
+                                 if nodes else "nothing checkable: no node selected")
+        return report
 
-    try:
-        report = asyncio.run(run())
-    finally:
-        if kube is not None:
-            kube.close()
-    if not report.scale_sets and not report.errors and settings.check != "None":
-        # nothing was checked: not a clean answer (exit 2, not 0)
-        report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
-                             if nodes else "nothing checkable: no node selected")
+    report = asyncio.run(run())
+    if isinstance(report, str):
+        click.echo(f"error: {report}", err=True)
+        sys.exit(2)
     click.echo(A.render_json(report) if as_json else A.render_table(report), nl=as_json)
     sys.exit(report.exit_code)

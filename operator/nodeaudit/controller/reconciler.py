@@ -808,8 +808,6 @@ class Controller:
 
     async def _agent_loop(self) -> None:
         """Start each policy's agent check every ``spec.monitoringAgent.interval``, in this loop."""
-        from nodeaudit.azure import check as azure
-
         while not self.primed:
             await asyncio.sleep(0.1)
         while True:
@@ -819,7 +817,7 @@ class Controller:
                 if entry.error is not None or entry.policy is None or entry.deleting:
                     continue
                 try:
-                    settings = azure.settings_from_spec(entry.policy.spec)
+                    settings = agent_mod.settings_from_spec(entry.policy.spec)
                 except ValueError as e:
                     self._set_agent(entry, ("Unknown", "CheckFailed", str(e)), [])
                     continue
@@ -827,9 +825,8 @@ class Controller:
                 if key != entry.agent_key:
                     entry.agent_key, entry.agent_due = key, 0.0
                     self.agent_checkers.pop(entry.name, None)
-                if settings.check == "None":  # no ARM call, no cluster read
-                    self._set_agent(entry, ("True", "CheckDisabled",
-                                            "monitoringAgent.check is None: the agent is not checked"), [])
+                if not settings.runs:  # no ARM call, no cluster read
+                    self._set_agent(entry, agent_mod.disabled_condition(), [])
                     continue
                 if entry.agent_task is not None and not entry.agent_task.done():
                     continue
@@ -858,7 +855,7 @@ class Controller:
         for entry in self.policies.values():
             if (entry.error is not None or entry.policy is None or entry.deleting
                     or ref.key in entry.agent_scale_set_keys
-                    or entry.policy.spec.monitoring_agent.check == "None"
+                    or not agent_mod.settings_from_spec(entry.policy.spec).runs
                     or not nodes_mod.matches(entry.policy.spec.node_selector, node.labels)):
                 continue
             entry.agent_scale_set_keys.add(ref.key)
@@ -890,6 +887,8 @@ class Controller:
 
     async def _run_agent_check(self, name: str, settings: Any) -> None:
         from nodeaudit.azure import check as azure
+        from nodeaudit.azure.checker import AgentChecker, ttl_for_interval
+        from nodeaudit.azure.clients import ArmClients, ArmOptions
 
         entry = self.policies.get(name)
         if entry is None or entry.policy is None:
@@ -904,7 +903,7 @@ class Controller:
         if self.arm is None:
             try:  # NODEAUDIT_ARM_ENDPOINT is checked here (https only): a bad one is the verdict
                 ca = os.environ.get("NODEAUDIT_ARM_CA_FILE")
-                self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=ca or True),
+                self.arm = ArmClients(options=ArmOptions(connection_verify=ca or True),
                                             observe=metrics.observe_arm)
             except ValueError as e:
                 log.error("agent check of policy %s cannot run: %s", name, e)
@@ -912,23 +911,19 @@ class Controller:
                 return
         checker = self.agent_checkers.get(name)
         if checker is None:
-            checker = azure.AgentChecker(self.arm, ttl=azure.ttl_for_interval(settings.interval_seconds),
+            checker = AgentChecker(self.arm, ttl=ttl_for_interval(settings.interval_seconds),
                                          retry_note="; retried next interval")
             self.agent_checkers[name] = checker
-        client = None
         try:
-            if settings.check == "ContainerInsights":
-                client = self.kube.sync_api_client()
-            report = await azure.check_policy_agents(nodes, settings, checker, kube_api_client=client)
+            # the cluster is read for ContainerInsights only: the operator has no RBAC on Secrets
+            kube = self.kube if settings.check == "ContainerInsights" else None
+            report = await azure.check_policy_agents(nodes, settings, checker, kube=kube)
         except Exception as e:  # noqa: BLE001 - a check that cannot run is a verdict, not a crash
             log.warning("agent check of policy %s could not run: %s", name, e)
             current = self.policies.get(name)
             if current is not None:
                 self._set_agent(current, ("Unknown", "CheckFailed", f"{type(e).__name__}: {e}"), None)
             return
-        finally:
-            if client is not None:
-                client.close()
         cond = agent_mod.agent_condition(report, observed_generation=entry.generation)
         current = self.policies.get(name)
         if current is None:

@@ -1,7 +1,7 @@
 """Monitoring-agent verdicts: which scale sets ship syslog to Log Analytics, and why not.
 
 Pure: this module imports nothing of Azure, HTTP or Kubernetes (only the pure ``nodeaudit.core.nodes``
-for label matching and the OS label, and ``nodeaudit.core.status`` for short name lists). The edge (``nodeaudit.azure.check``) turns
+for label matching and the OS label, and ``nodeaudit.core.status`` for short name lists). The edge (``nodeaudit.azure.facts``) turns
 SDK objects into the small facts defined here (``ExtensionFact``, ``SyslogSource``), and this module
 turns facts into verdicts, reports, conditions and tables.
 
@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from nodeaudit.core.nodes import matches, node_os
+from nodeaudit.core.policy import NodeAuditPolicySpec, parse_duration
 from nodeaudit.core.status import few_names
 
 # -- names -----------------------------------------------------------------------------------------
@@ -43,11 +44,77 @@ READER_ROLE_HINT = "grant the operator's identity Reader on the node resource gr
 CONDITION_TYPE = "AgentReady"
 
 CheckKind = Literal["VMSSExtension", "ContainerInsights", "None"]
+CHECK_KINDS: tuple[str, ...] = ("VMSSExtension", "ContainerInsights", "None")
+#: The one check that asks nothing of ARM or the cluster (see ``AgentSettings.runs``).
+CHECK_DISABLED = "None"
+CHECK_DISABLED_MESSAGE = "monitoringAgent.check is None: the agent is not checked"
 #: Present: an agent is installed and provisioned. Missing: none of the accepted types.
 #: Failed: an agent exists but its provisioning failed. Pending: it is being created/updated.
 #: Error: the check itself failed (permission, throttling, timeout, bad response). Skipped: check None.
 State = Literal["Present", "Missing", "Failed", "Pending", "Error", "Skipped"]
 LACKING_STATES: frozenset[str] = frozenset({"Missing", "Failed", "Pending"})
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentSettings:
+    """``spec.monitoringAgent`` + ``spec.syslog`` as plain values (see ``settings_from_spec``)."""
+
+    check: str = "VMSSExtension"
+    extension_types: tuple[str, ...] = DEFAULT_EXTENSION_TYPES
+    data_collection_rule_id: str | None = None
+    workspace_resource_id: str | None = None
+    interval_seconds: float = 3600.0
+    remediate: bool = False
+    remediation_extension: str = AMA
+    workspace_secret: tuple[str, str, str, str] | None = None  # name, namespace, id key, key key
+    facility: str = "LOG_AUTHPRIV"
+    priority: str = "LOG_INFO"
+
+    @property
+    def runs(self) -> bool:
+        """Whether the check asks anything of ARM or the cluster: the one place that decides
+        "check is None" (the operator then makes no client at all, the report says Skipped)."""
+        return self.check != CHECK_DISABLED
+
+
+def settings_from_spec(spec: NodeAuditPolicySpec) -> AgentSettings:
+    """The policy model's ``spec.monitoringAgent`` + ``spec.syslog`` -> AgentSettings (the model
+    holds the defaults)."""
+    ma, syslog = spec.monitoring_agent, spec.syslog
+    rem = ma.remediation
+    ref = rem.workspace_secret_ref if rem is not None else None
+    return AgentSettings(
+        check=ma.check,
+        extension_types=tuple(ma.extension_types),
+        data_collection_rule_id=ma.data_collection_rule_id,
+        workspace_resource_id=ma.workspace_resource_id,
+        interval_seconds=parse_duration(ma.interval).total_seconds(),
+        remediate=ma.remediate,
+        remediation_extension=rem.extension if rem is not None else AMA,
+        workspace_secret=(ref.name, ref.namespace, ref.workspace_id_key, ref.workspace_key_key) if ref else None,
+        facility=str(syslog.facility),
+        priority=str(syslog.priority),
+    )
+
+
+def settings_problem(settings: AgentSettings) -> str | None:
+    """Why these settings cannot be checked at all (an unknown check kind, facility or level), or None."""
+    if settings.check not in CHECK_KINDS:
+        return f"unknown monitoringAgent.check {settings.check!r}"
+    try:
+        facility_name(settings.facility)
+        severity_name(settings.priority)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def disabled_condition() -> tuple[str, str, str]:
+    """(status, reason, message) of ``AgentReady`` when the check does not run."""
+    return "True", "CheckDisabled", CHECK_DISABLED_MESSAGE
+
 
 # -- providerID -> scale set -----------------------------------------------------------------------
 
@@ -518,8 +585,8 @@ def agent_condition(
     report: AgentReport, *, observed_generation: int | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """The ``AgentReady`` condition (metav1.Condition shape) for the policy status."""
-    if report.check == "None":
-        status, reason, message = "True", "CheckDisabled", "monitoringAgent.check is None: the agent is not checked"
+    if report.check == CHECK_DISABLED:
+        status, reason, message = disabled_condition()
     elif report.errors or report.failed_checks or any(c.state == "Error" for c in report.collection):
         problems = [f"{s.ref.label}: {s.message}" for s in report.failed_checks]
         problems += [f"{c.resource_id}: {c.message}" for c in report.collection if c.state == "Error"]

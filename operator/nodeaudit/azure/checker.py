@@ -1,0 +1,220 @@
+"""The checker: one ARM read per resource per interval, every failure a verdict.
+
+``AgentChecker`` keeps the clients and a per-scale-set verdict cache across intervals (TTL a little
+below the interval; a scale set not seen before is checked at once; errors are never cached), holds
+at most ``concurrency`` calls in flight and gives every read a hard deadline. Remediation (opt-in)
+lives here too: it is the one place that writes to ARM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from nodeaudit.azure.clients import ArmClients
+from nodeaudit.azure.facts import (
+    dcr_facts,
+    describe_error,
+    extension_fact,
+    parse_arm_id,
+    workspace_source_fact,
+)
+from nodeaudit.core import agent as A
+
+log = logging.getLogger("nodeaudit.azure.checker")
+
+AMA_PUBLISHER = "Microsoft.Azure.Monitor"
+OMS_PUBLISHER = "Microsoft.EnterpriseCloud.Monitoring"
+EXTENSION_SPECS: dict[str, dict[str, Any]] = {
+    A.AMA: {"publisher": AMA_PUBLISHER, "typeHandlerVersion": "1.0", "enableAutomaticUpgrade": True},
+    A.OMS: {"publisher": OMS_PUBLISHER, "typeHandlerVersion": "1.13"},
+}
+DCR_ASSOCIATION_NAME = "nodeaudit-syslog"
+
+
+@dataclass
+class _Cached:
+    at: float
+    verdict: A.AgentVerdict
+    extensions: tuple[str, ...]
+    checked_at: datetime
+
+
+@dataclass
+class AgentChecker:
+    """Keeps clients and the per-scale-set verdict cache across intervals.
+
+    ``ttl`` (seconds) should be a little below the check interval (``ttl_for_interval``) so each
+    interval refreshes every scale set exactly once; a scale set not in the cache (new node pool)
+    is checked at once; scale sets that disappeared are dropped; errors are never cached.
+    """
+
+    clients: ArmClients
+    ttl: float = 3600.0 * 0.9
+    retry_note: str = ""  # appended to transient failures (the operator: "; retried next interval")
+    clock: Callable[[], float] = time.monotonic
+    _cache: dict[tuple[str, ...], _Cached] = field(default_factory=dict)
+
+    def invalidate(self, ref: A.ScaleSetRef | None = None) -> None:
+        """Forget one scale set's verdict (after remediation), or every verdict."""
+        if ref is None:
+            self._cache.clear()
+            return
+        for key in [k for k in self._cache if tuple(k[1:4]) == ref.key]:
+            del self._cache[key]
+
+    async def _bounded(self, coro: Any, sem: asyncio.Semaphore | None = None) -> Any:
+        """``coro`` within the deadline (and, given ``sem``, within the concurrency bound)."""
+        if sem is None:
+            return await asyncio.wait_for(coro, self.clients.options.deadline)
+        async with sem:
+            return await asyncio.wait_for(coro, self.clients.options.deadline)
+
+    def _describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
+        return describe_error(e, what=what, permission=permission, scope=scope,
+                              endpoint=self.clients.endpoint, retry_note=self.retry_note)
+
+    async def _list_extensions(self, ref: A.ScaleSetRef) -> list[A.ExtensionFact]:
+        client = self.clients.compute(ref.subscription)
+        pager = client.virtual_machine_scale_set_extensions.list(ref.resource_group, ref.name)
+        return [extension_fact(e) async for e in pager]
+
+    async def _check_one(
+        self, sem: asyncio.Semaphore, ref: A.ScaleSetRef, nodes: list[str], extension_types: Sequence[str]
+    ) -> A.ScaleSetResult:
+        key = ("ext", *ref.key, ",".join(sorted(t.lower() for t in extension_types)))
+        hit = self._cache.get(key)
+        if hit is not None and self.clock() - hit.at < self.ttl:
+            return A.ScaleSetResult.from_verdict(ref, nodes, hit.verdict, extensions=hit.extensions,
+                                                 checked_at=hit.checked_at, cached=True)
+        now = datetime.now(timezone.utc)
+        try:
+            facts = await self._bounded(self._list_extensions(ref), sem)
+        except Exception as e:  # every failure is a verdict, never a crash
+            msg = self._describe(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
+                                 scope=f"scale set {ref.resource_id}")
+            # info, not warning: the verdict carries the message (the operator logs the condition,
+            # the CLI prints the table); a warning would repeat each line on stderr
+            log.info("agent check of %s failed: %s", ref.label, msg)
+            return A.ScaleSetResult(ref=ref, nodes=nodes, state="Error", agent=None, message=msg, checked_at=now)
+        verdict = A.extension_verdict(facts, extension_types)
+        exts = tuple(f"{f.type or '?'}:{f.provisioning_state or '?'}" for f in facts)
+        self._cache[key] = _Cached(self.clock(), verdict, exts, now)
+        return A.ScaleSetResult.from_verdict(ref, nodes, verdict, extensions=exts, checked_at=now)
+
+    async def check_extensions(
+        self, groups: Mapping[A.ScaleSetRef, list[str]], extension_types: Sequence[str]
+    ) -> list[A.ScaleSetResult]:
+        live = {ref.key for ref in groups}
+        for key in [k for k in self._cache if k[0] == "ext" and tuple(k[1:4]) not in live]:
+            del self._cache[key]
+        sem = asyncio.Semaphore(max(1, self.clients.options.concurrency))
+        return list(await asyncio.gather(*(
+            self._check_one(sem, ref, nodes, extension_types) for ref, nodes in groups.items()
+        )))
+
+    async def check_dcr(self, resource_id: str, facility: str, priority: str) -> A.CollectionResult:
+        try:
+            sub, rg, name = parse_arm_id(resource_id, "Microsoft.Insights/dataCollectionRules")
+        except ValueError as e:
+            return A.collection_error("DataCollectionRule", resource_id, str(e))
+        try:
+            dcr = await self._bounded(self.clients.monitor(sub).data_collection_rules.get(rg, name))
+            sources, flows = dcr_facts(dcr)
+            return A.dcr_collection_verdict(resource_id, sources, flows, facility, priority)
+        except Exception as e:
+            return A.collection_error("DataCollectionRule", resource_id, self._describe(
+                e, what="reading the Data Collection Rule",
+                permission="Microsoft.Insights/dataCollectionRules/read", scope=resource_id))
+
+    async def _workspace_sources(self, sub: str, rg: str, name: str) -> list[A.SyslogSource]:
+        pager = self.clients.loganalytics(sub).data_sources.list_by_workspace(rg, name, filter="kind='LinuxSyslog'")
+        out = []
+        async for ds in pager:
+            fact = workspace_source_fact(ds)
+            if fact is not None:
+                out.append(fact)
+        return out
+
+    async def check_workspace(self, resource_id: str, facility: str, priority: str) -> A.CollectionResult:
+        try:
+            sub, rg, name = parse_arm_id(resource_id, "Microsoft.OperationalInsights/workspaces")
+        except ValueError as e:
+            return A.collection_error("Workspace", resource_id, str(e))
+        try:
+            sources = await self._bounded(self._workspace_sources(sub, rg, name))
+            return A.workspace_collection_verdict(resource_id, sources, facility, priority)
+        except Exception as e:
+            return A.collection_error("Workspace", resource_id, self._describe(
+                e, what="listing the workspace's data sources",
+                permission="Microsoft.OperationalInsights/workspaces/dataSources/read", scope=resource_id))
+
+    async def remediate(
+        self,
+        ref: A.ScaleSetRef,
+        extension: str,
+        *,
+        workspace: tuple[str, str] | None = None,
+        data_collection_rule_id: str | None = None,
+    ) -> str:
+        """Install the agent extension on the scale set, then upgrade every instance. Returns a
+        message (success or why not); never raises; never logs the workspace key."""
+        if extension not in EXTENSION_SPECS:
+            return f"remediation: unknown extension {extension!r}"
+        spec = EXTENSION_SPECS[extension]
+        props: dict[str, Any] = {
+            "publisher": spec["publisher"],
+            "type": extension,
+            "typeHandlerVersion": spec["typeHandlerVersion"],
+            "autoUpgradeMinorVersion": True,
+        }
+        if spec.get("enableAutomaticUpgrade"):
+            props["enableAutomaticUpgrade"] = True
+        if extension == A.OMS:
+            if workspace is None:
+                return "remediation: OmsAgentForLinux needs the workspace id and key (workspaceSecretRef)"
+            props["settings"] = {"workspaceId": workspace[0]}
+            props["protectedSettings"] = {"workspaceKey": workspace[1]}
+        o = self.clients.options
+        client = self.clients.compute(ref.subscription)
+        vm_contributor = "(Virtual Machine Contributor on the node resource group)"
+        step = "installing " + extension
+        perm = f"Microsoft.Compute/virtualMachineScaleSets/extensions/write {vm_contributor}"
+        try:
+            async def run() -> None:
+                nonlocal step, perm
+                poller = await client.virtual_machine_scale_set_extensions.begin_create_or_update(
+                    ref.resource_group, ref.name, extension, {"properties": props},
+                    polling_interval=o.polling_interval)
+                await poller.result()
+                if extension == A.AMA and data_collection_rule_id:
+                    step = "associating the Data Collection Rule"
+                    perm = ("Microsoft.Insights/dataCollectionRuleAssociations/write (Monitoring Contributor "
+                            "on the scale set)")
+                    sub = ref.subscription
+                    await self.clients.monitor(sub).data_collection_rule_associations.create(
+                        ref.resource_id, DCR_ASSOCIATION_NAME,
+                        {"properties": {"dataCollectionRuleId": data_collection_rule_id}})
+                step = "upgrading the instances"
+                perm = f"Microsoft.Compute/virtualMachineScaleSets/manualUpgrade/action {vm_contributor}"
+                poller2 = await client.virtual_machine_scale_sets.begin_update_instances(
+                    ref.resource_group, ref.name, {"instanceIds": ["*"]}, polling_interval=o.polling_interval)
+                await poller2.result()
+
+            await asyncio.wait_for(run(), o.deadline)
+        except Exception as e:
+            return "remediation failed: " + self._describe(e, what=step, permission=perm, scope=ref.resource_id)
+        finally:
+            self.invalidate(ref)
+        log.info("installed %s on %s and upgraded its instances", extension, ref.label)
+        return f"installed {extension} ({spec['publisher']}) and upgraded all instances"
+
+
+def ttl_for_interval(interval_seconds: float) -> float:
+    """The cache TTL for a check interval: a little below it, so each interval refreshes once."""
+    return max(1.0, interval_seconds * 0.9)

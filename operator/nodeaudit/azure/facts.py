@@ -1,0 +1,169 @@
+"""SDK objects -> the small pure facts of ``nodeaudit.core.agent``, and SDK errors -> one-line messages.
+
+Both SDK generations are read (azure-mgmt-compute 37.x msrest models and >= 38 TypeSpec models);
+an odd payload gives Nones, never a crash. Error messages never include a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    DecodeError,
+    DeserializationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from nodeaudit.azure.credential import ENV_TOKEN_FILE
+from nodeaudit.core import agent as A
+
+
+def _s(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def extension_fact(ext: Any) -> A.ExtensionFact:
+    """One SDK extension object -> ExtensionFact, for azure-mgmt-compute 37.x and >= 38.
+
+    >= 38 (TypeSpec models): ``ext.properties.type`` is the extension type and ``ext.type`` the ARM
+    resource type. 37.x (msrest models): ``ext.type_properties_type``. Odd payloads give Nones.
+    """
+    try:
+        props = getattr(ext, "properties", None)
+        if props is not None and not isinstance(props, (str, int, float, list)):
+            src: Any = props
+            typ = getattr(props, "type", None)
+        else:
+            src = ext
+            typ = getattr(ext, "type_properties_type", None)
+        return A.ExtensionFact(
+            name=_s(getattr(ext, "name", None)),
+            type=_s(typ),
+            publisher=_s(getattr(src, "publisher", None)),
+            provisioning_state=_s(getattr(src, "provisioning_state", None)),
+            type_handler_version=_s(getattr(src, "type_handler_version", None)),
+        )
+    except Exception:  # a payload the model cannot read: not an agent, not a crash
+        return A.ExtensionFact(name=None, type=None, publisher=None, provisioning_state=None)
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, Iterable):
+        return tuple(str(x) for x in v if isinstance(x, str))
+    return ()
+
+
+def dcr_facts(dcr: Any) -> tuple[list[A.SyslogSource], list[str]]:
+    """A DataCollectionRuleResource -> its syslog sources and the streams its dataFlows carry."""
+    sources: list[A.SyslogSource] = []
+    ds = getattr(dcr, "data_sources", None)
+    for s in getattr(ds, "syslog", None) or []:
+        sources.append(A.SyslogSource(
+            name=_s(getattr(s, "name", None)),
+            facilities=_strs(getattr(s, "facility_names", None)),
+            levels=_strs(getattr(s, "log_levels", None)),
+            streams=_strs(getattr(s, "streams", None)),
+        ))
+    flows: list[str] = []
+    for f in getattr(dcr, "data_flows", None) or []:
+        if getattr(f, "destinations", None):
+            flows.extend(_strs(getattr(f, "streams", None)))
+    return sources, flows
+
+
+def workspace_source_fact(ds: Any) -> A.SyslogSource | None:
+    """A workspace DataSource of kind LinuxSyslog -> SyslogSource (None for other kinds)."""
+    kind = _s(getattr(ds, "kind", None))
+    if not kind or kind.lower() != "linuxsyslog":
+        return None
+    props = getattr(ds, "properties", None)
+    if not isinstance(props, Mapping):
+        with contextlib.suppress(Exception):
+            props = dict(props) if props is not None else None
+    if not isinstance(props, Mapping):
+        return A.SyslogSource(name=_s(getattr(ds, "name", None)), facilities=(), levels=())
+    sev = props.get("syslogSeverities") or []
+    levels = tuple(s.get("severity") for s in sev if isinstance(s, Mapping) and isinstance(s.get("severity"), str))
+    return A.SyslogSource(
+        name=_s(getattr(ds, "name", None)),
+        facilities=_strs(props.get("syslogName")),
+        levels=levels,  # type: ignore[arg-type]
+    )
+
+
+def parse_arm_id(resource_id: str, provider_type: str) -> tuple[str, str, str]:
+    """``/subscriptions/S/resourceGroups/G/providers/<provider_type>/N`` -> (S, G, N)."""
+    parts = [p for p in resource_id.strip().split("/") if p]
+    low = [p.lower() for p in parts]
+    try:
+        sub = parts[low.index("subscriptions") + 1]
+        rg = parts[low.index("resourcegroups") + 1]
+        i = low.index("providers")
+    except (ValueError, IndexError):
+        raise ValueError(f"not an ARM resource id: {resource_id!r}") from None
+    want = [p.lower() for p in provider_type.split("/")]
+    if low[i + 1 : i + 1 + len(want)] != want or len(parts) != i + 2 + len(want):
+        raise ValueError(f"not a {provider_type} resource id: {resource_id!r}")
+    return sub, rg, parts[-1]
+
+
+# -- errors -> verdict messages ---------------------------------------------------------------------
+
+
+def _arm_code(e: HttpResponseError) -> str:
+    err = getattr(e, "error", None)
+    code = getattr(err, "code", None)
+    return f" ({code})" if isinstance(code, str) and code else ""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", None) or e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def describe_error(
+    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = ""
+) -> str:
+    """A one-line verdict message for a failed ARM call. Never includes a token.
+
+    ``retry_note`` is appended to the transient failures (timeouts, throttling, 5xx, network): the
+    operator passes "; retried next interval", the one-shot CLI nothing.
+    """
+    at = f" ({endpoint})" if endpoint else ""
+    if isinstance(e, asyncio.TimeoutError):
+        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){retry_note}"
+    if isinstance(e, DecodeError | DeserializationError):
+        return f"{what}: ARM sent a malformed response (not the expected JSON){retry_note}"
+    if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
+        # raised by the credential itself, before any request: its message is the cause
+        text = " ".join(str(getattr(e, "message", None) or e).split())
+        return f"{what}: cannot get a token: {text[:600] or type(e).__name__}"
+    if isinstance(e, ClientAuthenticationError) and e.status_code == 401:
+        return f"{what}: ARM rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
+    if isinstance(e, HttpResponseError):
+        status = e.status_code
+        if status == 403:
+            return (f"{what}: 403 Forbidden{_arm_code(e)}: the operator's identity lacks {permission} on "
+                    f"{scope}; {A.READER_ROLE_HINT}" if permission == A.EXTENSIONS_READ_PERMISSION else
+                    f"{what}: 403 Forbidden{_arm_code(e)}: the operator's identity lacks {permission} on {scope}")
+        if status == 404 or isinstance(e, ResourceNotFoundError):
+            return f"{what}: not found (404){_arm_code(e)}: {scope}"
+        if status == 429:
+            resp: Any = e.response
+            ra = resp.headers.get("Retry-After") if resp is not None else None
+            return f"{what}: throttled by ARM (429{', Retry-After ' + ra + ' s' if ra else ''}){retry_note}"
+        if status is not None and status >= 500:
+            return f"{what}: ARM server error {status}{_arm_code(e)} after retries{retry_note}"
+        return f"{what}: ARM answered {status}{_arm_code(e)}"
+    if isinstance(e, ServiceResponseError | ServiceRequestError):
+        return f"{what}: ARM unreachable or too slow{at}: {type(e).__name__}: {_first_line(e)}{retry_note}"
+    return f"{what}: unexpected {type(e).__name__}: {_first_line(e)}{at}"
