@@ -66,7 +66,7 @@ def run_bench(argv: list[str] | None = None) -> dict:
                         clock[0] += advance
                         before = len(server.log)
                         t0 = time.perf_counter()
-                        report = await check_policy_agents(nodes, AgentSettings(), checker)
+                        report = await check_policy_agents(nodes, AgentSettings(check="VMSSExtension"), checker)
                         out[label] = {
                             "wall_s": round(time.perf_counter() - t0, 4),
                             "arm_calls": len(server.log) - before,

@@ -68,7 +68,8 @@ def make_checker(arm: ArmServer, token_file: Path, aloop: asyncio.AbstractEventL
     made: list[ArmClients] = []
 
     def make(ttl: float = 3600.0, clock=None, **opts: object) -> AgentChecker:  # type: ignore[no-untyped-def]
-        clients = ArmClients(TokenFileCredential(str(token_file)), endpoint=arm.endpoint, options=fast_options(arm, **opts))
+        clients = ArmClients(TokenFileCredential(str(token_file)), endpoint=arm.endpoint, logs_endpoint=arm.endpoint,
+                             options=fast_options(arm, **opts))
         clients._test_loop = aloop  # type: ignore[attr-defined]
         made.append(clients)
         kw = {"clock": clock} if clock else {}

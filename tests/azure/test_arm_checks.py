@@ -24,7 +24,7 @@ def nodes_of(vmss: str, n: int = 3, sub: str = SUB, rg: str = RG) -> list[dict]:
 
 def run(checker, nodes, **settings):
     loop = checker.clients._test_loop
-    return loop.run_until_complete(check_policy_agents(nodes, AgentSettings(**settings), checker))
+    return loop.run_until_complete(check_policy_agents(nodes, AgentSettings(**{"check": "VMSSExtension", **settings}), checker))
 
 
 def one(report) -> A.ScaleSetResult:

@@ -33,6 +33,9 @@ def write_nodes(tmp_path, *specs) -> list[str]:
 
 
 def invoke(args, env):
+    """check-agent with the scale-set extension check (the Auto default has its own tests)."""
+    if args and "--check" not in args and "--policy" not in args:
+        args = [*args, "--check", "VMSSExtension"]
     return CliRunner().invoke(check_agent, args, env=env, catch_exceptions=False)
 
 
@@ -78,7 +81,7 @@ def test_policy_settings_are_used(arm, env, tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({
         "apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "procmon"},
-        "spec": {"presets": ["procmon"], "monitoringAgent": {"extensionTypes": ["AzureMonitorLinuxAgent"]}},
+        "spec": {"presets": ["procmon"], "monitoringAgent": {"check": "VMSSExtension", "extensionTypes": ["AzureMonitorLinuxAgent"]}},
     }))
     r = invoke([*write_nodes(tmp_path, ("aks-user-1-vmss", 1)), "--policy", str(policy)], env)
     assert r.exit_code == 1 and "Missing" in r.output, r.output

@@ -18,7 +18,7 @@ ALL_FROM_INFO = ["Info", "Notice", "Warning", "Error", "Critical", "Alert", "Eme
 
 def check(arun, checker, **kw):
     nodes = [vmss_node("aks-user-1-vmss000000", SUB, "mc_x", "aks-user-1-vmss")]
-    return arun(check_policy_agents(nodes, AgentSettings(**kw), checker))
+    return arun(check_policy_agents(nodes, AgentSettings(**{"check": "VMSSExtension", **kw}), checker))
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ def check(arm, token_path: str, aloop, *, endpoint: str | None = None, retry_not
                            options=fast_options(arm, deadline=5.0))
     checker = checker_mod.AgentChecker(clients, ttl=0.0, retry_note=retry_note)
     try:
-        return aloop.run_until_complete(check_mod.check_policy_agents(nodes(), agent_mod.AgentSettings(), checker))
+        return aloop.run_until_complete(check_mod.check_policy_agents(nodes(), agent_mod.AgentSettings(check="VMSSExtension"), checker))
     finally:
         aloop.run_until_complete(clients.close())
 
@@ -93,7 +93,7 @@ def test_remediation_failure_names_the_permission_of_the_step(arm, make_checker,
     arm.override = lambda method, path: (
         Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no"}})
         if method == "PUT" and "datacollectionruleassociations" in path.lower() else None)
-    settings = agent_mod.AgentSettings(remediate=True, data_collection_rule_id=DCR)
+    settings = agent_mod.AgentSettings(check="VMSSExtension", remediate=True, data_collection_rule_id=DCR)
     msg = arun(check_mod.check_policy_agents(nodes(), settings, make_checker())).scale_sets[0].remediation
     assert msg.startswith("remediation failed: associating the Data Collection Rule: 403")
     assert "Microsoft.Insights/dataCollectionRuleAssociations/write" in msg
@@ -110,6 +110,9 @@ def env(arm, token_file):
 
 
 def invoke(args, env):
+    """check-agent with the scale-set extension check (the Auto default has its own tests)."""
+    if args and "--check" not in args and "--policy" not in args:
+        args = [*args, "--check", "VMSSExtension"]
     return CliRunner().invoke(check_agent, args, env=env, catch_exceptions=False)
 
 

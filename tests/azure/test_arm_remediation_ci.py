@@ -36,7 +36,7 @@ def nodes(vmss: str, n: int = 2, **extra) -> list[dict]:
 
 def test_remediation_is_off_by_default(arm, make_checker, arun):
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(), make_checker()))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(check="VMSSExtension"), make_checker()))
     assert report.scale_sets[0].state == "Missing" and arm.puts == [] and arm.upgrades == []
 
 
@@ -44,7 +44,7 @@ def test_remediation_installs_ama_associates_the_dcr_and_upgrades_instances(arm,
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
     arm.extensions["aks-user-2-vmss"] = [*aks_extensions(), ama()]
     checker = make_checker()
-    settings = AgentSettings(remediate=True, data_collection_rule_id=DCR)
+    settings = AgentSettings(check="VMSSExtension", remediate=True, data_collection_rule_id=DCR)
     arm.dcrs["dcr-syslog"] = Resp(200, {"properties": {"dataSources": {}}})
     report = arun(check_policy_agents(nodes("aks-user-1-vmss") + nodes("aks-user-2-vmss"), settings, checker))
     missing, present = report.scale_sets
@@ -58,7 +58,7 @@ def test_remediation_installs_ama_associates_the_dcr_and_upgrades_instances(arm,
     ((scope, assoc),) = arm.associations
     assert scope.endswith("/virtualMachineScaleSets/aks-user-1-vmss") and assoc["properties"]["dataCollectionRuleId"] == DCR
     # the next check sees the agent (the cache was invalidated for that scale set only)
-    again = arun(check_policy_agents(nodes("aks-user-1-vmss") + nodes("aks-user-2-vmss"), AgentSettings(), checker))
+    again = arun(check_policy_agents(nodes("aks-user-1-vmss") + nodes("aks-user-2-vmss"), AgentSettings(check="VMSSExtension"), checker))
     assert [s.state for s in again.scale_sets] == ["Present", "Present"]
     assert [s.cached for s in again.scale_sets] == [False, True]
 
@@ -70,7 +70,7 @@ def test_remediation_oms_with_workspace_key_from_a_secret(arm, make_checker, aru
         "data": {"workspaceId": base64.b64encode(b"1234-ws").decode(), "workspaceKey": base64.b64encode(WS_KEY.encode()).decode()},
     })
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
-    settings = AgentSettings(remediate=True, remediation_extension="OmsAgentForLinux",
+    settings = AgentSettings(check="VMSSExtension", remediate=True, remediation_extension="OmsAgentForLinux",
                              workspace_secret=("law-keys", "nodeaudit-system", "workspaceId", "workspaceKey"))
     report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube=kube))
     assert report.scale_sets[0].remediation.startswith("installed OmsAgentForLinux"), report.scale_sets[0].remediation
@@ -85,7 +85,7 @@ def test_remediation_oms_with_workspace_key_from_a_secret(arm, make_checker, aru
 
 def test_remediation_oms_without_secret_is_not_attempted(arm, make_checker, arun, kube):
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
-    settings = AgentSettings(remediate=True, remediation_extension="OmsAgentForLinux",
+    settings = AgentSettings(check="VMSSExtension", remediate=True, remediation_extension="OmsAgentForLinux",
                              workspace_secret=("missing", "nodeaudit-system", "workspaceId", "workspaceKey"))
     report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube=kube))
     assert "not attempted" in report.scale_sets[0].remediation and arm.puts == []
@@ -95,7 +95,7 @@ def test_remediation_forbidden_is_reported(arm, make_checker, arun):
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
     arm.override = lambda method, path: (
         Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no write"}}) if method == "PUT" else None)
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(remediate=True), make_checker()))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(check="VMSSExtension", remediate=True), make_checker()))
     msg = report.scale_sets[0].remediation
     assert msg.startswith("remediation failed") and "extensions/write" in msg and arm.upgrades == []
 

@@ -94,6 +94,10 @@ async def check_policy_agents(
             for r, n in groups.scale_sets.items()
         ]
         return report
+    if settings.check == "Auto":
+        await _check_auto(report, groups, settings, checker)
+        report.arm_requests = checker.clients.request_total - before
+        return report
     if settings.check == "VMSSExtension":
         report.scale_sets = await checker.check_extensions(groups.scale_sets, settings.extension_types)
     elif settings.check == "ContainerInsights":
@@ -108,6 +112,33 @@ async def check_policy_agents(
         await _remediate(report, settings, checker, kube)
     report.arm_requests = checker.clients.request_total - before
     return report
+
+
+async def _check_auto(report: A.AgentReport, groups: A.NodeGroups, settings: AgentSettings,
+                      checker: AgentChecker) -> None:
+    """Every path at once, each read bounded per interval: one list per scale set, the node
+    resource group once (kept), one managed-cluster read, one association list, one read per DCR."""
+    extensions, cluster = await asyncio.gather(
+        checker.check_extensions(groups.scale_sets, settings.extension_types),
+        checker.check_cluster(list(groups.scale_sets)),
+    )
+    report.scale_sets, report.cluster = extensions, cluster
+    rule_ids: list[str] = []
+    if cluster.resource_id and cluster.state in ("AddonOn", "AddonOff"):
+        try:
+            rule_ids = await checker.associated_rules(cluster.resource_id)
+        except Exception as e:
+            report.collection.append(A.collection_error("DataCollectionRule", cluster.resource_id, checker.describe(
+                e, what="listing the cluster's Data Collection Rule associations",
+                permission="Microsoft.Insights/dataCollectionRuleAssociations/read (Monitoring Reader on the cluster)",
+                scope=cluster.resource_id)))
+    if settings.data_collection_rule_id:
+        rule_ids.append(settings.data_collection_rule_id)
+    dcrs, results = await checker.check_rules(rule_ids, settings.facility, settings.priority)
+    report.dcrs = dcrs
+    report.collection.extend(results)
+    report.path = A.auto_path_verdict(cluster, dcrs, results[: len(dcrs)], report.scale_sets,
+                                      settings.facility, settings.priority)
 
 
 async def _check_container_insights(

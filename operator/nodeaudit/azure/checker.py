@@ -18,10 +18,13 @@ from typing import Any
 
 from nodeaudit.azure.clients import ArmClients
 from nodeaudit.azure.facts import (
+    cluster_fact,
+    dcr_fact,
     dcr_facts,
     describe_error,
     extension_fact,
     parse_arm_id,
+    parse_arm_id_subscription,
     workspace_source_fact,
 )
 from nodeaudit.core import agent as A
@@ -59,6 +62,10 @@ class AgentChecker:
     retry_note: str = ""  # appended to transient failures (the operator: "; retried next interval")
     clock: Callable[[], float] = time.monotonic
     _cache: dict[tuple[str, ...], _Cached] = field(default_factory=dict)
+    #: Auto's reads (cluster, associations, DCRs) by key -> (monotonic time, value); errors never kept
+    _reads: dict[tuple[str, ...], tuple[float, Any]] = field(default_factory=dict)
+    #: node resource group (sub, rg, lower) -> the cluster id in its managedBy: it never changes
+    _cluster_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def invalidate(self, ref: A.ScaleSetRef | None = None) -> None:
         """Forget one scale set's verdict (after remediation), or every verdict."""
@@ -75,7 +82,7 @@ class AgentChecker:
         async with sem:
             return await asyncio.wait_for(coro, self.clients.options.deadline)
 
-    def _describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
+    def describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
         return describe_error(e, what=what, permission=permission, scope=scope,
                               endpoint=self.clients.endpoint, retry_note=self.retry_note)
 
@@ -96,7 +103,7 @@ class AgentChecker:
         try:
             facts = await self._bounded(self._list_extensions(ref), sem)
         except Exception as e:  # every failure is a verdict, never a crash
-            msg = self._describe(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
+            msg = self.describe(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
                                  scope=f"scale set {ref.resource_id}")
             # info, not warning: the verdict carries the message (the operator logs the condition,
             # the CLI prints the table); a warning would repeat each line on stderr
@@ -128,9 +135,122 @@ class AgentChecker:
             sources, flows = dcr_facts(dcr)
             return A.dcr_collection_verdict(resource_id, sources, flows, facility, priority)
         except Exception as e:
-            return A.collection_error("DataCollectionRule", resource_id, self._describe(
+            return A.collection_error("DataCollectionRule", resource_id, self.describe(
                 e, what="reading the Data Collection Rule",
                 permission="Microsoft.Insights/dataCollectionRules/read", scope=resource_id))
+
+    # -- Auto: the managed cluster, its rule associations, the DCRs -------------------------------
+
+    async def _read(self, key: tuple[str, ...], fetch: Callable[[], Any]) -> Any:
+        """``fetch()`` once per TTL (the interval): a second check in the same interval reads nothing."""
+        hit = self._reads.get(key)
+        if hit is not None and self.clock() - hit[0] < self.ttl:
+            return hit[1]
+        value = await self._bounded(fetch())
+        self._reads[key] = (self.clock(), value)
+        return value
+
+    async def cluster_id(self, scale_sets: Sequence[A.ScaleSetRef]) -> str:
+        """The managed cluster's resource id: ``NODEAUDIT_CLUSTER_RESOURCE_ID`` when set, else the
+        ``managedBy`` of the node resource group the nodes' providerIDs name (one read, kept).
+        Raises ValueError (no scale set, no managedBy) or the SDK's error."""
+        if self.clients.cluster_resource_id:
+            return self.clients.cluster_resource_id
+        if not scale_sets:
+            raise ValueError(f"no node runs in a VM scale set, so no node resource group names the cluster: "
+                             f"set {A.CLUSTER_ID_SETTING}")
+        ref = scale_sets[0]
+        key = (ref.subscription.lower(), ref.resource_group.lower())
+        if key not in self._cluster_ids:
+            from azure.core.rest import HttpRequest
+
+            client = self.clients.compute(ref.subscription)
+            request = HttpRequest("GET", f"/subscriptions/{ref.subscription}/resourcegroups/{ref.resource_group}",
+                                  params={"api-version": "2021-04-01"})
+            response = await self._bounded(client.send_request(request))
+            response.raise_for_status()
+            managed_by = (response.json() or {}).get("managedBy")
+            if not isinstance(managed_by, str) or "/managedclusters/" not in managed_by.lower():
+                raise ValueError(f"node resource group {ref.resource_group} has no managedBy naming an AKS cluster: "
+                                 f"set {A.CLUSTER_ID_SETTING}")
+            self._cluster_ids[key] = managed_by
+        return self._cluster_ids[key]
+
+    async def check_cluster(self, scale_sets: Sequence[A.ScaleSetRef]) -> A.ClusterResult:
+        """One managedClusters read (per interval): is the monitoring add-on on?"""
+        try:
+            resource_id = await self.cluster_id(scale_sets)
+        except ValueError as e:
+            return A.ClusterResult(None, "Unresolved", str(e))
+        except Exception as e:
+            scope = f"node resource group {scale_sets[0].resource_group}" if scale_sets else "?"
+            return A.ClusterResult(None, "Error", self.describe(
+                e, what="reading the node resource group (its managedBy names the cluster)",
+                permission="Microsoft.Resources/subscriptions/resourceGroups/read (Reader on the node resource group)",
+                scope=scope))
+        try:
+            sub, rg, name = parse_arm_id(resource_id, "Microsoft.ContainerService/managedClusters")
+        except ValueError as e:
+            return A.ClusterResult(resource_id, "Unresolved", f"{A.CLUSTER_ID_SETTING}: {e}")
+        try:
+            mc = await self._read(("cluster", resource_id.lower()),
+                                  lambda: self.clients.containerservice(sub).managed_clusters.get(rg, name))
+        except Exception as e:
+            return A.ClusterResult(resource_id, "Error", self.describe(
+                e, what="reading the managed cluster",
+                permission="Microsoft.ContainerService/managedClusters/read (Reader on the cluster)", scope=resource_id))
+        fact = cluster_fact(mc, resource_id)
+        if fact.addon_via is None:
+            return A.ClusterResult(resource_id, "AddonOff", "the monitoring add-on (Container Insights) is off", fact)
+        ws = f" to {fact.workspace_resource_id}" if fact.workspace_resource_id else ""
+        auth = "managed identity" if fact.managed_identity else "legacy workspace key (no useAADAuth)"
+        return A.ClusterResult(resource_id, "AddonOn", f"Container Insights on ({fact.addon_via}, {auth}){ws}", fact)
+
+    async def associated_rules(self, resource_id: str) -> list[str]:
+        """The ids of the DCRs associated with a resource (one list per interval; endpoint
+        associations, which name no rule, are left out)."""
+        async def fetch() -> list[str]:
+            monitor = self.clients.monitor(parse_arm_id_subscription(resource_id))
+            pager = monitor.data_collection_rule_associations.list_by_resource(resource_id.lstrip("/"))
+            out: list[str] = []
+            async for item in pager:
+                rule = getattr(item, "data_collection_rule_id", None)
+                if isinstance(rule, str) and rule:
+                    out.append(rule)
+            return out
+
+        value: list[str] = await self._read(("associations", resource_id.lower()), fetch)
+        return value
+
+    async def read_dcr(self, resource_id: str) -> A.DcrFact:
+        """One DCR read per interval -> its facts. Raises ValueError or the SDK's error."""
+        sub, rg, name = parse_arm_id(resource_id, "Microsoft.Insights/dataCollectionRules")
+        dcr = await self._read(("dcr", resource_id.lower()),
+                               lambda: self.clients.monitor(sub).data_collection_rules.get(rg, name))
+        return dcr_fact(dcr, resource_id)
+
+    async def check_rules(self, rule_ids: Sequence[str], facility: str, priority: str
+                          ) -> tuple[list[A.DcrFact], list[A.CollectionResult]]:
+        """Read each DCR once and judge it (errors are results with state Error, no fact)."""
+        facts: list[A.DcrFact] = []
+        results: list[A.CollectionResult] = []
+        errors: list[A.CollectionResult] = []
+        seen: set[str] = set()
+        for rid in rule_ids:
+            if rid.lower() in seen:
+                continue
+            seen.add(rid.lower())
+            try:
+                fact = await self.read_dcr(rid)
+            except Exception as e:
+                errors.append(A.collection_error("DataCollectionRule", rid, str(e) if isinstance(e, ValueError) else self.describe(
+                    e, what="reading the Data Collection Rule",
+                    permission="Microsoft.Insights/dataCollectionRules/read (Monitoring Reader on the rule)", scope=rid)))
+                continue
+            facts.append(fact)
+            results.append(A.dcr_collection_verdict(fact.resource_id, fact.sources, fact.workspace_streams,
+                                                    facility, priority))
+        return facts, results + errors
 
     async def _workspace_sources(self, sub: str, rg: str, name: str) -> list[A.SyslogSource]:
         pager = self.clients.loganalytics(sub).data_sources.list_by_workspace(rg, name, filter="kind='LinuxSyslog'")
@@ -150,7 +270,7 @@ class AgentChecker:
             sources = await self._bounded(self._workspace_sources(sub, rg, name))
             return A.workspace_collection_verdict(resource_id, sources, facility, priority)
         except Exception as e:
-            return A.collection_error("Workspace", resource_id, self._describe(
+            return A.collection_error("Workspace", resource_id, self.describe(
                 e, what="listing the workspace's data sources",
                 permission="Microsoft.OperationalInsights/workspaces/dataSources/read", scope=resource_id))
 
@@ -208,7 +328,7 @@ class AgentChecker:
 
             await asyncio.wait_for(run(), o.deadline)
         except Exception as e:
-            return "remediation failed: " + self._describe(e, what=step, permission=perm, scope=ref.resource_id)
+            return "remediation failed: " + self.describe(e, what=step, permission=perm, scope=ref.resource_id)
         finally:
             self.invalidate(ref)
         log.info("installed %s on %s and upgraded its instances", extension, ref.label)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +20,15 @@ from typing import Any
 
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
 
-from nodeaudit.azure.credential import ENV_ENDPOINT, arm_endpoint, make_credential
+from nodeaudit.azure.credential import (
+    DEFAULT_LOGS_ENDPOINT,
+    ENV_CLUSTER_ID,
+    ENV_ENDPOINT,
+    ENV_LOGS_ENDPOINT,
+    arm_endpoint,
+    https_endpoint,
+    make_credential,
+)
 
 
 class BoundedRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
@@ -68,12 +78,24 @@ def _operation_of(path: str) -> str:
         ("/extensions", "vmss.extensions"),
         ("/manualupgrade", "vmss.manualupgrade"),
         ("/datacollectionruleassociations/", "dcr.association"),
+        ("/datacollectionruleassociations", "dcr.associations"),
         ("/datacollectionrules/", "dcr"),
         ("/datasources", "workspace.datasources"),
+        ("/managedclusters/", "aks.cluster"),
+        ("/query", "logs.query"),
     ):
         if marker in p:
             return name
+    if re.search(r"/subscriptions/[^/]+/resourcegroups/[^/]+$", p):
+        return "resourcegroup"
     return "other"
+
+
+#: Operations that are reads of ARM (the benchmark's "ARM reads"); ``logs.query`` goes to Log Analytics.
+ARM_READS: frozenset[str] = frozenset({
+    "GET vmss.extensions", "GET dcr.associations", "GET dcr.association", "GET dcr",
+    "GET workspace.datasources", "GET aks.cluster", "GET resourcegroup",
+})
 
 
 @dataclass
@@ -103,10 +125,14 @@ class ArmClients:
         options: ArmOptions | None = None,
         env: Mapping[str, str] | None = None,
         observe: Callable[[str, int | None], None] | None = None,
+        logs_endpoint: str | None = None,
     ) -> None:
         """``observe(operation, status)`` is called after every HTTP attempt (status None: no response)."""
         self.observe = observe
         self.endpoint = arm_endpoint({ENV_ENDPOINT: endpoint} if endpoint else env)
+        env_ = os.environ if env is None else env
+        self.cluster_resource_id = (env_.get(ENV_CLUSTER_ID) or "").strip() or None
+        self.logs_endpoint = https_endpoint(ENV_LOGS_ENDPOINT, logs_endpoint or env_.get(ENV_LOGS_ENDPOINT), DEFAULT_LOGS_ENDPOINT)
         self.credential = credential if credential is not None else make_credential(env)
         self.options = options or ArmOptions()
         self.requests: Counter[str] = Counter()
@@ -117,11 +143,19 @@ class ArmClients:
     def request_total(self) -> int:
         return sum(self.requests.values())
 
-    def _kwargs(self) -> dict[str, Any]:
+    @property
+    def arm_reads(self) -> int:
+        return sum(n for op, n in self.requests.items() if op in ARM_READS)
+
+    @property
+    def queries(self) -> int:
+        return self.requests.get("POST logs.query", 0)
+
+    def _kwargs(self, endpoint: str | None = None) -> dict[str, Any]:
         o = self.options
         return {
-            "base_url": self.endpoint,
-            "credential_scopes": [f"{self.endpoint}/.default"],
+            "base_url": endpoint or self.endpoint,
+            "credential_scopes": [f"{endpoint or self.endpoint}/.default"],
             "retry_policy": BoundedRetryPolicy(
                 max_retry_after=o.max_retry_after,
                 retry_total=o.retry_total,
@@ -146,15 +180,33 @@ class ArmClients:
         key = (kind, subscription.lower())
         client = self._clients.get(key)
         if client is None:
-            if kind == "compute":
-                from azure.mgmt.compute.aio import ComputeManagementClient as cls
-            elif kind == "monitor":
-                from azure.mgmt.monitor.aio import MonitorManagementClient as cls  # type: ignore[assignment]
+            if kind == "logs":
+                # LogsQueryClient takes ``endpoint`` (not ``base_url``) and derives the token
+                # audience from it; no subscription
+                from azure.monitor.query.aio import LogsQueryClient
+
+                kw = self._kwargs(self.logs_endpoint)
+                kw["endpoint"] = kw.pop("base_url")
+                client = LogsQueryClient(self.credential, **kw)
             else:
-                from azure.mgmt.loganalytics.aio import LogAnalyticsManagementClient as cls  # type: ignore[assignment]
-            client = cls(self.credential, subscription, **self._kwargs())
+                if kind == "compute":
+                    from azure.mgmt.compute.aio import ComputeManagementClient as cls
+                elif kind == "monitor":
+                    from azure.mgmt.monitor.aio import MonitorManagementClient as cls  # type: ignore[assignment]
+                elif kind == "containerservice":
+                    from azure.mgmt.containerservice.aio import ContainerServiceClient as cls  # type: ignore[assignment]
+                else:
+                    from azure.mgmt.loganalytics.aio import LogAnalyticsManagementClient as cls  # type: ignore[assignment]
+                client = cls(self.credential, subscription, **self._kwargs())
             self._clients[key] = client
         return client
+
+    def containerservice(self, subscription: str) -> Any:
+        return self._get("containerservice", subscription)
+
+    def logs(self) -> Any:
+        """The Log Analytics query client (``NODEAUDIT_LOGS_ENDPOINT``, default https://api.loganalytics.io)."""
+        return self._get("logs", "")
 
     def compute(self, subscription: str) -> Any:
         return self._get("compute", subscription)

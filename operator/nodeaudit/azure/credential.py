@@ -21,16 +21,24 @@ from azure.core.exceptions import ClientAuthenticationError
 ENV_ENDPOINT = "NODEAUDIT_ARM_ENDPOINT"
 ENV_TOKEN_FILE = "NODEAUDIT_ARM_TOKEN_FILE"
 DEFAULT_ENDPOINT = "https://management.azure.com"
+ENV_LOGS_ENDPOINT = "NODEAUDIT_LOGS_ENDPOINT"
+DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
+ENV_CLUSTER_ID = "NODEAUDIT_CLUSTER_RESOURCE_ID"
+
+
+def https_endpoint(name: str, value: str | None, default: str) -> str:
+    """An endpoint setting checked: https only, no trailing /."""
+    ep = (value or default).strip().rstrip("/")
+    if not ep.startswith("https://"):
+        # azure-core refuses bearer tokens over plain http; say so now rather than per request
+        raise ValueError(f"{name} must be an https:// URL, got {ep!r}")
+    return ep
 
 
 def arm_endpoint(env: Mapping[str, str] | None = None) -> str:
     """``NODEAUDIT_ARM_ENDPOINT`` of ``env`` (default os.environ), checked: https only, no trailing /."""
     env = os.environ if env is None else env
-    ep = (env.get(ENV_ENDPOINT) or DEFAULT_ENDPOINT).strip().rstrip("/")
-    if not ep.startswith("https://"):
-        # azure-core refuses bearer tokens over plain http; say so now rather than per request
-        raise ValueError(f"{ENV_ENDPOINT} must be an https:// URL, got {ep!r}")
-    return ep
+    return https_endpoint(ENV_ENDPOINT, env.get(ENV_ENDPOINT), DEFAULT_ENDPOINT)
 
 
 class TokenFileCredential:

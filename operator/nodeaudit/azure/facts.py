@@ -80,6 +80,60 @@ def dcr_facts(dcr: Any) -> tuple[list[A.SyslogSource], list[str]]:
     return sources, flows
 
 
+def dcr_fact(dcr: Any, resource_id: str) -> A.DcrFact:
+    """A DataCollectionRuleResource -> DcrFact: its syslog sources and what flows to a workspace."""
+    sources, _ = dcr_facts(dcr)
+    dests = getattr(dcr, "destinations", None)
+    la = [d for d in getattr(dests, "log_analytics", None) or []]
+    la_names = {n.lower() for d in la if (n := _s(getattr(d, "name", None)))}
+    streams: list[str] = []
+    for f in getattr(dcr, "data_flows", None) or []:
+        if any(isinstance(x, str) and x.lower() in la_names for x in getattr(f, "destinations", None) or []):
+            streams.extend(_strs(getattr(f, "streams", None)))
+    return A.DcrFact(
+        resource_id=_s(getattr(dcr, "id", None)) or resource_id,
+        name=_s(getattr(dcr, "name", None)) or resource_id.rsplit("/", 1)[-1],
+        sources=tuple(sources),
+        workspace_streams=tuple(streams),
+        workspaces=tuple(w for d in la if (w := _s(getattr(d, "workspace_resource_id", None)))),
+    )
+
+
+def cluster_fact(mc: Any, resource_id: str) -> A.ClusterFact:
+    """A ManagedCluster -> ClusterFact: is Container Insights on, through which profile, where to.
+
+    ARM reports it in two places: the ``omsagent`` add-on profile (``config``:
+    ``logAnalyticsWorkspaceResourceID``, ``useAADAuth``) or ``azureMonitorProfile.containerInsights``.
+    """
+    props = getattr(mc, "properties", None) or mc  # TypeSpec models flatten properties; read both
+    addons = getattr(props, "addon_profiles", None) or {}
+    via: str | None = None
+    workspace: str | None = None
+    msi = False
+    for key, profile in (addons.items() if isinstance(addons, Mapping) else []):
+        if str(key).lower() != A.CI_ADDON or not getattr(profile, "enabled", False):
+            continue
+        config = getattr(profile, "config", None) or {}
+        via = f"addonProfiles.{key}"
+        if isinstance(config, Mapping):
+            low = {str(k).lower(): v for k, v in config.items()}
+            workspace = _s(low.get("loganalyticsworkspaceresourceid"))
+            msi = str(low.get("useaadauth", "")).lower() == "true"
+    monitor = getattr(props, "azure_monitor_profile", None)
+    ci = getattr(monitor, "container_insights", None)
+    if via is None and ci is not None and getattr(ci, "enabled", False):
+        via = "azureMonitorProfile.containerInsights"
+        workspace = _s(getattr(ci, "log_analytics_workspace_resource_id", None))
+        msi = True  # the Azure Monitor profile always uses managed identity
+    rid = _s(getattr(mc, "id", None)) or resource_id
+    parts = [p for p in rid.split("/") if p]
+    low_parts = [p.lower() for p in parts]
+    rg = parts[low_parts.index("resourcegroups") + 1] if "resourcegroups" in low_parts else ""
+    return A.ClusterFact(resource_id=rid, name=_s(getattr(mc, "name", None)) or parts[-1], resource_group=rg,
+                         location=_s(getattr(mc, "location", None)), addon_via=via,
+                         workspace_resource_id=workspace, managed_identity=msi)
+
+
 def workspace_source_fact(ds: Any) -> A.SyslogSource | None:
     """A workspace DataSource of kind LinuxSyslog -> SyslogSource (None for other kinds)."""
     kind = _s(getattr(ds, "kind", None))
@@ -114,6 +168,15 @@ def parse_arm_id(resource_id: str, provider_type: str) -> tuple[str, str, str]:
     if low[i + 1 : i + 1 + len(want)] != want or len(parts) != i + 2 + len(want):
         raise ValueError(f"not a {provider_type} resource id: {resource_id!r}")
     return sub, rg, parts[-1]
+
+
+def parse_arm_id_subscription(resource_id: str) -> str:
+    """The subscription of any ARM resource id; raises ValueError when it names none."""
+    parts = [p for p in resource_id.strip().split("/") if p]
+    low = [p.lower() for p in parts]
+    if "subscriptions" not in low or low.index("subscriptions") + 1 >= len(parts):
+        raise ValueError(f"not an ARM resource id: {resource_id!r}")
+    return parts[low.index("subscriptions") + 1]
 
 
 # -- errors -> verdict messages ---------------------------------------------------------------------

@@ -156,6 +156,8 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
               help="A policy FILE (YAML): its monitoringAgent/syslog settings and (with --cluster) its "
                    "nodeSelector.")
 @click.option("--policy-name", metavar="NAME", help="The policy to use when the --policy FILE holds several.")
+@click.option("--check", "check_kind", type=click.Choice(["Auto", "VMSSExtension", "ContainerInsights"]),
+              help="Override the policy's monitoringAgent.check (default: the policy's, else Auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--remediate", is_flag=True,
               help="Install the policy's remediation extension where the agent is missing, then upgrade the "
@@ -167,7 +169,7 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
               help="Seconds allowed per scale set (all pages and retries).")
 def check_agent(
     node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
-    policy_file: str | None, policy_name: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
+    policy_file: str | None, policy_name: str | None, check_kind: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
     timeout: float,
 ) -> None:
     """Check that every node pool's VM scale set runs a monitoring agent.
@@ -186,6 +188,8 @@ def check_agent(
     settings, selector = _load_policy(policy_file, policy_name)
     if remediate:
         settings.remediate = True
+    if check_kind:
+        settings.check = check_kind
     try:  # a bad endpoint is a usage error before the cluster is asked anything
         options = ArmOptions(connection_verify=ca_file or True, deadline=timeout)
         clients = ArmClients(endpoint=endpoint, options=options)

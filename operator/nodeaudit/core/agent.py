@@ -43,8 +43,8 @@ EXTENSIONS_READ_PERMISSION = "Microsoft.Compute/virtualMachineScaleSets/extensio
 READER_ROLE_HINT = "grant the operator's identity Reader on the node resource group"
 CONDITION_TYPE = "AgentReady"
 
-CheckKind = Literal["VMSSExtension", "ContainerInsights", "None"]
-CHECK_KINDS: tuple[str, ...] = ("VMSSExtension", "ContainerInsights", "None")
+CheckKind = Literal["Auto", "VMSSExtension", "ContainerInsights", "None"]
+CHECK_KINDS: tuple[str, ...] = ("Auto", "VMSSExtension", "ContainerInsights", "None")
 #: The one check that asks nothing of ARM or the cluster (see ``AgentSettings.runs``).
 CHECK_DISABLED = "None"
 CHECK_DISABLED_MESSAGE = "monitoringAgent.check is None: the agent is not checked"
@@ -61,7 +61,7 @@ LACKING_STATES: frozenset[str] = frozenset({"Missing", "Failed", "Pending"})
 class AgentSettings:
     """``spec.monitoringAgent`` + ``spec.syslog`` as plain values (see ``settings_from_spec``)."""
 
-    check: str = "VMSSExtension"
+    check: str = "Auto"
     extension_types: tuple[str, ...] = DEFAULT_EXTENSION_TYPES
     data_collection_rule_id: str | None = None
     workspace_resource_id: str | None = None
@@ -551,6 +551,19 @@ class AgentReport:
     collection: list[CollectionResult] = field(default_factory=list)
     arm_requests: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Auto only: the managed cluster, the DCRs associated with it (and the policy's), the verdict
+    cluster: ClusterResult | None = None
+    dcrs: list[DcrFact] = field(default_factory=list)
+    path: PathVerdict | None = None
+
+    @property
+    def check_errors(self) -> list[str]:
+        """Every part of the check that could not be completed, as ``where: why``."""
+        out = [f"{s.ref.label}: {s.message}" for s in self.failed_checks]
+        if self.cluster is not None and self.cluster.state in ("Error", "Unresolved"):
+            out.append(f"cluster {self.cluster.resource_id or '?'}: {self.cluster.message}")
+        out += [f"{c.resource_id}: {c.message}" for c in self.collection if c.state == "Error"]
+        return out + list(self.errors)
 
     @property
     def lacking(self) -> list[ScaleSetResult]:
@@ -567,7 +580,10 @@ class AgentReport:
     @property
     def exit_code(self) -> int:
         """0 every scale set has an agent (and collection is confirmed where asked); 1 one lacks it;
-        2 the check could not be completed (errors win: an incomplete answer is not a clean one)."""
+        2 the check could not be completed (errors win: an incomplete answer is not a clean one).
+        Auto: 0 a path ships the records (whatever else failed), else 2 on errors, else 1."""
+        if self.path is not None:
+            return 0 if self.path.ok else (2 if self.check_errors else 1)
         if self.errors or self.failed_checks or any(c.state == "Error" for c in self.collection):
             return 2
         if self.lacking or self.collection_missing:
@@ -587,6 +603,18 @@ def agent_condition(
     """The ``AgentReady`` condition (metav1.Condition shape) for the policy status."""
     if report.check == CHECK_DISABLED:
         status, reason, message = disabled_condition()
+    elif report.path is not None:
+        problems = report.check_errors
+        if report.path.ok:
+            status, reason, message = "True", report.path.reason, report.path.message
+            retired = [s.ref.label for s in report.scale_sets if s.agent == OMS]
+            if retired:
+                message += f"; {OMS} (retired since {OMS_RETIRED_ON}) on {', '.join(retired)}"
+        elif problems:
+            status, reason = "Unknown", "CheckFailed"
+            message = "check failed: " + "; ".join(problems) + f"; {report.path.message}"
+        else:
+            status, reason, message = "False", report.path.reason, report.path.message
     elif report.errors or report.failed_checks or any(c.state == "Error" for c in report.collection):
         problems = [f"{s.ref.label}: {s.message}" for s in report.failed_checks]
         problems += [f"{c.resource_id}: {c.message}" for c in report.collection if c.state == "Error"]
@@ -671,6 +699,10 @@ def report_to_json(report: AgentReport) -> dict[str, Any]:
             for c in report.collection
         ],
         "errors": list(report.errors),
+        **({"cluster": {"resourceId": report.cluster.resource_id, "state": report.cluster.state,
+                        "message": report.cluster.message}} if report.cluster is not None else {}),
+        **({"path": {"ok": report.path.ok, "reason": report.path.reason, "message": report.path.message,
+                     "fix": report.path.fix}} if report.path is not None else {}),
     }
 
 
@@ -694,11 +726,163 @@ def render_table(report: AgentReport) -> str:
             lines.append(f"warning: {s.ref.label}: {w}")
         if s.remediation:
             lines.append(f"remediation: {s.ref.label}: {s.remediation}")
+    if report.cluster is not None:
+        lines.append(f"cluster: {report.cluster.resource_id or '?'}: {report.cluster.state}: {report.cluster.message}")
     for c in report.collection:
         lines.append(f"collection: {c.kind} {c.resource_id}: {c.state}: {c.message}")
+    if report.path is not None:
+        lines.append(f"path: {'ok' if report.path.ok else 'none'}: {report.path.reason}: {report.path.message}")
     for n, r in sorted(report.not_checkable.items()):
         lines.append(f"not checkable: node {n}: {r}")
     for e in report.errors:
         lines.append(f"error: {e}")
     return "\n".join(lines) + "\n"
 
+
+
+# -- Auto: the cluster's add-on, its Data Collection Rules, the scale sets' agents ------------------
+
+CLUSTER_ID_SETTING = "NODEAUDIT_CLUSTER_RESOURCE_ID"
+CI_ADDON = "omsagent"
+
+
+@dataclass(frozen=True)
+class ClusterFact:
+    """What matters of a managedClusters resource for syslog collection."""
+
+    resource_id: str
+    name: str
+    resource_group: str
+    location: str | None
+    #: where ARM reports Container Insights on: ``addonProfiles.omsagent`` or
+    #: ``azureMonitorProfile.containerInsights`` (None: it is off)
+    addon_via: str | None
+    workspace_resource_id: str | None = None
+    managed_identity: bool = False
+
+
+@dataclass(frozen=True)
+class DcrFact:
+    """A Data Collection Rule: its syslog sources and the streams it sends to a Log Analytics workspace."""
+
+    resource_id: str
+    name: str
+    sources: tuple[SyslogSource, ...]
+    #: streams of the dataFlows whose destinations include a ``logAnalytics`` destination
+    workspace_streams: tuple[str, ...]
+    workspaces: tuple[str, ...] = ()  # the logAnalytics destinations' workspaceResourceId
+
+
+def dcr_fix_command(dcr: DcrFact, facility: str, priority: str) -> str:
+    """The ``az`` command that makes ``dcr`` collect ``facility`` at ``priority`` (and above)."""
+    fac, sev = facility_name(facility), severity_name(priority)
+    rg = _arm_segment(dcr.resource_id, "resourcegroups") or "<resource-group>"
+    levels = " ".join(DCR_LEVELS[s] for s in SEVERITIES[: SEVERITIES.index(sev) + 1][::-1])
+    by_fac = [s for s in dcr.sources if s.facilities]
+    if not by_fac:
+        return (f"az monitor data-collection rule syslog add -g {rg} --rule-name {dcr.name} --name nodeaudit-{fac} "
+                f"--facility-names {fac} --log-levels {levels} --streams Microsoft-Syslog")
+    source = by_fac[0]
+    facilities = sorted({*(f for f in source.facilities if f != "*"), fac})
+    return (f"az monitor data-collection rule syslog update -g {rg} --rule-name {dcr.name} --name {source.name or 'sysLogsDataSource'} "
+            f"--facility-names {' '.join(facilities)} --log-levels {levels}")
+
+
+def _arm_segment(resource_id: str, key: str) -> str | None:
+    parts = [p for p in resource_id.split("/") if p]
+    low = [p.lower() for p in parts]
+    return parts[low.index(key) + 1] if key in low and low.index(key) + 1 < len(parts) else None
+
+
+def enable_syslog_command(cluster: ClusterFact) -> str:
+    ws = f" --workspace-resource-id {cluster.workspace_resource_id}" if cluster.workspace_resource_id else ""
+    return (f"az aks enable-addons -a monitoring --enable-msi-auth-for-monitoring --enable-syslog "
+            f"-g {cluster.resource_group} -n {cluster.name}{ws}")
+
+
+@dataclass
+class ClusterResult:
+    """The managed cluster's part of an Auto check (``state``: AddonOn, AddonOff, Error, Unresolved)."""
+
+    resource_id: str | None
+    state: Literal["AddonOn", "AddonOff", "Error", "Unresolved"]
+    message: str
+    fact: ClusterFact | None = None
+
+
+@dataclass
+class PathVerdict:
+    """Whether some path ships the policy's records to a workspace, and if not what to do."""
+
+    ok: bool
+    reason: str
+    message: str
+    fix: str | None = None
+
+
+def auto_path_verdict(
+    cluster: ClusterResult | None,
+    dcrs: Sequence[DcrFact],
+    dcr_results: Sequence[CollectionResult],
+    scale_sets: Sequence[ScaleSetResult],
+    facility: str,
+    priority: str,
+) -> PathVerdict:
+    """The ``Auto`` verdict: Container Insights (the add-on with a syslog DCR associated with the
+    cluster) or the extension path (AzureMonitorLinuxAgent on every scale set with a DCR). The first
+    path that ships ``facility`` at ``priority`` makes it True; otherwise the most specific gap, in
+    the words of the fix."""
+    fac, sev = facility_name(facility), severity_name(priority)
+    want = f"{fac}.{sev} ({fac} at {DCR_LEVELS[sev]})"
+    collected = [(d, r) for d, r in zip(dcrs, dcr_results, strict=True) if r.state == "Collected"]
+    addon = cluster is not None and cluster.fact is not None and cluster.fact.addon_via is not None
+    lacking_ama = [s for s in scale_sets if s.agent != AMA or s.state != "Present"]
+    if addon and collected:
+        d, r = collected[0]
+        assert cluster is not None and cluster.fact is not None
+        return PathVerdict(True, "ContainerInsights",
+                           f"Container Insights ({cluster.fact.addon_via}) on {cluster.fact.name} ships {want}: "
+                           f"DCR {d.name}: {r.message}")
+    if scale_sets and not lacking_ama and collected:
+        d, r = collected[0]
+        return PathVerdict(True, "AzureMonitorAgent",
+                           f"{AMA} on all {len(scale_sets)} scale set(s) ships {want}: DCR {d.name}: {r.message}")
+    # no path: say the gap of the path that is closest to working
+    if addon:
+        assert cluster is not None and cluster.fact is not None
+        with_syslog = [(d, r) for d, r in zip(dcrs, dcr_results, strict=True) if d.sources]
+        if not with_syslog:
+            fix = enable_syslog_command(cluster.fact)
+            names = ", ".join(d.name for d in dcrs) or "none"
+            return PathVerdict(False, "SyslogNotEnabled",
+                               f"Container Insights is on for {cluster.fact.name}, but syslog collection is off "
+                               f"(no DCR associated with the cluster has a syslog data source; associated: {names}): "
+                               f"run `{fix}`", fix)
+        d, r = with_syslog[0]
+        fix = dcr_fix_command(d, facility, priority)
+        return PathVerdict(False, "SyslogNotCollected",
+                           f"Container Insights is on for {cluster.fact.name}, but DCR {d.name} does not ship {want}: "
+                           f"{r.message}: run `{fix}`", fix)
+    if scale_sets and not lacking_ama:
+        if dcrs:
+            d, r = dcrs[0], dcr_results[0]
+            fix = dcr_fix_command(d, facility, priority)
+            return PathVerdict(False, "SyslogNotCollected",
+                               f"{AMA} runs on every scale set, but DCR {d.name} does not ship {want}: {r.message}: "
+                               f"run `{fix}`", fix)
+        return PathVerdict(False, "NoDataCollectionRule",
+                           f"{AMA} runs on every scale set, but no Data Collection Rule is associated with the cluster "
+                           f"or named in monitoringAgent.dataCollectionRuleId: create one that collects {want} and "
+                           f"associate it (az monitor data-collection rule association create --name nodeaudit-syslog "
+                           f"--rule-id <dcr-id> --resource <scale-set-id>)")
+    names = ", ".join(s.ref.label for s in lacking_ama) or "the cluster"
+    retired = [s.ref.label for s in scale_sets if s.agent == OMS]
+    where = cluster.fact if cluster is not None and cluster.fact is not None else None
+    fix = (enable_syslog_command(where) if where is not None
+           else "az aks enable-addons -a monitoring --enable-msi-auth-for-monitoring --enable-syslog -g <rg> -n <cluster>")
+    msg = (f"no path ships {want} to Log Analytics: the monitoring add-on is off"
+           + (f" ({cluster.message})" if cluster is not None and cluster.state != "AddonOff" else "")
+           + f" and {AMA} is missing on {names}")
+    if retired:
+        msg += f" ({OMS} on {', '.join(retired)} is retired since {OMS_RETIRED_ON} and is not counted)"
+    return PathVerdict(False, "NoCollectionPath", f"{msg}: run `{fix}`", fix)

@@ -165,9 +165,11 @@ class RemediationSpec(_Model):
 class MonitoringAgentSpec(_Model):
     """How nodeaudit confirms that each node pool ships syslog to Log Analytics."""
 
-    check: Literal["VMSSExtension", "ContainerInsights", "None"] = "VMSSExtension"
-    """VMSSExtension: read the scale set's extensions through ARM; ContainerInsights: the ama-logs
-    DaemonSet covers the node; None: no check."""
+    check: Literal["Auto", "VMSSExtension", "ContainerInsights", "None"] = "Auto"
+    """Auto: every path through ARM (the scale sets' agent extensions, the cluster's monitoring
+    add-on, the Data Collection Rules associated with the cluster) and True when one ships the
+    policy's facility at its level to a workspace; VMSSExtension: read the scale set's extensions
+    through ARM; ContainerInsights: the ama-logs DaemonSet covers the node; None: no check."""
     extension_types: list[str] = Field(
         default_factory=lambda: ["OmsAgentForLinux", "AzureMonitorLinuxAgent"], min_length=1
     )
