@@ -101,8 +101,9 @@ def test_fresh_host_installs_loads_and_ships_to_syslog_then_reapplies_idempotent
     assert "apt-get" not in second.stderr
     assert int(host.audit.status()["pid"]) == pid
     assert auditd_pids(root) == [pid]
-    assert {k: v for k, v in again.items() if k not in ("installed", "restarted", "message", "lost", "backlog")} == \
-        {k: v for k, v in result.items() if k not in ("installed", "restarted", "message", "lost", "backlog")}
+    per_run = ("installed", "restarted", "message", "lost", "backlog", "canaryId", "canaryAt", "canarySeen")
+    assert {k: v for k, v in again.items() if k not in per_run} == {k: v for k, v in result.items() if k not in per_run}
+    assert again["canaryId"] and again["canaryId"] != result["canaryId"]  # one canary per apply
     assert second.seconds < 1.0, second
     assert_record_reaches_syslog(root, devlog)
 
@@ -341,3 +342,26 @@ def test_refused_rule_rolls_back_completely_beside_a_foreign_duplicate(host):
     assert int(host.audit.status()["pid"]) == pid
     assert not list((root / "var/lib/nodeaudit/state").glob("tx.*"))
     assert ok(root.run_bundle(good))["message"] == "already applied"
+
+
+def test_each_apply_sends_a_canary_that_reaches_dev_log(host):
+    """The canary travels the policy's own way: kernel -> auditd -> audisp-syslog -> the root's
+    /dev/log at the policy's facility and level (raw format), with a marker naming node, bundle, time."""
+    root = host.root()
+    devlog = host.devlog(root)
+    bundle = hostlib.render_policy_bundle(host.bundle("c1"), policy_doc("procmon", list(PROCMON_RULES)))
+    result = ok(root.run_bundle(bundle, env={"NODE_NAME": "aks-user-12345678-vmss000003"}))
+    canary = str(result["canaryId"])
+    node, short, at_pid = canary.split(":")
+    assert node == "aks-user-12345678-vmss000003"
+    assert str(result["bundle"]).split(":", 1)[1].startswith(short) and len(short) == 12
+    assert int(at_pid.split("-")[0]) == result["canaryAt"] > 0
+    # nothing on this root shows syslog to apply.sh (no journald, no syslog file): auditd's log saw it
+    assert result["canarySeen"] == "auditd", result
+    found = devlog.wait_for(lambda msgs: [m for m in msgs if f"nodeaudit-canary id={canary}" in m], timeout=10)
+    assert found, f"canary {canary} did not reach /dev/log; got {len(devlog.messages)} datagrams"
+    line = found[0]  # type: ignore[index]
+    assert line.startswith("<86>") and "type=USER" in line, line  # authpriv.info, a user message
+    # a second apply sends a new canary
+    again = ok(root.run_bundle(bundle))
+    assert again["canaryId"] != canary

@@ -580,7 +580,8 @@ class Controller:
             record["lastSuccess"] = last_ok
         if result:
             # lost/backlog: the kernel's counters from `auditctl -s`, so a user sees a node dropping events.
-            for key in ("distro", "auditVersion", "rulesLoaded", "lost", "backlog"):
+            # canaryId/canaryAt/canarySeen: the canary this apply sent (the Delivered check looks for it)
+            for key in ("distro", "auditVersion", "rulesLoaded", "lost", "backlog", "canaryId", "canaryAt", "canarySeen"):
                 if key in result:
                     record[key] = result[key]
         if not ok:
