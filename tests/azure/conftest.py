@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from armserver import ArmServer, running_arm_server  # noqa: E402
-
-from nodeaudit.azure.checker import AgentChecker  # noqa: E402
-from nodeaudit.azure.clients import ArmClients, ArmOptions  # noqa: E402
-from nodeaudit.azure.credential import TokenFileCredential  # noqa: E402
+from nodeaudit.azure.checker import AgentChecker
+from nodeaudit.azure.clients import ArmClients, ArmOptions
+from nodeaudit.azure.credential import TokenFileCredential
+from nodeaudit.testing.armserver import ArmServer, running_arm_server
 
 
 @pytest.fixture(scope="session")

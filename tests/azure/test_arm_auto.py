@@ -7,7 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from armserver import (
+
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.core import agent as A
+from nodeaudit.core.agent import AgentSettings
+from nodeaudit.testing.armserver import (
     LEVELS_FROM,
     Resp,
     aks_extensions,
@@ -20,12 +24,6 @@ from armserver import (
     resource_group,
     vmss_node,
 )
-
-from nodeaudit.azure.check import check_policy_agents
-from nodeaudit.core import agent as A
-from nodeaudit.core.agent import AgentSettings
-
-pytestmark = pytest.mark.azure
 
 SUB = "11111111-2222-3333-4444-555555555555"
 RG, CLUSTER, NODE_RG = "rg-prod", "aks-prod", "MC_rg-prod_aks-prod_westeurope"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
 from nodeaudit.azure.check import check_policy_agents
 from nodeaudit.core.agent import AgentSettings
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
 DCR = f"/subscriptions/{SUB}/resourceGroups/monitoring/providers/Microsoft.Insights/dataCollectionRules/dcr-syslog"

@@ -8,11 +8,9 @@ import json
 
 import pytest
 import yaml
-from armserver import Resp, aks_extensions, vmss_node
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from click.testing import CliRunner
 
-from conftest import fast_options
 from nodeaudit.azure import check as check_mod
 from nodeaudit.azure import checker as checker_mod
 from nodeaudit.azure import clients as clients_mod
@@ -21,8 +19,8 @@ from nodeaudit.azure import facts as facts_mod
 from nodeaudit.cli.check_agent import check_agent
 from nodeaudit.core import agent as agent_mod
 from nodeaudit.core.agent import AgentReport
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import Resp, aks_extensions, vmss_node
+from tests.azure.conftest import fast_options
 
 SUB = "11111111-2222-3333-4444-555555555555"
 DCR = f"/subscriptions/{SUB}/resourceGroups/monitoring/providers/Microsoft.Insights/dataCollectionRules/dcr-syslog"

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-from armserver import aks_extensions, ama, vmss_node
-
 from nodeaudit.azure.check import check_policy_agents
 from nodeaudit.core.agent import AgentSettings
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import aks_extensions, ama, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
 
@@ -55,7 +51,7 @@ def test_500_nodes_in_5_scale_sets_make_5_list_calls_per_interval(arm, make_chec
 
 
 def test_errors_are_not_cached(arm, make_checker, arun):
-    from armserver import Resp
+    from nodeaudit.testing.armserver import Resp
 
     arm.scripts["aks-pool0-vmss"] = [Resp(403, {"error": {"code": "AuthorizationFailed", "message": "x"}}),
                                      Resp(200, {"value": [ama()]})]
@@ -66,7 +62,7 @@ def test_errors_are_not_cached(arm, make_checker, arun):
 
 
 def test_concurrency_is_bounded(arm, make_checker, arun):
-    from armserver import Resp
+    from nodeaudit.testing.armserver import Resp
 
     in_flight = {"now": 0, "max": 0}
 

@@ -12,8 +12,6 @@ from nodeaudit.azure import clients as clients_mod
 from nodeaudit.azure import credential as credential_mod
 from nodeaudit.core import agent as agent_mod
 
-pytestmark = pytest.mark.azure
-
 
 def test_endpoint_from_env_and_https_only():
     assert credential_mod.arm_endpoint({}) == "https://management.azure.com"
