@@ -28,6 +28,7 @@ from nodeaudit.azure.facts import (
     workspace_source_fact,
 )
 from nodeaudit.core import agent as A
+from nodeaudit.core import delivery as D
 
 log = logging.getLogger("nodeaudit.azure.checker")
 
@@ -82,9 +83,10 @@ class AgentChecker:
         async with sem:
             return await asyncio.wait_for(coro, self.clients.options.deadline)
 
-    def describe(self, e: BaseException, *, what: str, permission: str, scope: str) -> str:
+    def describe(self, e: BaseException, *, what: str, permission: str, scope: str, logs: bool = False) -> str:
         return describe_error(e, what=what, permission=permission, scope=scope,
-                              endpoint=self.clients.endpoint, retry_note=self.retry_note)
+                              endpoint=self.clients.logs_endpoint if logs else self.clients.endpoint,
+                              retry_note=self.retry_note, service="Log Analytics" if logs else "ARM")
 
     async def _list_extensions(self, ref: A.ScaleSetRef) -> list[A.ExtensionFact]:
         client = self.clients.compute(ref.subscription)
@@ -251,6 +253,45 @@ class AgentChecker:
             results.append(A.dcr_collection_verdict(fact.resource_id, fact.sources, fact.workspace_streams,
                                                     facility, priority))
         return facts, results + errors
+
+    # -- arrival: one Log Analytics query per policy per interval ---------------------------------
+
+    async def check_arrival(self, policy: str, records: Mapping[str, Mapping[str, Any] | None], *,
+                            workspace_resource_id: str | None, workspace_id: str | None,
+                            grace_seconds: float, now: float | None = None) -> D.DeliveryVerdict:
+        """Ask the workspace which of the nodes' latest canaries arrived: one bounded query
+        (time range from the oldest canary asked for, at most ``row_limit`` rows), never raises."""
+        workspace = workspace_resource_id or workspace_id
+        if not workspace:
+            return D.no_workspace()
+        now = time.time() if now is None else now
+        sent, without = D.sent_canaries(records)
+        if not sent:
+            return D.delivery_verdict(sent, without, {}, now=now, grace_seconds=grace_seconds, workspace=workspace)
+        limit = D.row_limit(sent)
+        query = D.canary_query(policy, limit)
+        span = D.query_window(sent, now)
+        logs = self.clients.logs()
+        try:
+            if workspace_resource_id:
+                result = await self._bounded(logs.query_resource(workspace_resource_id, query, timespan=span,
+                                                                 server_timeout=60))
+            else:
+                result = await self._bounded(logs.query_workspace(workspace_id, query, timespan=span, server_timeout=60))
+        except Exception as e:
+            return D.query_failed(self.describe(
+                e, what="querying the workspace for the canaries", logs=True,
+                permission=f"Microsoft.OperationalInsights/workspaces/query/read (grant {D.ROLE} on the workspace)",
+                scope=workspace))
+        tables = getattr(result, "tables", None) or getattr(result, "partial_data", None) or []
+        if not tables:
+            error = getattr(result, "partial_error", None)
+            return D.query_failed(f"the workspace answered without a table{': ' + str(error) if error else ''}")
+        table = tables[0]
+        arrived = D.parse_rows(list(getattr(table, "columns", []) or []), list(getattr(table, "rows", []) or []))
+        rows = len(getattr(table, "rows", []) or [])
+        return D.delivery_verdict(sent, without, arrived, now=now, grace_seconds=grace_seconds, workspace=workspace,
+                                  truncated=rows >= limit)
 
     async def _workspace_sources(self, sub: str, rg: str, name: str) -> list[A.SyslogSource]:
         pager = self.clients.loganalytics(sub).data_sources.list_by_workspace(rg, name, filter="kind='LinuxSyslog'")

@@ -194,7 +194,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def describe_error(
-    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = ""
+    e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = "",
+    service: str = "ARM",
 ) -> str:
     """A one-line verdict message for a failed ARM call. Never includes a token.
 
@@ -203,15 +204,15 @@ def describe_error(
     """
     at = f" ({endpoint})" if endpoint else ""
     if isinstance(e, asyncio.TimeoutError):
-        return f"{what}: no answer within the deadline (ARM slow or unreachable{at}){retry_note}"
+        return f"{what}: no answer within the deadline ({service} slow or unreachable{at}){retry_note}"
     if isinstance(e, DecodeError | DeserializationError):
-        return f"{what}: ARM sent a malformed response (not the expected JSON){retry_note}"
+        return f"{what}: {service} sent a malformed response (not the expected JSON){retry_note}"
     if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
         # raised by the credential itself, before any request: its message is the cause
         text = " ".join(str(getattr(e, "message", None) or e).split())
         return f"{what}: cannot get a token: {text[:600] or type(e).__name__}"
     if isinstance(e, ClientAuthenticationError) and e.status_code == 401:
-        return f"{what}: ARM rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
+        return f"{what}: {service} rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
     if isinstance(e, HttpResponseError):
         status = e.status_code
         if status == 403:
@@ -223,10 +224,10 @@ def describe_error(
         if status == 429:
             resp: Any = e.response
             ra = resp.headers.get("Retry-After") if resp is not None else None
-            return f"{what}: throttled by ARM (429{', Retry-After ' + ra + ' s' if ra else ''}){retry_note}"
+            return f"{what}: throttled by {service} (429{', Retry-After ' + ra + ' s' if ra else ''}){retry_note}"
         if status is not None and status >= 500:
-            return f"{what}: ARM server error {status}{_arm_code(e)} after retries{retry_note}"
-        return f"{what}: ARM answered {status}{_arm_code(e)}"
+            return f"{what}: {service} server error {status}{_arm_code(e)} after retries{retry_note}"
+        return f"{what}: {service} answered {status}{_arm_code(e)}"
     if isinstance(e, ServiceResponseError | ServiceRequestError):
-        return f"{what}: ARM unreachable or too slow{at}: {type(e).__name__}: {_first_line(e)}{retry_note}"
+        return f"{what}: {service} unreachable or too slow{at}: {type(e).__name__}: {_first_line(e)}{retry_note}"
     return f"{what}: unexpected {type(e).__name__}: {_first_line(e)}{at}"

@@ -71,6 +71,8 @@ class AgentSettings:
     workspace_secret: tuple[str, str, str, str] | None = None  # name, namespace, id key, key key
     facility: str = "LOG_AUTHPRIV"
     priority: str = "LOG_INFO"
+    workspace_id: str | None = None  # the workspace's customer id (arrival query)
+    delivery_grace_seconds: float = 900.0
 
     @property
     def runs(self) -> bool:
@@ -96,6 +98,8 @@ def settings_from_spec(spec: NodeAuditPolicySpec) -> AgentSettings:
         workspace_secret=(ref.name, ref.namespace, ref.workspace_id_key, ref.workspace_key_key) if ref else None,
         facility=str(syslog.facility),
         priority=str(syslog.priority),
+        workspace_id=ma.workspace_id,
+        delivery_grace_seconds=parse_duration(ma.delivery_grace).total_seconds(),
     )
 
 

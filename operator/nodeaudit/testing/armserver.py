@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import trustme
@@ -409,9 +410,20 @@ class ArmServer:
             return Resp(404, {"error": {"code": "WorkspaceNotFoundError", "message": f"workspace {workspace} not found"}})
         from nodeaudit.core import delivery
 
-        rows = delivery.emulate_canary_query(self.syslog[workspace], body.get("query", ""), body.get("timespan"))
+        rows = answer_canary_query(self.syslog[workspace], body.get("query", ""), body.get("timespan"))
         return Resp(200, {"tables": [{"name": "PrimaryResult", "columns": [
             {"name": c, "type": t} for c, t in delivery.CANARY_COLUMNS], "rows": rows}]})
+
+    def ingest(self, workspace: str, node: str, message: str, *, at: float | None = None,
+               facility: str = "authpriv", severity: str = "info") -> None:
+        """One ``Syslog`` row, as the agent would ship it from ``node`` (``workspace``: customer id
+        or resource id)."""
+        t = time.time() if at is None else at
+        row = {"TimeGenerated": datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z"),
+               "Computer": node, "Facility": facility, "SeverityLevel": severity, "ProcessName": "audispd",
+               "SyslogMessage": message}
+        with self.lock:
+            self.syslog.setdefault(workspace.lstrip("/").lower(), []).append(row)
 
     def _ext_list(self, name: str, request: web.Request) -> Resp:
         script = self.scripts.get(name)
@@ -440,6 +452,44 @@ class ArmServer:
         if r.body is None:
             return web.Response(status=r.status, headers=headers)
         return web.Response(status=r.status, text=json.dumps(r.body), headers=headers, content_type="application/json")
+
+
+def _span(timespan: str | None) -> tuple[datetime, datetime] | None:
+    """The API's ``timespan`` (``start/end`` ISO 8601, as the SDK sends a (start, end) pair)."""
+    if not timespan or "/" not in timespan:
+        return None
+    a, b = timespan.split("/", 1)
+
+    def parse(v: str) -> datetime:
+        return datetime.fromisoformat(v.replace("Z", "+00:00"))
+
+    return parse(a), parse(b)
+
+
+def answer_canary_query(rows: list[dict[str, Any]], query: str, timespan: str | None) -> list[list[Any]]:
+    """What ``nodeaudit.core.delivery.canary_query`` asks of the ``Syslog`` table, applied to
+    ``rows``: within the timespan, the canaries of the policy the query names, the newest per
+    node (by the time in the canary id), at most the ``take`` count."""
+    from nodeaudit.core import delivery
+
+    policy = re.search(r'policy == "([a-z0-9-]+)"', query)
+    take = re.search(r"\| take (\d+)", query)
+    span = _span(timespan)
+    newest: dict[str, list[Any]] = {}
+    for row in rows:
+        t = datetime.fromisoformat(str(row["TimeGenerated"]).replace("Z", "+00:00"))
+        if span is not None and not (span[0] <= t <= span[1]):
+            continue
+        m = delivery.CANARY_RE.search(str(row.get("SyslogMessage", "")))
+        if m is None or (policy is not None and m.group(2) != policy.group(1)):
+            continue
+        canary = m.group(1)
+        node, _, rest = canary.split(":")
+        at = int(rest.split("-")[0])
+        if node not in newest or at > newest[node][1]:
+            newest[node] = [node, at, canary, row["TimeGenerated"]]
+    out = list(newest.values())
+    return out[: int(take.group(1))] if take else out
 
 
 def vmss_node(name: str, sub: str, rg: str, vmss: str, index: int = 0, **extra: Any) -> dict[str, Any]:
