@@ -59,5 +59,6 @@ def arm(arm_session: ArmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("NODEAUDIT_ARM_ENDPOINT", arm_session.endpoint)
     monkeypatch.setenv("NODEAUDIT_ARM_TOKEN_FILE", str(token))
     monkeypatch.setenv("NODEAUDIT_ARM_CA_FILE", arm_session.ca_file)
+    monkeypatch.setenv("NODEAUDIT_LOGS_ENDPOINT", arm_session.endpoint)  # Log Analytics: the same server
     yield arm_session
     arm_session.reset()

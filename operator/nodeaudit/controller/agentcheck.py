@@ -21,11 +21,13 @@ from nodeaudit.controller import kube as kube_mod
 from nodeaudit.controller import metrics
 from nodeaudit.controller.view import View
 from nodeaudit.core import agent as agent_mod
+from nodeaudit.core import delivery as delivery_mod
 from nodeaudit.core import nodes as nodes_mod
 
 if TYPE_CHECKING:
     from nodeaudit.azure.checker import AgentChecker
     from nodeaudit.azure.clients import ArmClients
+    from nodeaudit.controller.writer import Writer
     from nodeaudit.core.agent import AgentSettings
 
 log = logging.getLogger("nodeaudit.controller.agentcheck")
@@ -39,6 +41,7 @@ class AgentState:
     """One policy's agent check."""
 
     verdict: Verdict | None = None
+    delivered: Verdict | None = None  # the Delivered condition (arrival of the canaries)
     scale_sets: list[dict[str, Any]] | None = None  # status.agent
     key: str = ""  # the settings the verdict is for; a change re-checks at once
     due: float = 0.0
@@ -50,9 +53,10 @@ class AgentState:
 
 
 class AgentCheck:
-    def __init__(self, view: View, kube: kube_mod.Kube) -> None:
+    def __init__(self, view: View, kube: kube_mod.Kube, writer: Writer | None = None) -> None:
         self.view = view
         self.kube = kube
+        self.writer = writer  # writes each node's deliveredAt; None: not written
         self.states: dict[str, AgentState] = {}
         # One ArmClients per process, made on the first check, in this loop.
         self.arm: ArmClients | None = None
@@ -65,6 +69,11 @@ class AgentCheck:
         """(AgentReady, status.agent) for the policy's status; (None, None) before any check."""
         state = self.states.get(policy)
         return (state.verdict, state.scale_sets) if state is not None else (None, None)
+
+    def delivered(self, policy: str) -> Verdict | None:
+        """The Delivered condition for the policy's status; None before any check."""
+        state = self.states.get(policy)
+        return state.delivered if state is not None else None
 
     def policy_changed(self) -> None:
         self.wake.set()
@@ -223,3 +232,25 @@ class AgentCheck:
         log.info("agent check of policy %s: %s %s", name, cond["reason"], cond["message"])
         self._set(name, (str(cond["status"]), str(cond["reason"]), str(cond["message"])),
                   agent_mod.agent_status(report))
+        await self._arrival(name, settings, state.checker, matched)
+
+    async def _arrival(self, name: str, settings: AgentSettings, checker: AgentChecker,
+                       matched: list[nodes_mod.NodeFacts]) -> None:
+        """One Log Analytics query for the newest canary of every matched node; Delivered and
+        each node's deliveredAt."""
+        records = {n.name: n.record(name) for n in matched}
+        verdict = await checker.check_arrival(
+            name, records, workspace_resource_id=settings.workspace_resource_id, workspace_id=settings.workspace_id,
+            grace_seconds=settings.delivery_grace_seconds)
+        state = self.states.get(name)
+        if state is None or name not in self.view.policies:
+            return
+        if verdict.reason not in ("NoWorkspace", "NoCanary"):
+            log.info("arrival check of policy %s: %s %s", name, verdict.reason, verdict.message)
+        delivered = (verdict.status, verdict.reason, verdict.message)
+        if state.delivered != delivered:
+            state.delivered = delivered
+            self.view.mark(name)
+        if self.writer is not None:
+            for node, (old, new) in delivery_mod.delivered_updates(records, verdict.delivered_at).items():
+                await self.writer.write_delivered(name, node, old, new)

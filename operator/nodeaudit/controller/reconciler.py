@@ -48,7 +48,7 @@ class Controller:
         self.config = config
         self.view = View()
         self.writer = Writer(kube, config, self.view)
-        self.agent = AgentCheck(self.view, kube)
+        self.agent = AgentCheck(self.view, kube, self.writer)
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
 
@@ -186,13 +186,14 @@ class Controller:
         if view.unrecorded(entry.name):
             entry.requeue_at = min(entry.requeue_at or 1e18, time.monotonic() + RESULT_POLL_SECONDS)
         agent, agent_scale_sets = self.agent.verdict(entry.name)
+        delivered = self.agent.delivered(entry.name)
         summary = status.Summary(
             generation=entry.generation, bundle=entry.bundle.hash, matched=plan.matched,
             configured=plan.count("configured"), applying=plan.count("applying"),
             pending=plan.count("pending"), waiting=plan.count("waiting"), retrying=plan.count("retrying"),
             failed=plan.count("failed"), failed_nodes=plan.failed_nodes, stalled=plan.stalled,
             paused=plan.paused, conflicts=conflicts, create_failed=create_error,
-            agent=agent, agent_scale_sets=agent_scale_sets,
+            agent=agent, agent_scale_sets=agent_scale_sets, delivered=delivered,
         )
         await self.writer.write_status(entry, summary)
         if create_error is not None and create_error != entry.create_error_reported:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from nodeaudit.core.noderecord import record_text
+from nodeaudit.core.nodes import state_annotation
 from nodeaudit.core.status import few_names
 
 CONDITION_TYPE = "Delivered"
@@ -168,3 +170,21 @@ def delivery_verdict(
     return DeliveryVerdict("True", "Delivered",
                            f"the latest canary of all {n} configured node(s) arrived in {workspace}{note}",
                            delivered_at, got, n)
+
+
+def delivered_updates(records: Mapping[str, Mapping[str, Any] | None], delivered_at: Mapping[str, str]
+                      ) -> dict[str, tuple[str, str]]:
+    """node -> (record text now, record text with ``deliveredAt``) for the records that lack it."""
+    out: dict[str, tuple[str, str]] = {}
+    for node, when in sorted(delivered_at.items()):
+        rec = records.get(node)
+        if rec and rec.get("deliveredAt") != when:
+            out[node] = (record_text(rec), record_text({**rec, "deliveredAt": when}))
+    return out
+
+
+def delivered_ops(policy: str, old_text: str, new_text: str) -> list[dict[str, Any]]:
+    """A JSON patch that adds ``deliveredAt`` only to the record it was computed from: a record
+    written meanwhile (a new apply, a new canary) fails the ``test`` (422) and is left alone."""
+    path = "/metadata/annotations/" + state_annotation(policy).replace("~", "~0").replace("/", "~1")
+    return [{"op": "test", "path": path, "value": old_text}, {"op": "replace", "path": path, "value": new_text}]
