@@ -127,7 +127,7 @@ async def _check_auto(report: A.AgentReport, groups: A.NodeGroups, settings: Age
     if cluster.resource_id and cluster.state in ("AddonOn", "AddonOff"):
         try:
             rule_ids = await checker.associated_rules(cluster.resource_id)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure to list the associations is that part's verdict
             report.collection.append(A.collection_error("DataCollectionRule", cluster.resource_id, checker.describe(
                 e, what="listing the cluster's Data Collection Rule associations",
                 permission="Microsoft.Insights/dataCollectionRuleAssociations/read (Monitoring Reader on the cluster)",
@@ -151,7 +151,7 @@ async def _check_container_insights(
                 for r, n in groups.scale_sets.items()]
     try:
         ds, pods = await fetch_ama_logs(kube)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure is the Container Insights verdict
         status = _status(e)
         msg = (f"reading kube-system/ama-logs failed: {type(e).__name__}"
                + (f" {status}" if status else "")
@@ -177,7 +177,7 @@ async def _remediate(report: A.AgentReport, settings: AgentSettings, checker: Ag
         name, ns, idk, keyk = settings.workspace_secret
         try:
             workspace = await read_workspace_secret(kube, name, ns, idk, keyk)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure: no remediation, said why
             for s in todo:
                 s.remediation = f"not attempted: cannot read Secret {ns}/{name} ({type(e).__name__})"
             return

@@ -104,7 +104,7 @@ class AgentChecker:
         now = datetime.now(timezone.utc)
         try:
             facts = await self._bounded(self._list_extensions(ref), sem)
-        except Exception as e:  # every failure is a verdict, never a crash
+        except Exception as e:  # noqa: BLE001 - every failure is a verdict, never a crash
             msg = self.describe(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
                                  scope=f"scale set {ref.resource_id}")
             # info, not warning: the verdict carries the message (the operator logs the condition,
@@ -136,7 +136,7 @@ class AgentChecker:
             dcr = await self._bounded(self.clients.monitor(sub).data_collection_rules.get(rg, name))
             sources, flows = dcr_facts(dcr)
             return A.dcr_collection_verdict(resource_id, sources, flows, facility, priority)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is this rule's verdict
             return A.collection_error("DataCollectionRule", resource_id, self.describe(
                 e, what="reading the Data Collection Rule",
                 permission="Microsoft.Insights/dataCollectionRules/read", scope=resource_id))
@@ -184,7 +184,7 @@ class AgentChecker:
             resource_id = await self.cluster_id(scale_sets)
         except ValueError as e:
             return A.ClusterResult(None, "Unresolved", str(e))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure to resolve the cluster is the cluster's verdict
             scope = f"node resource group {scale_sets[0].resource_group}" if scale_sets else "?"
             return A.ClusterResult(None, "Error", self.describe(
                 e, what="reading the node resource group (its managedBy names the cluster)",
@@ -197,7 +197,7 @@ class AgentChecker:
         try:
             mc = await self._read(("cluster", resource_id.lower()),
                                   lambda: self.clients.containerservice(sub).managed_clusters.get(rg, name))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure to read the cluster is the cluster's verdict
             return A.ClusterResult(resource_id, "Error", self.describe(
                 e, what="reading the managed cluster",
                 permission="Microsoft.ContainerService/managedClusters/read (Reader on the cluster)", scope=resource_id))
@@ -244,7 +244,7 @@ class AgentChecker:
             seen.add(rid.lower())
             try:
                 fact = await self.read_dcr(rid)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure is this rule's verdict
                 errors.append(A.collection_error("DataCollectionRule", rid, str(e) if isinstance(e, ValueError) else self.describe(
                     e, what="reading the Data Collection Rule",
                     permission="Microsoft.Insights/dataCollectionRules/read (Monitoring Reader on the rule)", scope=rid)))
@@ -278,7 +278,7 @@ class AgentChecker:
                                                                  server_timeout=60))
             else:
                 result = await self._bounded(logs.query_workspace(workspace_id, query, timespan=span, server_timeout=60))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is the arrival verdict
             return D.query_failed(self.describe(
                 e, what="querying the workspace for the canaries", logs=True,
                 permission=f"Microsoft.OperationalInsights/workspaces/query/read (grant {D.ROLE} on the workspace)",
@@ -310,7 +310,7 @@ class AgentChecker:
         try:
             sources = await self._bounded(self._workspace_sources(sub, rg, name))
             return A.workspace_collection_verdict(resource_id, sources, facility, priority)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is this workspace's verdict
             return A.collection_error("Workspace", resource_id, self.describe(
                 e, what="listing the workspace's data sources",
                 permission="Microsoft.OperationalInsights/workspaces/dataSources/read", scope=resource_id))
@@ -368,7 +368,7 @@ class AgentChecker:
                 await poller2.result()
 
             await asyncio.wait_for(run(), o.deadline)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is the remediation's result
             return "remediation failed: " + self.describe(e, what=step, permission=perm, scope=ref.resource_id)
         finally:
             self.invalidate(ref)

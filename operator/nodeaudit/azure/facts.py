@@ -50,7 +50,7 @@ def extension_fact(ext: Any) -> A.ExtensionFact:
             provisioning_state=_s(getattr(src, "provisioning_state", None)),
             type_handler_version=_s(getattr(src, "type_handler_version", None)),
         )
-    except Exception:  # a payload the model cannot read: not an agent, not a crash
+    except Exception:  # noqa: BLE001 - a payload the model cannot read: not an agent, not a crash
         return A.ExtensionFact(name=None, type=None, publisher=None, provisioning_state=None)
 
 

@@ -108,7 +108,7 @@ def _kube_configuration(kubeconfig: str | None, context: str | None) -> Any:
         return cfg
     except click.UsageError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any reason the kubeconfig is unusable is the message
         raise click.UsageError(f"cannot reach the cluster: {e}") from None
 
 
@@ -211,7 +211,7 @@ def check_agent(
                 if nodes is None:
                     try:
                         listing = await kube.get("/api/v1/nodes")
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 2
                         return f"listing nodes failed: {type(e).__name__}: {e}"
                     items = (listing or {}).get("items") or [] if isinstance(listing, dict) else []
                     nodes = _select_nodes([n for n in items if isinstance(n, dict)], selector)
