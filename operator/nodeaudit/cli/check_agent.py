@@ -16,7 +16,7 @@ from nodeaudit.core import agent as A
 
 EPILOG = """\b
 Examples:
-  # nodes saved with kubectl, default policy (VMSSExtension, OMS or AMA counts)
+  # nodes saved with kubectl, default policy (Auto: scale sets, add-on, DCRs)
   kubectl get node aks-user-12345678-vmss000000 -o yaml > node.yaml
   nodeaudit check-agent --node node.yaml
 
@@ -25,10 +25,13 @@ Examples:
   nodeaudit check-agent --cluster --policy procmon.yaml --json
 
 \b
-Exit status: 0 every scale set has an agent (and the DCR/workspace collects the
-policy's facility where one is named), 1 one lacks it, 2 the check could not be
-completed (permission, throttling, timeout, bad input).
+Exit status: 0 a path ships the policy's records (and every canary arrived,
+when a workspace is named), 1 something is missing (agent, collection, a
+canary), 2 the check could not be completed (permission, throttling, timeout,
+bad input).
 Environment: NODEAUDIT_ARM_ENDPOINT (default https://management.azure.com),
+NODEAUDIT_LOGS_ENDPOINT (default https://api.loganalytics.io),
+NODEAUDIT_CLUSTER_RESOURCE_ID (else the node resource group's managedBy),
 NODEAUDIT_ARM_TOKEN_FILE (a bearer token; else DefaultAzureCredential).
 """
 
@@ -69,17 +72,35 @@ def _what(doc: object) -> str:
     return f"a {kind}" if kind else "a mapping without kind"
 
 
-def _load_policy(path: str | None, name: str | None) -> tuple[Any, Any]:
-    """(settings, nodeSelector) from a policy file, or the defaults."""
+def _load_policy(path: str | None, name: str | None) -> tuple[Any, Any, str | None]:
+    """(settings, nodeSelector, policy name) from a policy file, or the defaults."""
     from nodeaudit.cli.main import _single_policy  # here: cli.py imports this module when it registers it
 
     if path is None:
-        return A.AgentSettings(), None
+        return A.AgentSettings(), None, None
     try:
         policy = _single_policy(path, name, pick="--policy-name NAME")
     except click.ClickException as e:  # exit 2 (bad input), not 1 (an agent missing)
         raise click.UsageError(f"--policy {path}: {e.message}") from None
-    return A.settings_from_spec(policy.spec), policy.spec.node_selector
+    return A.settings_from_spec(policy.spec), policy.spec.node_selector, policy.name
+
+
+def _records(nodes: list[dict[str, Any]], policy: str) -> dict[str, dict[str, Any] | None]:
+    """node name -> the policy's record (the node annotation the operator writes), None when absent."""
+    import json
+
+    from nodeaudit.core.nodes import state_annotation
+
+    out: dict[str, dict[str, Any] | None] = {}
+    for node in nodes:
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        text = annotations.get(state_annotation(policy))
+        try:
+            rec = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            rec = None
+        out[A.node_name(node)] = rec if isinstance(rec, dict) else None
+    return out
 
 
 def _kube_configuration(kubeconfig: str | None, context: str | None) -> Any:
@@ -163,21 +184,27 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
               help="Install the policy's remediation extension where the agent is missing, then upgrade the "
                    "instances (changes AKS node resources: AKS support discourages it).")
 @click.option("--endpoint", envvar="NODEAUDIT_ARM_ENDPOINT", help="ARM endpoint (default https://management.azure.com).")
+@click.option("--logs-endpoint", envvar="NODEAUDIT_LOGS_ENDPOINT",
+              help="Log Analytics query endpoint (default https://api.loganalytics.io).")
 @click.option("--ca-file", envvar="NODEAUDIT_ARM_CA_FILE", type=click.Path(exists=True, dir_okay=False),
               help="CA bundle for the ARM endpoint (private endpoints, tests).")
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds allowed per scale set (all pages and retries).")
 def check_agent(
     node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
-    policy_file: str | None, policy_name: str | None, check_kind: str | None, as_json: bool, remediate: bool, endpoint: str | None, ca_file: str | None,
+    policy_file: str | None, policy_name: str | None, check_kind: str | None, as_json: bool, remediate: bool, endpoint: str | None,
+    logs_endpoint: str | None, ca_file: str | None,
     timeout: float,
 ) -> None:
-    """Check that every node pool's VM scale set runs a monitoring agent.
+    """Check the three layers that get a node's audit records to Log Analytics.
 
-    Groups the nodes by scale set (spec.providerID), lists each scale set's extensions once through
-    ARM, and reports the agent (AzureMonitorLinuxAgent, or OmsAgentForLinux — retired since
-    2024-08-31) and its provisioning state. With a policy that names a Data Collection Rule or a
-    workspace, also confirms that its syslog source collects the policy's facility and level.
+    Agent: groups the nodes by scale set (spec.providerID) and lists each scale set's extensions
+    once through ARM (AzureMonitorLinuxAgent, or OmsAgentForLinux, retired since 2024-08-31).
+    Collection (check Auto, the default): reads the managed cluster's monitoring add-on and the
+    Data Collection Rules associated with it, and says whether one ships the policy's facility at
+    its level to a workspace, with the az command that fixes it when not. Arrival (a --policy that
+    names monitoringAgent.workspaceResourceId or workspaceId): one Log Analytics query for the
+    newest canary of every node, against the canaryId the operator recorded on each node.
     """
     from nodeaudit.azure.check import check_policy_agents
     from nodeaudit.azure.checker import AgentChecker
@@ -185,14 +212,14 @@ def check_agent(
 
     if bool(node_files) == cluster:
         raise click.UsageError("give --node FILE... or --cluster (one of them)")
-    settings, selector = _load_policy(policy_file, policy_name)
+    settings, selector, name = _load_policy(policy_file, policy_name)
     if remediate:
         settings.remediate = True
     if check_kind:
         settings.check = check_kind
     try:  # a bad endpoint is a usage error before the cluster is asked anything
         options = ArmOptions(connection_verify=ca_file or True, deadline=timeout)
-        clients = ArmClients(endpoint=endpoint, options=options)
+        clients = ArmClients(endpoint=endpoint, options=options, logs_endpoint=logs_endpoint)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -215,7 +242,13 @@ def check_agent(
                         return f"listing nodes failed: {type(e).__name__}: {e}"
                     items = (listing or {}).get("items") or [] if isinstance(listing, dict) else []
                     nodes = _select_nodes([n for n in items if isinstance(n, dict)], selector)
-                report = await check_policy_agents(nodes, settings, AgentChecker(clients, ttl=0.0), kube=kube)
+                checker = AgentChecker(clients, ttl=0.0)
+                report = await check_policy_agents(nodes, settings, checker, kube=kube)
+                if name is not None and (settings.workspace_resource_id or settings.workspace_id):
+                    # arrival: the records the operator left on the nodes name each latest canary
+                    report.delivery = await checker.check_arrival(
+                        name, _records(nodes, name), workspace_resource_id=settings.workspace_resource_id,
+                        workspace_id=settings.workspace_id, grace_seconds=settings.delivery_grace_seconds)
             finally:
                 if kube is not None:
                     await kube.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from nodeaudit.core.delivery import DeliveryVerdict
 from nodeaudit.core.nodes import matches, node_os
 from nodeaudit.core.policy import NodeAuditPolicySpec, parse_duration
 from nodeaudit.core.status import few_names
@@ -559,6 +560,8 @@ class AgentReport:
     cluster: ClusterResult | None = None
     dcrs: list[DcrFact] = field(default_factory=list)
     path: PathVerdict | None = None
+    #: arrival (``nodeaudit check-agent``): did the nodes' canaries reach the workspace
+    delivery: DeliveryVerdict | None = None
 
     @property
     def check_errors(self) -> list[str]:
@@ -585,7 +588,18 @@ class AgentReport:
     def exit_code(self) -> int:
         """0 every scale set has an agent (and collection is confirmed where asked); 1 one lacks it;
         2 the check could not be completed (errors win: an incomplete answer is not a clean one).
-        Auto: 0 a path ships the records (whatever else failed), else 2 on errors, else 1."""
+        Auto: 0 a path ships the records (whatever else failed), else 2 on errors, else 1.
+        Arrival, when asked: a query that failed makes it 2, a canary missing at least 1."""
+        code = self._agent_exit_code
+        if self.delivery is not None:
+            if self.delivery.reason == "QueryFailed":
+                return 2
+            if self.delivery.status == "False":
+                return max(code, 1)
+        return code
+
+    @property
+    def _agent_exit_code(self) -> int:
         if self.path is not None:
             return 0 if self.path.ok else (2 if self.check_errors else 1)
         if self.errors or self.failed_checks or any(c.state == "Error" for c in self.collection):
@@ -707,6 +721,10 @@ def report_to_json(report: AgentReport) -> dict[str, Any]:
                         "message": report.cluster.message}} if report.cluster is not None else {}),
         **({"path": {"ok": report.path.ok, "reason": report.path.reason, "message": report.path.message,
                      "fix": report.path.fix}} if report.path is not None else {}),
+        **({"delivery": {"status": report.delivery.status, "reason": report.delivery.reason,
+                         "message": report.delivery.message, "arrived": report.delivery.arrived,
+                         "expected": report.delivery.expected, "missing": list(report.delivery.missing),
+                         "deliveredAt": dict(report.delivery.delivered_at)}} if report.delivery is not None else {}),
     }
 
 
@@ -736,6 +754,8 @@ def render_table(report: AgentReport) -> str:
         lines.append(f"collection: {c.kind} {c.resource_id}: {c.state}: {c.message}")
     if report.path is not None:
         lines.append(f"path: {'ok' if report.path.ok else 'none'}: {report.path.reason}: {report.path.message}")
+    if report.delivery is not None:
+        lines.append(f"arrival: Delivered={report.delivery.status} {report.delivery.reason}: {report.delivery.message}")
     for n, r in sorted(report.not_checkable.items()):
         lines.append(f"not checkable: node {n}: {r}")
     for e in report.errors:
