@@ -37,6 +37,18 @@ def invoke(args, env):
     return CliRunner().invoke(check_agent, args, env=env, catch_exceptions=False)
 
 
+def write_kubeconfig(tmp_path, arm):
+    """A kubeconfig whose cluster is the local https server (it serves the Kubernetes paths too)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "t", "cluster": {"server": arm.endpoint, "certificate-authority": arm.ca_file}}],
+        "users": [{"name": "t", "user": {"token": "kube-token"}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+    }))
+    return kubeconfig
+
+
 def test_all_present_exit_0_table(arm, env, tmp_path):
     arm.extensions["aks-user-1-vmss"] = [*aks_extensions(), ama()]
     arm.extensions["aks-sys-1-vmss"] = [*aks_extensions(), oms()]
@@ -89,13 +101,7 @@ def test_cluster_mode_reads_nodes_through_kubeconfig(arm, env, tmp_path):
     arm.extensions["aks-user-1-vmss"] = [*aks_extensions(), ama()]
     items = [vmss_node(f"aks-user-1-vmss{j:06d}", SUB, "mc_x", "aks-user-1-vmss", j) for j in range(4)]
     arm.kube["/api/v1/nodes"] = Resp(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "t",
-        "clusters": [{"name": "t", "cluster": {"server": arm.endpoint, "certificate-authority": arm.ca_file}}],
-        "users": [{"name": "t", "user": {"token": "kube-token"}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-    }))
+    kubeconfig = write_kubeconfig(tmp_path, arm)
     r = invoke(["--cluster", "--kubeconfig", str(kubeconfig), "--json"], env)
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["scaleSets"][0]["nodes"] == 4
@@ -146,13 +152,7 @@ def test_cluster_mode_prints_agent_collection_and_arrival(arm, env, tmp_path):
         if j < 2:
             arm.ingest(WORKSPACE_ID, node["metadata"]["name"], f"type=USER msg=audit({at}.1:1): msg='nodeaudit-canary id={canary} policy=procmon'")
     arm.kube["/api/v1/nodes"] = Resp(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "t",
-        "clusters": [{"name": "t", "cluster": {"server": arm.endpoint, "certificate-authority": arm.ca_file}}],
-        "users": [{"name": "t", "user": {"token": "kube-token"}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-    }))
+    kubeconfig = write_kubeconfig(tmp_path, arm)
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({
         "apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "procmon"},

@@ -20,7 +20,6 @@ from nodeaudit.azure.clients import ArmClients
 from nodeaudit.azure.facts import (
     cluster_fact,
     dcr_fact,
-    dcr_facts,
     describe_error,
     extension_fact,
     parse_arm_id,
@@ -128,18 +127,9 @@ class AgentChecker:
         )))
 
     async def check_dcr(self, resource_id: str, facility: str, priority: str) -> A.CollectionResult:
-        try:
-            sub, rg, name = parse_arm_id(resource_id, "Microsoft.Insights/dataCollectionRules")
-        except ValueError as e:
-            return A.collection_error("DataCollectionRule", resource_id, str(e))
-        try:
-            dcr = await self._bounded(self.clients.monitor(sub).data_collection_rules.get(rg, name))
-            sources, flows = dcr_facts(dcr)
-            return A.dcr_collection_verdict(resource_id, sources, flows, facility, priority)
-        except Exception as e:  # noqa: BLE001 - any failure is this rule's verdict
-            return A.collection_error("DataCollectionRule", resource_id, self.describe(
-                e, what="reading the Data Collection Rule",
-                permission="Microsoft.Insights/dataCollectionRules/read", scope=resource_id))
+        """The policy's ``dataCollectionRuleId``: one read per interval, judged as Auto judges its rules."""
+        _, results = await self.check_rules([resource_id], facility, priority)
+        return results[0]
 
     # -- Auto: the managed cluster, its rule associations, the DCRs -------------------------------
 

@@ -62,27 +62,20 @@ def _strs(v: Any) -> tuple[str, ...]:
     return ()
 
 
-def dcr_facts(dcr: Any) -> tuple[list[A.SyslogSource], list[str]]:
-    """A DataCollectionRuleResource -> its syslog sources and the streams its dataFlows carry."""
-    sources: list[A.SyslogSource] = []
+def syslog_sources(dcr: Any) -> list[A.SyslogSource]:
+    """A DataCollectionRuleResource's ``dataSources.syslog`` items."""
     ds = getattr(dcr, "data_sources", None)
-    for s in getattr(ds, "syslog", None) or []:
-        sources.append(A.SyslogSource(
-            name=_s(getattr(s, "name", None)),
-            facilities=_strs(getattr(s, "facility_names", None)),
-            levels=_strs(getattr(s, "log_levels", None)),
-            streams=_strs(getattr(s, "streams", None)),
-        ))
-    flows: list[str] = []
-    for f in getattr(dcr, "data_flows", None) or []:
-        if getattr(f, "destinations", None):
-            flows.extend(_strs(getattr(f, "streams", None)))
-    return sources, flows
+    return [A.SyslogSource(
+        name=_s(getattr(s, "name", None)),
+        facilities=_strs(getattr(s, "facility_names", None)),
+        levels=_strs(getattr(s, "log_levels", None)),
+        streams=_strs(getattr(s, "streams", None)),
+    ) for s in getattr(ds, "syslog", None) or []]
 
 
 def dcr_fact(dcr: Any, resource_id: str) -> A.DcrFact:
     """A DataCollectionRuleResource -> DcrFact: its syslog sources and what flows to a workspace."""
-    sources, _ = dcr_facts(dcr)
+    sources = syslog_sources(dcr)
     dests = getattr(dcr, "destinations", None)
     la = [d for d in getattr(dests, "log_analytics", None) or []]
     la_names = {n.lower() for d in la if (n := _s(getattr(d, "name", None)))}

@@ -410,7 +410,7 @@ def dcr_collection_verdict(
                                 f"the syslog data source for {fac} does not emit the Microsoft-Syslog stream")
     if not any(s.lower() == "microsoft-syslog" for s in flow_streams):
         return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
-                                "no dataFlow of the DCR sends Microsoft-Syslog to a destination")
+                                "no dataFlow of the DCR sends Microsoft-Syslog to a Log Analytics workspace")
     names = ", ".join(sorted({s.name or "?" for s in by_level}))
     return CollectionResult("DataCollectionRule", resource_id, "Collected", f"{want} collected by data source {names}")
 
