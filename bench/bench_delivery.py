@@ -32,12 +32,8 @@ def run_bench(argv: list[str] | None = None) -> dict:
     from nodeaudit.testing.armserver import (
         WORKSPACE_ID,
         ArmServer,
-        Resp,
         aks_extensions,
-        association,
-        managed_cluster,
-        msci_dcr,
-        resource_group,
+        seed_aks,
         vmss_node,
     )
 
@@ -47,19 +43,12 @@ def run_bench(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    cluster_id = f"/subscriptions/{SUB}/resourcegroups/{RG}/providers/Microsoft.ContainerService/managedClusters/{CLUSTER}"
-    msci = f"MSCI-westeurope-{CLUSTER}"
-    dcr_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Insights/dataCollectionRules/{msci}"
     with tempfile.TemporaryDirectory(prefix="nodeaudit-bench-delivery-") as tmp:
         server = ArmServer(tmp).start()
         try:
             token = Path(tmp) / "token"
             token.write_text(server.token)
-            server.resource_groups[NODE_RG.lower()] = Resp(200, resource_group(SUB, NODE_RG, cluster_id))
-            server.clusters[CLUSTER] = Resp(200, managed_cluster(SUB, RG, CLUSTER, NODE_RG))
-            server.dcrs[msci.lower()] = Resp(200, msci_dcr(SUB, RG, CLUSTER, syslog=["auth", "authpriv"]))
-            server.rule_associations[cluster_id.lstrip("/").lower()] = [
-                association(cluster_id, "ContainerInsightsExtension", rule_id=dcr_id)]
+            seed_aks(server, SUB, NODE_RG, rg=RG, cluster=CLUSTER, syslog=["auth", "authpriv"])
             server.default_extensions = lambda name: aks_extensions()
             nodes = [vmss_node(f"aks-pool{i % args.scale_sets:02d}-vmss{i:06d}", SUB, NODE_RG,
                                f"aks-pool{i % args.scale_sets:02d}-vmss", i) for i in range(args.nodes)]
@@ -69,7 +58,7 @@ def run_bench(argv: list[str] | None = None) -> dict:
                 name = n["metadata"]["name"]
                 canary = f"{name}:{'ab' * 6}:{at}-{i}"
                 records[name] = {"result": "ok", "canaryId": canary, "canaryAt": at}
-                server.ingest(WORKSPACE_ID, name, f"type=USER msg=audit({at}.1:{i}): msg='nodeaudit-canary id={canary} policy=procmon'")
+                server.ship_canary(WORKSPACE_ID, name, canary, "procmon", at)
             clock = [0.0]
             options = ArmOptions(connection_verify=server.ca_file)
             settings = AgentSettings(check="Auto", workspace_resource_id=WORKSPACE_ID)

@@ -150,7 +150,7 @@ def test_cluster_mode_prints_agent_collection_and_arrival(arm, env, tmp_path):
             {"result": "ok", "bundle": "sha256:" + "ab" * 32, "canaryId": canary, "canaryAt": at})}
         items.append(node)
         if j < 2:
-            arm.ingest(WORKSPACE_ID, node["metadata"]["name"], f"type=USER msg=audit({at}.1:1): msg='nodeaudit-canary id={canary} policy=procmon'")
+            arm.ship_canary(WORKSPACE_ID, node["metadata"]["name"], canary, "procmon", at)
     arm.kube["/api/v1/nodes"] = Resp(200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items})
     kubeconfig = write_kubeconfig(tmp_path, arm)
     policy = tmp_path / "policy.yaml"

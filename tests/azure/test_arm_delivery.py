@@ -21,9 +21,7 @@ def records(at: int, nodes=NODES) -> dict[str, dict]:
 def ship(arm, recs: dict[str, dict], nodes, workspace: str = WORKSPACE_ID, policy: str = "procmon") -> None:
     """What each node's agent puts into the Syslog table: audisp-syslog's line for the canary."""
     for n in nodes:
-        arm.ingest(workspace, n, f"type=USER msg=audit({recs[n]['canaryAt']}.120:77): pid=4242 uid=0 auid=4294967295 "
-                                 f"ses=4294967295 subj=unconfined msg='nodeaudit-canary id={recs[n]['canaryId']} "
-                                 f"policy={policy} exe=\"/usr/sbin/auditctl\" hostname=? addr=? terminal=? res=success'")
+        arm.ship_canary(workspace, n, recs[n]["canaryId"], policy, recs[n]["canaryAt"])
 
 
 def check(arun, checker, recs, *, now: float, workspace_resource_id=WORKSPACE_ID, workspace_id=None, grace=900.0):

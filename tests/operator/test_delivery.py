@@ -18,8 +18,7 @@ def test_canaries_from_two_of_three_nodes_name_the_third(cluster: Cluster, arm: 
 
     def ship(node: str, canary: str, at: int) -> None:  # what the node's agent puts into Syslog
         if node != lost:
-            arm.ingest(WORKSPACE_ID, node, f"type=USER msg=audit({at}.001:9): pid=1 uid=0 "
-                                           f"msg='nodeaudit-canary id={canary} policy={name} res=success'")
+            arm.ship_canary(WORKSPACE_ID, node, canary, name, at)
 
     cluster.sim.on_canary = ship
     cluster.apply_policy(policy(name, monitoringAgent={

@@ -414,6 +414,12 @@ class ArmServer:
         return Resp(200, {"tables": [{"name": "PrimaryResult", "columns": [
             {"name": c, "type": t} for c, t in delivery.CANARY_COLUMNS], "rows": rows}]})
 
+    def ship_canary(self, workspace: str, node: str, canary: str, policy: str, at: int) -> None:
+        """The ``Syslog`` row a node's agent makes of apply.sh's canary (audisp-syslog's USER line)."""
+        self.ingest(workspace, node, f"type=USER msg=audit({at}.120:77): pid=4242 uid=0 auid=4294967295 "
+                                     f"ses=4294967295 subj=unconfined msg='nodeaudit-canary id={canary} policy={policy} "
+                                     f'exe="/usr/sbin/auditctl" hostname=? addr=? terminal=? res=success\'')
+
     def ingest(self, workspace: str, node: str, message: str, *, at: float | None = None,
                facility: str = "authpriv", severity: str = "info") -> None:
         """One ``Syslog`` row, as the agent would ship it from ``node`` (``workspace``: customer id
@@ -452,6 +458,23 @@ class ArmServer:
         if r.body is None:
             return web.Response(status=r.status, headers=headers)
         return web.Response(status=r.status, text=json.dumps(r.body), headers=headers, content_type="application/json")
+
+
+def seed_aks(arm: ArmServer, sub: str, node_rg: str, *, rg: str = "rg-demo", cluster: str = "aks-demo",
+             syslog: list[str] | None = None) -> str:
+    """A cluster as ``az aks create`` + ``az aks enable-addons -a monitoring --enable-syslog`` leave
+    it: the node resource group's managedBy, the cluster with the add-on, the MSCI DCR associated
+    with it (``syslog``: its facilities), an empty ``Syslog`` table in the workspace. Returns the
+    cluster id."""
+    cluster_id = f"/subscriptions/{sub}/resourcegroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{cluster}"
+    msci = msci_dcr(sub, rg, cluster, syslog=["auth", "authpriv", "daemon"] if syslog is None else syslog)
+    arm.resource_groups[node_rg.lower()] = Resp(200, resource_group(sub, node_rg, cluster_id))
+    arm.clusters[cluster.lower()] = Resp(200, managed_cluster(sub, rg, cluster, node_rg))
+    arm.dcrs[str(msci["name"]).lower()] = Resp(200, msci)
+    arm.rule_associations[cluster_id.lstrip("/").lower()] = [
+        association(cluster_id, "ContainerInsightsExtension", rule_id=str(msci["id"]))]
+    arm.syslog.setdefault(WORKSPACE_ID.lstrip("/").lower(), [])
+    return cluster_id
 
 
 def _span(timespan: str | None) -> tuple[datetime, datetime] | None:
