@@ -59,6 +59,7 @@ BACKLOG=0
 CANARY_ID=""     # the canary this apply sent (node:bundle:time-pid), empty when none was sent
 CANARY_AT=0      # its time, seconds since the epoch
 CANARY_SEEN=none # where this node saw it after the kernel: dispatcher | journal | syslog | auditd | none
+DISPATCHER_STATE="$R/var/lib/nodeaudit/state/dispatcher.json" # the JSON dispatcher's counters
 
 TX=""            # backup directory while host files are being changed; empty otherwise
 PLUGIN_FILE=""   # host path of the syslog plugin config for this audit version
@@ -692,7 +693,8 @@ canary_send() {
 # journal or a syslog file (it left the audit pipeline), else auditd's own log (it reached auditd
 # only). A canary that is not seen is reported, not fatal: the workspace check decides.
 canary_seen_at() {
-	if [ -r "$R/var/lib/nodeaudit/dispatcher/last-canary" ] && grep -qF "$CANARY_ID" "$R/var/lib/nodeaudit/dispatcher/last-canary" 2>/dev/null; then
+	# the JSON dispatcher's state file names the last canary it sent to /dev/log
+	if [ -r "$DISPATCHER_STATE" ] && grep -qF "\"lastCanary\": \"$CANARY_ID\"" "$DISPATCHER_STATE" 2>/dev/null; then
 		echo dispatcher; return 0
 	fi
 	if [ -z "$R" ] && command -v journalctl >/dev/null 2>&1 \
@@ -719,7 +721,7 @@ canary_left_audit() {
 # Is there anything on this node that would show the canary after auditd? (journald, a syslog
 # file, the dispatcher's counter). Without one, waiting for it is pointless: auditd's log only.
 canary_sink() {
-	[ -e "$R/var/lib/nodeaudit/dispatcher/last-canary" ] && return 0
+	[ -e "$DISPATCHER_STATE" ] && return 0
 	[ -z "$R" ] && [ -d /run/systemd/journal ] && command -v journalctl >/dev/null 2>&1 && return 0
 	for f in auth.log secure syslog messages; do
 		[ -e "$R/var/log/$f" ] && return 0
