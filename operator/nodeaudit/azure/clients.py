@@ -126,12 +126,13 @@ class ArmClients:
         env: Mapping[str, str] | None = None,
         observe: Callable[[str, int | None], None] | None = None,
         logs_endpoint: str | None = None,
+        cluster_resource_id: str | None = None,
     ) -> None:
         """``observe(operation, status)`` is called after every HTTP attempt (status None: no response)."""
         self.observe = observe
         self.endpoint = arm_endpoint({ENV_ENDPOINT: endpoint} if endpoint else env)
         env_ = os.environ if env is None else env
-        self.cluster_resource_id = (env_.get(ENV_CLUSTER_ID) or "").strip() or None
+        self.cluster_resource_id = cluster_resource_id or (env_.get(ENV_CLUSTER_ID) or "").strip() or None
         self.logs_endpoint = https_endpoint(ENV_LOGS_ENDPOINT, logs_endpoint or env_.get(ENV_LOGS_ENDPOINT), DEFAULT_LOGS_ENDPOINT)
         self.credential = credential if credential is not None else make_credential(env)
         self.options = options or ArmOptions()

@@ -48,7 +48,7 @@ class Controller:
         self.config = config
         self.view = View()
         self.writer = Writer(kube, config, self.view)
-        self.agent = AgentCheck(self.view, kube, self.writer)
+        self.agent = AgentCheck(self.view, kube, config, self.writer)
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
 
