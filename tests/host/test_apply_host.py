@@ -12,6 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.host import costlib, hostlib
 from tests.host.costlib import find_exec_record
 from tests.host.hostlib import PROCMON_LISTED, Rootfs
@@ -341,24 +343,34 @@ def test_refused_rule_rolls_back_completely_beside_a_foreign_duplicate(host):
     assert ok(root.run_bundle(good))["message"] == "already applied"
 
 
-def test_each_apply_sends_a_canary_that_reaches_dev_log(host):
-    """The canary travels the policy's own way: kernel -> auditd -> audisp-syslog -> the root's
-    /dev/log at the policy's facility and level (raw format), with a marker naming node, bundle, time."""
-    root = host.root()
+@pytest.mark.parametrize(("fmt", "kind", "seen"), [("raw", "auditd", "auditd"), ("json", "python", "dispatcher")])
+def test_each_apply_sends_a_canary_that_reaches_dev_log(host, fmt, kind, seen):
+    """The canary travels the policy's own way: kernel -> auditd -> audisp-syslog (raw) or the JSON
+    dispatcher (json) -> the root's /dev/log at the policy's facility and level, with a marker
+    naming node, bundle and time; apply.sh confirms it on the node where it can."""
+    root = host.root(kind)
     devlog = host.devlog(root)
-    bundle = hostlib.render_policy_bundle(host.bundle("c1"), policy_doc("procmon", list(PROCMON_RULES)))
-    result = ok(root.run_bundle(bundle, env={"NODE_NAME": "aks-user-12345678-vmss000003"}))
-    canary = str(result["canaryId"])
+    policy = policy_doc("procmon", list(PROCMON_RULES), syslog={"format": fmt})
+    bundle = hostlib.render_policy_bundle(host.bundle(f"c-{fmt}"), policy)
+    with costlib.Draining(devlog):  # as the node's syslog daemon reads: a full socket drops (json)
+        result = ok(root.run_bundle(bundle, env={"NODE_NAME": "aks-user-12345678-vmss000003"}))
+        canary = str(result["canaryId"])
+        found = devlog.wait_for(lambda msgs: [m for m in msgs if f"nodeaudit-canary id={canary}" in m], timeout=10)
+        again = ok(root.run_bundle(bundle))
+    assert result["syslogFormat"] == fmt, result
     node, short, at_pid = canary.split(":")
     assert node == "aks-user-12345678-vmss000003"
     assert str(result["bundle"]).split(":", 1)[1].startswith(short) and len(short) == 12
     assert int(at_pid.split("-")[0]) == result["canaryAt"] > 0
-    # nothing on this root shows syslog to apply.sh (no journald, no syslog file): auditd's log saw it
-    assert result["canarySeen"] == "auditd", result
-    found = devlog.wait_for(lambda msgs: [m for m in msgs if f"nodeaudit-canary id={canary}" in m], timeout=10)
+    # raw: nothing on this root shows syslog to apply.sh (no journald, no syslog file), auditd's log
+    # saw it; json: the dispatcher's state file names the canary it sent
+    assert result["canarySeen"] == seen, result
     assert found, f"canary {canary} did not reach /dev/log; got {len(devlog.messages)} datagrams"
     line = found[0]  # type: ignore[index]
-    assert line.startswith("<86>") and "type=USER" in line, line  # authpriv.info, a user message
-    # a second apply sends a new canary
-    again = ok(root.run_bundle(bundle))
-    assert again["canaryId"] != canary
+    assert line.startswith("<86>"), line  # authpriv.info
+    if fmt == "raw":
+        assert "type=USER" in line, line
+    else:
+        event = json.loads(line.split(" nodeaudit: ", 1)[1])
+        assert event["type"] == "USER" and event["msg"].startswith(f"nodeaudit-canary id={canary} policy=procmon")
+    assert again["canaryId"] != canary  # one canary per apply
