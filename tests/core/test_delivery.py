@@ -74,5 +74,5 @@ def test_the_marker_apply_sh_writes_is_the_one_the_query_reads():
     apply_sh = (Path(nodeaudit.__file__).parent / "host" / "apply.sh").read_text()
     line = next(x for x in apply_sh.splitlines() if "auditctl -m \"" in x)
     assert 'nodeaudit-canary id=$CANARY_ID policy=$POLICY' in line
-    assert D.CANARY_RE.search("msg='nodeaudit-canary id=aks-x-vmss000001:0123456789ab:1800000000-42 policy=procmon'")
+    assert D.CANARY_RE.search("msg='text=nodeaudit-canary id=aks-x-vmss000001:0123456789ab:1800000000-42 policy=procmon'")
     assert re.search(r'CANARY_ID="\$\(canary_node\):.*:\$CANARY_AT-\$\$"', apply_sh)

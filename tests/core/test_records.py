@@ -225,8 +225,8 @@ def test_a_user_message_keeps_its_quoted_words_and_inner_fields():
     """auditctl -m (the canary), sudo and sshd write msg='...' with spaces: read whole, and the
     fields inside it (exe, res) read too."""
     line = ("type=USER msg=audit(1800000000.120:77): pid=4242 uid=0 auid=4294967295 ses=4294967295 "
-            "subj=unconfined msg='nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon "
+            "subj=unconfined msg='text=nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon "
             "exe=\"/usr/sbin/auditctl\" hostname=? addr=? terminal=? res=success'")
     (event,) = records.events([line])
-    assert event["msg"].startswith("nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon exe=")
+    assert event["msg"].startswith("text=nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon exe=")
     assert event["exe"] == "/usr/sbin/auditctl" and event["type"] == "USER"

@@ -355,7 +355,10 @@ def test_each_apply_sends_a_canary_that_reaches_dev_log(host, fmt, kind, seen):
     with costlib.Draining(devlog):  # as the node's syslog daemon reads: a full socket drops (json)
         result = ok(root.run_bundle(bundle, env={"NODE_NAME": "aks-user-12345678-vmss000003"}))
         canary = str(result["canaryId"])
-        found = devlog.wait_for(lambda msgs: [m for m in msgs if f"nodeaudit-canary id={canary}" in m], timeout=10)
+        # the user message itself (json: the execve rule also records auditctl's exec with the marker)
+        user = "type=USER" if fmt == "raw" else '"type":"USER"'
+        found = devlog.wait_for(lambda msgs: [m for m in msgs if f"nodeaudit-canary id={canary}" in m and user in m],
+                                timeout=10)
         again = ok(root.run_bundle(bundle))
     assert result["syslogFormat"] == fmt, result
     node, short, at_pid = canary.split(":")
@@ -372,5 +375,5 @@ def test_each_apply_sends_a_canary_that_reaches_dev_log(host, fmt, kind, seen):
         assert "type=USER" in line, line
     else:
         event = json.loads(line.split(" nodeaudit: ", 1)[1])
-        assert event["type"] == "USER" and event["msg"].startswith(f"nodeaudit-canary id={canary} policy=procmon")
+        assert event["type"] == "USER" and f"nodeaudit-canary id={canary} policy=procmon" in event["msg"], event
     assert again["canaryId"] != canary  # one canary per apply

@@ -191,7 +191,7 @@ def test_a_canary_it_sends_is_named_in_its_state(node, tmp_path):
 
     canary = "aks-user-12345678-vmss000003:0123456789ab:1800000000-4242"
     line = (f"type=USER msg=audit(1800000000.120:77): pid=4242 uid=0 auid=4294967295 ses=4294967295 "
-            f"subj=unconfined msg='nodeaudit-canary id={canary} policy=procmon exe=\"/usr/sbin/auditctl\" "
+            f"subj=unconfined msg='text=nodeaudit-canary id={canary} policy=procmon exe=\"/usr/sbin/auditctl\" "
             f"hostname=? addr=? terminal=? res=success'UID=\"root\" AUID=\"unset\"\n").encode()
     sock = listener(tmp_path / "log")
     proc, state = run(node, tmp_path, V3 + line)

@@ -417,7 +417,7 @@ class ArmServer:
     def ship_canary(self, workspace: str, node: str, canary: str, policy: str, at: int) -> None:
         """The ``Syslog`` row a node's agent makes of apply.sh's canary (audisp-syslog's USER line)."""
         self.ingest(workspace, node, f"type=USER msg=audit({at}.120:77): pid=4242 uid=0 auid=4294967295 "
-                                     f"ses=4294967295 subj=unconfined msg='nodeaudit-canary id={canary} policy={policy} "
+                                     f"ses=4294967295 subj=unconfined msg='text=nodeaudit-canary id={canary} policy={policy} "
                                      f'exe="/usr/sbin/auditctl" hostname=? addr=? terminal=? res=success\'')
 
     def ingest(self, workspace: str, node: str, message: str, *, at: float | None = None,
