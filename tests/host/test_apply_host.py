@@ -11,6 +11,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -47,7 +48,7 @@ def assert_record_reaches_syslog(root: Rootfs, devlog: hostlib.DevLog) -> None:
     marker = costlib.run_marker(root)
     found = devlog.wait_for(lambda msgs: find_exec_record(msgs, marker), timeout=10)
     assert found, f"no EXECVE record with {marker} reached /dev/log; got {len(devlog.messages)} datagrams"
-    execve, syscall = found  # type: ignore[misc]
+    execve, syscall = cast(tuple[str, str], found)
     assert execve.startswith("<86>"), execve
     assert syscall.startswith("<86>"), syscall
     assert 'key="procmon"' in syscall
@@ -364,12 +365,12 @@ def test_each_apply_sends_a_canary_that_reaches_dev_log(host, fmt, kind, seen):
     node, short, at_pid = canary.split(":")
     assert node == "aks-user-12345678-vmss000003"
     assert str(result["bundle"]).split(":", 1)[1].startswith(short) and len(short) == 12
-    assert int(at_pid.split("-")[0]) == result["canaryAt"] > 0
+    assert int(at_pid.split("-")[0]) == result["canaryAt"] and int(at_pid.split("-")[0]) > 0
     # raw: nothing on this root shows syslog to apply.sh (no journald, no syslog file), auditd's log
     # saw it; json: the dispatcher's state file names the canary it sent
     assert result["canarySeen"] == seen, result
     assert found, f"canary {canary} did not reach /dev/log; got {len(devlog.messages)} datagrams"
-    line = found[0]  # type: ignore[index]
+    line = found[0]
     assert line.startswith("<86>"), line  # authpriv.info
     if fmt == "raw":
         assert "type=USER" in line, line

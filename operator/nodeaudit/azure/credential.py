@@ -91,6 +91,22 @@ class TokenFileCredential:
         return f"TokenFileCredential(path={self.path!r})"
 
 
+#: What to configure when the credential chain yields no token: one sentence, never the chain's dump.
+NO_CREDENTIAL = (f"no Azure credential: give the operator a workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
+                 f"AZURE_FEDERATED_TOKEN_FILE) or set {ENV_TOKEN_FILE}")
+
+
+def credential_message(e: BaseException) -> str:
+    """One line for a credential that gave no token. DefaultAzureCredential's message lists every
+    credential it tried, one paragraph each (kilobytes): it becomes NO_CREDENTIAL. The token-file
+    credential's own line (which file, what is wrong with it) is kept."""
+    raw = str(getattr(e, "message", None) or e).strip()
+    unavailable = any(c.__name__ == "CredentialUnavailableError" for c in type(e).__mro__)
+    if unavailable or "DefaultAzureCredential" in raw or "\n" in raw:
+        return NO_CREDENTIAL
+    return " ".join(raw.split())[:200] or type(e).__name__
+
+
 def make_credential(env: Mapping[str, str] | None = None) -> Any:
     """``NODEAUDIT_ARM_TOKEN_FILE`` -> TokenFileCredential, else DefaultAzureCredential (aio)."""
     env = os.environ if env is None else env

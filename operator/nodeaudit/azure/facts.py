@@ -21,7 +21,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from nodeaudit.azure.credential import ENV_TOKEN_FILE
+from nodeaudit.azure.credential import ENV_TOKEN_FILE, NO_CREDENTIAL, credential_message
 from nodeaudit.core import agent as A
 
 
@@ -201,9 +201,9 @@ def describe_error(
     if isinstance(e, DecodeError | DeserializationError):
         return f"{what}: {service} sent a malformed response (not the expected JSON){retry_note}"
     if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
-        # raised by the credential itself, before any request: its message is the cause
-        text = " ".join(str(getattr(e, "message", None) or e).split())
-        return f"{what}: cannot get a token: {text[:600] or type(e).__name__}"
+        # raised by the credential itself, before any request
+        message = credential_message(e)
+        return f"{what}: {message}" if message == NO_CREDENTIAL else f"{what}: cannot get a token: {message}"
     if isinstance(e, ClientAuthenticationError) and e.status_code == 401:
         return f"{what}: {service} rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
     if isinstance(e, HttpResponseError):

@@ -235,6 +235,7 @@ def check_agent(
             try:
                 nodes = file_nodes
                 if nodes is None:
+                    assert kube is not None  # --cluster always makes one
                     try:
                         listing = await kube.get("/api/v1/nodes")
                     except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 2

@@ -203,20 +203,35 @@ class AgentCheck:
         nodes = [{"metadata": {"name": n.name, "labels": dict(n.labels)},
                   "spec": {"providerID": n.provider_id, "taints": self.view.raw_taints.get(n.name, [])}}
                  for n in matched]
+        in_azure = (settings.data_collection_rule_id or settings.workspace_resource_id or settings.workspace_id
+                    or (settings.check == "Auto" and self.config.cluster_resource_id))
+        if not state.scale_set_keys and not in_azure:
+            # Nothing of this policy lives in Azure: no client, no credential (no chain started), no request.
+            report = agent_mod.AgentReport(check=settings.check,
+                                           not_checkable=dict(agent_mod.group_nodes(nodes).not_checkable))
+            self._report(name, entry.generation, report)
+            return
         if self.arm is None:
             try:  # NODEAUDIT_ARM_ENDPOINT is checked here (https only): a bad one is the verdict
                 verify = self.config.arm_ca_file or True
                 self.arm = ArmClients(options=ArmOptions(connection_verify=verify),
                                       logs_endpoint=self.config.logs_endpoint,
                                       cluster_resource_id=self.config.cluster_resource_id,
-                                            observe=metrics.observe_arm)
+                                      observe=metrics.observe_arm)
             except ValueError as e:
                 log.error("agent check of policy %s cannot run: %s", name, e)
                 self._set(name, ("False", "ArmConfigInvalid", str(e)), None)
                 return
+        # ContainerInsights reads the cluster, not ARM, unless remediation or a DCR/workspace is asked for.
+        arm_calls = (settings.check != "ContainerInsights" or settings.remediate or in_azure)
+        problem = await _credential_problem(self.arm) if arm_calls else None
+        if problem is not None:  # once, not once per scale set, and never the chain's dump
+            log.warning("agent check of policy %s cannot run: %s", name, problem)
+            self._set(name, ("Unknown", "CredentialUnavailable", problem), None)
+            return
         if state.checker is None:
             state.checker = AgentChecker(self.arm, ttl=ttl_for_interval(settings.interval_seconds),
-                                               retry_note="; retried next interval")
+                                         retry_note="; retried next interval")
         try:
             # the cluster is read for ContainerInsights only: the operator has no RBAC on Secrets
             kube = self.kube if settings.check == "ContainerInsights" else None
@@ -225,7 +240,11 @@ class AgentCheck:
             log.warning("agent check of policy %s could not run: %s", name, e)
             self._set(name, ("Unknown", "CheckFailed", f"{type(e).__name__}: {e}"), None)
             return
-        cond = agent_mod.agent_condition(report, observed_generation=entry.generation)
+        self._report(name, entry.generation, report)
+        await self._arrival(name, settings, state.checker, matched)
+
+    def _report(self, name: str, generation: int, report: agent_mod.AgentReport) -> None:
+        cond = agent_mod.agent_condition(report, observed_generation=generation)
         if name not in self.view.policies:
             return
         states: dict[str, int] = {}
@@ -235,7 +254,6 @@ class AgentCheck:
         log.info("agent check of policy %s: %s %s", name, cond["reason"], cond["message"])
         self._set(name, (str(cond["status"]), str(cond["reason"]), str(cond["message"])),
                   agent_mod.agent_status(report))
-        await self._arrival(name, settings, state.checker, matched)
 
     async def _arrival(self, name: str, settings: AgentSettings, checker: AgentChecker,
                        matched: list[nodes_mod.NodeFacts]) -> None:
@@ -257,3 +275,16 @@ class AgentCheck:
         if self.writer is not None:
             for node, (old, new) in delivery_mod.delivered_updates(records, verdict.delivered_at).items():
                 await self.writer.write_delivered(name, node, old, new)
+
+
+async def _credential_problem(arm: ArmClients) -> str | None:
+    """One token request before a check: why the credential gives none (one sentence), or None."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from nodeaudit.azure.credential import credential_message
+
+    try:
+        await arm.credential.get_token(f"{arm.endpoint}/.default")
+    except ClientAuthenticationError as e:
+        return credential_message(e)
+    return None
