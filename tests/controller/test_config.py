@@ -78,3 +78,14 @@ def test_the_settings_table_in_the_docs_lists_every_setting_with_its_default() -
         assert documented is not None, f"docs/operator.md: no row for {f.metadata['variable']}"
         if f.default is not None:
             assert documented == (f"{f.default:g}" if isinstance(f.default, float) else str(f.default)), f.name
+
+
+def test_the_delivery_settings_are_checked_at_start():
+    ok = Config.from_env({"NODEAUDIT_LOGS_ENDPOINT": "https://api.loganalytics.us/",
+                          "NODEAUDIT_CLUSTER_RESOURCE_ID": "/subscriptions/s/resourceGroups/g/providers/"
+                                                           "Microsoft.ContainerService/managedClusters/c"})
+    assert ok.logs_endpoint == "https://api.loganalytics.us" and ok.cluster_resource_id.endswith("/managedClusters/c")
+    with pytest.raises(SettingError, match="NODEAUDIT_LOGS_ENDPOINT.*https://"):
+        Config.from_env({"NODEAUDIT_LOGS_ENDPOINT": "http://127.0.0.1:1"})
+    with pytest.raises(SettingError, match="NODEAUDIT_CLUSTER_RESOURCE_ID.*managedClusters"):
+        Config.from_env({"NODEAUDIT_CLUSTER_RESOURCE_ID": "/subscriptions/s/resourceGroups/g"})
