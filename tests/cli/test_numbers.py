@@ -39,12 +39,12 @@ def test_check_agent_refuses_a_timeout_that_cannot_work(value: str, tmp_path) ->
 
 def test_check_agent_reads_nodes_from_stdin(tmp_path) -> None:
     """`--node -` reads the Node from stdin (validate and render accept `-` too). Port 1 refuses
-    connections, so the check is incomplete: check-agent still exits 2 for that (docs/cli.md)."""
+    connections, so the check is incomplete: exit 3, not the usage error's 2 (docs/cli.md)."""
     token = tmp_path / "token"
     token.write_text("local-test-token")
     result = nodeaudit("check-agent", "--node", "-", "--endpoint", "https://127.0.0.1:1", "--timeout", "3",
                        input=yaml.safe_dump(VMSS_NODE), env={"NODEAUDIT_ARM_TOKEN_FILE": str(token)})
-    assert result.code == 2, result.stdout + result.stderr
+    assert result.code == EXIT_INCOMPLETE, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert re.search(r"mc_rg/aks-user-1-vmss\s+1\s+-\s+Error\s+listing extensions: ", result.stdout), result.stdout
 

@@ -14,7 +14,7 @@ import click
 import yaml
 
 from nodeaudit.cli.common import single_policy
-from nodeaudit.cli.params import DATA_FORMATS, FiniteFloat, print_data
+from nodeaudit.cli.params import DATA_FORMATS, EXIT_INCOMPLETE, FiniteFloat, print_data
 from nodeaudit.core import agent as A
 
 EPILOG = """\b
@@ -30,8 +30,8 @@ Examples:
 \b
 Exit status: 0 a path ships the policy's records (and every canary arrived,
 when a workspace is named), 1 something is missing (agent, collection, a
-canary), 2 the check could not be completed (permission, throttling, timeout,
-bad input).
+canary), 2 a usage error (bad option or input file), 3 the check could not be
+completed (permission, throttling, timeout).
 Environment: NODEAUDIT_ARM_ENDPOINT (default https://management.azure.com),
 NODEAUDIT_LOGS_ENDPOINT (default https://api.loganalytics.io),
 NODEAUDIT_CLUSTER_RESOURCE_ID (else the node resource group's managedBy),
@@ -243,7 +243,7 @@ def check_agent(
                     assert kube is not None  # --cluster always makes one
                     try:
                         listing = await kube.get("/api/v1/nodes")
-                    except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 2
+                    except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 3
                         return f"listing nodes failed: {type(e).__name__}: {e}"
                     items = (listing or {}).get("items") or [] if isinstance(listing, dict) else []
                     nodes = _select_nodes([n for n in items if isinstance(n, dict)], selector)
@@ -258,15 +258,15 @@ def check_agent(
                 if kube is not None:
                     await kube.close()
         if not report.scale_sets and not report.errors and settings.runs:
-            # nothing was checked: not a clean answer (exit 2, not 0)
+            # nothing was checked: not a clean answer (exit 3, not 0)
             report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
                                  if nodes else "nothing checkable: no node selected")
         return report
 
     report = asyncio.run(run())
-    if isinstance(report, str):
+    if isinstance(report, str):  # the nodes could not be listed: nothing was checked
         click.echo(f"error: {report}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_INCOMPLETE)
     if as_json:
         output = "json"
     print_data(output, json.loads(A.render_json(report)) if output != "text" else None, A.render_table(report))
