@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
 from nodeaudit.core import agent as A
+from nodeaudit.core.agent import AgentSettings
 from nodeaudit.testing.armserver import (
     SPEC_MAXIMUM,
     SPEC_MINIMUM,
@@ -30,7 +31,7 @@ def nodes_of(vmss: str, n: int = 3, sub: str = SUB, rg: str = RG) -> list[dict]:
 
 def run(checker, nodes, **settings):
     loop = checker.clients._test_loop
-    return loop.run_until_complete(check_policy_agents(nodes, AgentSettings(**settings), checker))
+    return loop.run_until_complete(check_policy_agents(nodes, AgentSettings(**{"check": "VMSSExtension", **settings}), checker))
 
 
 def one(report) -> A.ScaleSetResult:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.core.agent import AgentSettings
 from nodeaudit.testing.armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -15,7 +16,7 @@ ALL_FROM_INFO = ["Info", "Notice", "Warning", "Error", "Critical", "Alert", "Eme
 
 def check(arun, checker, **kw):
     nodes = [vmss_node("aks-user-1-vmss000000", SUB, "mc_x", "aks-user-1-vmss")]
-    return arun(check_policy_agents(nodes, AgentSettings(**kw), checker))
+    return arun(check_policy_agents(nodes, AgentSettings(**{"check": "VMSSExtension", **kw}), checker))
 
 
 @pytest.fixture(autouse=True)

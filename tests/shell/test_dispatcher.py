@@ -186,3 +186,21 @@ def test_bad_config_is_one_line_and_exit_2(node, tmp_path):
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "LOG_NOPE" in proc.stderr
+
+
+def test_a_canary_it_sends_is_named_in_its_state(node, tmp_path):
+    """apply.sh's canary (an audit user message) goes to syslog like any event, and the state file
+    names it at once: what apply.sh reads to confirm on the node that it left the audit pipeline."""
+    from nodeaudit.core import delivery
+
+    canary = "aks-user-12345678-vmss000003:0123456789ab:1800000000-4242"
+    line = (f"type=USER msg=audit(1800000000.120:77): pid=4242 uid=0 auid=4294967295 ses=4294967295 "
+            f"subj=unconfined msg='text=nodeaudit-canary id={canary} policy=procmon exe=\"/usr/sbin/auditctl\" "
+            f"hostname=? addr=? terminal=? res=success'UID=\"root\" AUID=\"unset\"\n").encode()
+    sock = listener(tmp_path / "log")
+    proc, state = run(node, tmp_path, V3 + line)
+    assert proc.returncode == 0, proc.stderr
+    got = [m for m in drain(sock) if f"nodeaudit-canary id={canary}" in m]
+    assert len(got) == 1 and delivery.CANARY_RE.search(got[0]).group(1) == canary
+    assert state["lastCanary"] == canary
+    assert dispatcher.CANARY.pattern.split(" policy=")[0] == delivery.CANARY_RE.pattern.split(" policy=")[0]
