@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
 	  { echo ">> installing python3-venv"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,dev,demo]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install nodeaudit with its test and dev dependencies

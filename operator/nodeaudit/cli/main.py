@@ -18,13 +18,12 @@ import yaml
 from nodeaudit import DEFAULT_IMAGE, __version__
 from nodeaudit.cli.check_agent import check_agent
 from nodeaudit.cli.common import single_policy
-from nodeaudit.cli.demo import demo
 from nodeaudit.cli.estimate import estimate
-from nodeaudit.cli.run import run
+from nodeaudit.cli.run import demo, run
 from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import presets as presets_mod
-from nodeaudit.core.loader import load_documents
+from nodeaudit.core.documents import load_documents
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -13,13 +13,13 @@ import kopf
 
 from nodeaudit.controller.config import Config
 from nodeaudit.controller.kube import Kube
-from nodeaudit.controller.reconciler import Controller, Waiting
+from nodeaudit.controller.reconciler import FINALIZER, Controller, Waiting
 from nodeaudit.core import jobs as jobs_mod
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
     """Settings the operator needs to be correct, whoever starts it."""
-    settings.persistence.finalizer = "nodeaudit.io/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nodeaudit.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="nodeaudit.io", key="last-handled-configuration")

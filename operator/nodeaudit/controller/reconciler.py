@@ -36,7 +36,7 @@ RESULT_POLL_SECONDS = 0.5
 IDLE_WAKE_SECONDS = 30.0
 RELIST_DEBOUNCE_SECONDS = 0.5  # kopf's re-listing events of one kind arrive within this
 RELIST_RETRY_SECONDS = 2.0
-FINALIZER = "nodeaudit.io/finalizer"  # lifecycle.configure sets it as kopf's finalizer
+FINALIZER = "nodeaudit.io/finalizer"  # kopf's finalizer on the policy (lifecycle.configure)
 
 
 class Waiting(Exception):

@@ -362,7 +362,6 @@ PRIORITIES: Mapping[str, int] = {"LOG_EMERG": 0, "LOG_ALERT": 1, "LOG_CRIT": 2, 
 def syslog_pri(facility: str, priority: str) -> int:
     """`<PRI>` of a message: facility * 8 + level; KeyError names an unknown one."""
     return FACILITIES[facility] * 8 + PRIORITIES[priority]
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def json_message(event: Mapping[str, Any]) -> str:
@@ -370,12 +369,12 @@ def json_message(event: Mapping[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
-def syslog_datagram(pri: int, message: str, when: time.struct_time | None = None) -> bytes:
-    """What syslog(3) writes to /dev/log: `<PRI>Mmm dd hh:mm:ss nodeaudit: message` (no pid, so
-    the monitoring agent's ProcessName is `nodeaudit`)."""
-    t = time.localtime() if when is None else when
-    head = f"<{pri}>{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {TAG}: "
-    return (head + message).encode("utf-8", "backslashreplace")
+def syslog_datagram(pri: int, message: str) -> bytes:
+    """The datagram for /dev/log: `<PRI>nodeaudit: message`. No pid, so the monitoring agent's
+    ProcessName is `nodeaudit`; no timestamp, as Python's SysLogHandler sends it: the local syslog
+    daemon (rsyslog, journald) stamps the time it received it, and the event carries its own
+    exact `ts`, so 16 bytes a message are not paid twice."""
+    return f"<{pri}>{TAG}: {message}".encode("utf-8", "backslashreplace")
 
 
 def standalone(kind: str) -> bool:

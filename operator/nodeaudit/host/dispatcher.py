@@ -4,7 +4,7 @@ auditd (3.x: plugins.d; 2.x: audispd's plugins.d) starts it as `python3 dispatch
 `format = string`: audit records arrive on stdin, one a line. Records of one event (same serial)
 become one JSON object (nodeaudit.core.records, shipped next to this file), attributed to its
 container through /proc/<pid>/cgroup and containerd's task state, and go to /dev/log as one
-datagram `<PRI>Mmm dd hh:mm:ss nodeaudit: {...}`.
+datagram `<PRI>nodeaudit: {...}`.
 
 Never blocks auditd: the socket is non-blocking; while syslog is behind, a bounded queue (4,096
 messages) holds what it cannot take yet, and beyond that, or with the socket gone, messages are
@@ -121,7 +121,10 @@ class Attributor:
         except OSError:
             return None
         try:
-            return int(data[data.rindex(b")") + 2:].split()[19])
+            fields = data[data.rindex(b")") + 2:].split()
+            if fields[0] in (b"Z", b"X"):
+                return None  # exited: a zombie's cgroup file no longer names its container
+            return int(fields[19])
         except (ValueError, IndexError):
             return None
 

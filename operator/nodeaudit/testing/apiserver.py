@@ -118,22 +118,29 @@ def parse_label_selector(text: str | None) -> Callable[[dict[str, str]], bool]:
         m = _SET_RE.match(term)
         if m:
             key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
-            if op == "in":
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
-            else:
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+            tests.append(_label_test("in" if op == "in" else "notin", key, values))
         elif "!=" in term:
             key, value = (s.strip() for s in term.split("!=", 1))
-            tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
+            tests.append(_label_test("notin", key, {value}))
         elif "==" in term or "=" in term:
             key, value = (s.strip() for s in re.split(r"==?", term, maxsplit=1))
-            tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
+            tests.append(_label_test("in", key, {value}))
         elif term.startswith("!"):
-            key = term[1:].strip()
-            tests.append(lambda lb, k=key: k not in lb)
+            tests.append(_label_test("absent", term[1:].strip()))
         else:
-            tests.append(lambda lb, k=term: k in lb)
+            tests.append(_label_test("exists", term))
     return lambda labels: all(t(labels) for t in tests)
+
+
+def _label_test(op: str, key: str, values: frozenset[str] | set[str] = frozenset()) -> Callable[[dict[str, str]], bool]:
+    """One term of a label selector: the key's value is (not) one of ``values``, or it is (not) set."""
+    if op == "in":
+        return lambda labels: labels.get(key) in values
+    if op == "notin":
+        return lambda labels: labels.get(key) not in values
+    if op == "absent":
+        return lambda labels: key not in labels
+    return lambda labels: key in labels
 
 
 def parse_field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
@@ -144,11 +151,12 @@ def parse_field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
     for term in _split_selector(text):
         negate = "!=" in term
         path, value = (s.strip() for s in (term.split("!=", 1) if negate else re.split(r"==?", term, maxsplit=1)))
-        if negate:
-            tests.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") != v)
-        else:
-            tests.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") == v)
+        tests.append(_field_test(path, value, negate))
     return lambda obj: all(t(obj) for t in tests)
+
+
+def _field_test(path: str, value: str, negate: bool) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (str(_get_path(obj, path) or "") == value) != negate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
         parent: Any = doc
         for p in parts[:-1]:
             parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
-        last = parts[-1] if parts else None
+        last = parts[-1] if parts else ""
         kind = op["op"]
         try:
             if kind == "test":
@@ -287,7 +295,8 @@ class ApiServer(kmock.KubernetesScaffold):
 
     # ---- in-process store API (simulators, fixtures) -------------------------------------
 
-    def get(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
+    # kmock's own get() is its HTTP client helper (unused here); the store's get is this one.
+    def get(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:  # type: ignore[override]
         return self._by_res[res].get((namespace, name))
 
     def list(self, res: ResKey, namespace: str | None = None) -> list[dict[str, Any]]:
@@ -415,14 +424,14 @@ class ApiServer(kmock.KubernetesScaffold):
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):
                 return old
-            new = _copy(old)
+            new: dict[str, Any] = _copy(old)
             new["metadata"]["deletionTimestamp"] = _now()
             new["metadata"]["resourceVersion"] = self._next_rv()
             self._by_res[res][(ns, name)] = new
             self.objects[(res, ns, name)] = new
             self._emit(res, "MODIFIED", ns, new, old)
             return new
-        final = _copy(old)
+        final: dict[str, Any] = _copy(old)
         final["metadata"]["resourceVersion"] = self._next_rv()
         self._remove(res, ns, name, final)
         return final
@@ -563,8 +572,8 @@ class ApiServer(kmock.KubernetesScaffold):
                     "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
                     "reason": "Expired", "message": "too old resource version"}}).encode() + b"\n")
                 return response
-            for event in initial:
-                await response.write(json.dumps(event).encode() + b"\n")
+            for added in initial:
+                await response.write(json.dumps(added).encode() + b"\n")
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout else None

@@ -31,16 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-import yaml
 
 from nodeaudit.controller.config import DEFAULT_NAMESPACE
-from nodeaudit.core import loader
+from nodeaudit.core import documents
 from nodeaudit.core import nodes as nodes_mod
+from nodeaudit.hostaudit.guard import KernelAuditError
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.runtime import OperatorThread, ServerThread
 
 NAMESPACE = os.environ.get("NODEAUDIT_NAMESPACE") or DEFAULT_NAMESPACE
-REPO = Path(__file__).resolve().parents[3]
+# examples/procmon.yaml, shipped with the package (a test keeps the two the same).
+DEFAULT_POLICY = Path(__file__).resolve().parent / "data" / "procmon.yaml"
 GATE = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
 POOLS: list[tuple[str, str, list[dict[str, str]] | None, str]] = [
     ("system", "system", None, "10000001"), ("user1", "user", None, "20000002"),
@@ -48,9 +49,7 @@ POOLS: list[tuple[str, str, list[dict[str, str]] | None, str]] = [
 
 
 def _crd() -> dict[str, Any]:
-    path = REPO / "crds" / "nodeauditpolicy.yaml"
-    if path.exists() and path.stat().st_size:
-        return dict(yaml.safe_load(path.read_text()))
+    """The CRD, generated from the policy model (what crds/nodeauditpolicy.yaml holds)."""
     from nodeaudit.core.crd import crd
 
     return crd()
@@ -59,12 +58,12 @@ def _crd() -> dict[str, Any]:
 def _policy(path: str | None) -> dict[str, Any]:
     """The policy to apply, checked like ``nodeaudit render`` checks it (the exact problem, e.g.
     ``spec.rules[0]: unknown syscall "execvee" for arch b64``, and exit 2: never a traceback)."""
-    candidates = [Path(path)] if path else [Path("examples/procmon.yaml"), REPO / "examples" / "procmon.yaml"]
+    candidates = [Path(path)] if path else [DEFAULT_POLICY]
     for candidate in candidates:
         if candidate.exists():
             try:
-                doc = json.loads(json.dumps(loader.single_policy(str(candidate), None).raw))
-            except loader.LoadError as e:
+                doc = json.loads(json.dumps(documents.single_policy(str(candidate), None).raw))
+            except documents.LoadError as e:
                 print(f"nodeaudit demo: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
             return dict(doc)
@@ -204,7 +203,7 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
               flush=True)
         try:
             host.open()
-        except realhost.RealHostError as e:
+        except KernelAuditError as e:  # RealHostError included
             print(f"nodeaudit demo --real-host: refusing: {e}", file=sys.stderr)
             return 2
         real_node = sim_mod.aks_node("user1", 0, mode="user", vmss_suffix=POOLS[1][3])["metadata"]["name"]
@@ -272,11 +271,11 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
         api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=server.url))
         core = kubernetes.client.CoreV1Api(api)
         custom = kubernetes.client.CustomObjectsApi(api)
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-        for pool, mode, taints, suffix in POOLS:
-            for i in range(nodes_per_pool):
-                core.create_node(sim_mod.aks_node(pool, i, mode=mode, taints=taints, vmss_suffix=suffix))
-        core.create_node(sim_mod.aks_node("win1", 0, os_name="windows", mode="user"))
+        core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=NAMESPACE)))
+        nodes = [sim_mod.aks_node(pool, i, mode=mode, taints=taints, vmss_suffix=suffix)
+                 for pool, mode, taints, suffix in POOLS for i in range(nodes_per_pool)]
+        for node in [*nodes, sim_mod.aks_node("win1", 0, os_name="windows", mode="user")]:
+            core.create_node(node)  # type: ignore[arg-type]  # the client sends a dict body as it is
         print(f"  API server {server.url}  (KUBECONFIG={server.kubeconfig_path})")
         print(f"  nodes: 3 pools x {nodes_per_pool} Linux (pool user2 gated by {GATE['key']}) + 1 Windows")
         if metrics_port is not None:
@@ -324,7 +323,7 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
         writes = [e for e in ops if e.verb in ("create", "patch", "update", "delete")]
         print(f"  operator API requests: {len(ops)} ({len(writes)} writes); Jobs run: {sim.started}")
         if real is not None:
-            raw = api.sanitize_for_serialization(core.read_node(real[1]))
+            raw = api.sanitize_for_serialization(core.read_node(real[1]))  # type: ignore[no-untyped-call]
             record = (raw["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{name}")
             print(f"  real host: {real[1]} record: {record}")
         if keep_running:

@@ -19,7 +19,7 @@ from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 
 # libyaml's loader is ~10x faster than the pure-Python one and parses the same documents.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class LoadError(ValueError):
@@ -42,13 +42,13 @@ class LoadedPolicy:
         return f"{self.source}: {policy_mod.policy_display_name(self.raw, self.index)}"
 
 
-def _read_source(path: str) -> tuple[str, str]:
+def read_source(path: str) -> tuple[str, str]:
     if path == "-":
         return "<stdin>", sys.stdin.read()
     return path, Path(path).read_text(encoding="utf-8")
 
 
-def _is_policy_document(doc: Any) -> bool:
+def is_policy_document(doc: Any) -> bool:
     if not isinstance(doc, dict):
         return True  # not a Kubernetes object at all: report it rather than skip it
     api_version = str(doc.get("apiVersion", ""))
@@ -61,7 +61,7 @@ def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
     """Policies from files (multi-document YAML); a str is a problem that is not about one policy."""
     for path in paths:
         try:
-            source, text = _read_source(path)
+            source, text = read_source(path)
         except OSError as error:
             yield f"{path}: cannot read: {error.strerror or error}"
             continue
@@ -69,14 +69,14 @@ def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
             yield f"{path}: not UTF-8 text"
             continue
         try:
-            documents = list(yaml.load_all(text, Loader=_YAML_LOADER))
+            documents = list(yaml.load_all(text, Loader=YAML_LOADER))
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""
             yield f"{source}: {where}invalid YAML: {getattr(error, 'problem', None) or error}"
             continue
         for index, doc in policy_mod.iter_documents(documents):
-            if not _is_policy_document(doc):
+            if not is_policy_document(doc):
                 continue
             try:
                 policy = policy_mod.parse_policy(doc)
