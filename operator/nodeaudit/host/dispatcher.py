@@ -122,8 +122,10 @@ class Attributor:
             return None
         try:
             fields = data[data.rindex(b")") + 2:].split()
-            if fields[0] in (b"Z", b"X"):
-                return None  # exited: a zombie's cgroup file no longer names its container
+            # Exited (a zombie) or exiting (PF_EXITING): its cgroup file may no longer name the
+            # container (a zombie's reads as the root), so the process counts as gone.
+            if fields[0] in (b"Z", b"X") or int(fields[6]) & 0x4:
+                return None
             return int(fields[19])
         except (ValueError, IndexError):
             return None
