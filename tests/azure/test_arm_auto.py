@@ -145,7 +145,7 @@ def test_node_resource_group_without_managed_by_asks_for_the_setting(arm, make_c
     report = run(arun, make_checker())
     c = cond(report)
     assert report.cluster.state == "Unresolved" and A.CLUSTER_ID_SETTING in c["message"]
-    assert c["status"] == "Unknown" and report.exit_code == 2
+    assert c["status"] == "Unknown" and report.exit_code == 3
 
 
 def test_429_retry_after_is_honoured(arm, make_checker, arun):
@@ -171,7 +171,7 @@ def test_403_on_the_cluster_names_the_role(arm, make_checker, arun):
         Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no read"}}) if path.endswith(f"/managedClusters/{CLUSTER}") else None)
     report = run(arun, make_checker())
     c = cond(report)
-    assert c["status"] == "Unknown" and report.exit_code == 2
+    assert c["status"] == "Unknown" and report.exit_code == 3
     assert "Microsoft.ContainerService/managedClusters/read" in c["message"] and "Reader on the cluster" in c["message"]
 
 

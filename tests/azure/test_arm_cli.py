@@ -71,10 +71,10 @@ def test_one_missing_exit_1_json(arm, env, tmp_path):
     assert doc["exitCode"] == 1 and doc["armRequests"] == 2 and doc["scaleSets"][1]["nodes"] == 2
 
 
-def test_forbidden_exit_2(arm, env, tmp_path):
+def test_forbidden_exit_3(arm, env, tmp_path):
     arm.scripts["aks-user-1-vmss"] = [Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no"}})]
     r = invoke(write_nodes(tmp_path, ("aks-user-1-vmss", 1)), env)
-    assert r.exit_code == 2 and "extensions/read" in r.output and "Reader on the node resource group" in r.output
+    assert r.exit_code == 3 and "extensions/read" in r.output and "Reader on the node resource group" in r.output
 
 
 def test_usage_errors_exit_2(arm, env, tmp_path):

@@ -59,7 +59,7 @@ def test_dcr_errors(arm, make_checker, arun, resp, words):
     arm.dcrs["dcr-syslog"] = resp
     report = check(arun, make_checker(), data_collection_rule_id=DCR)
     (c,) = report.collection
-    assert c.state == "Error" and words in c.message and report.exit_code == 2
+    assert c.state == "Error" and words in c.message and report.exit_code == 3
 
 
 def test_bad_dcr_id_is_an_error_without_a_call(arm, make_checker, arun):

@@ -138,11 +138,11 @@ def test_nodelist_items_without_kind_are_nodes(arm, env, tmp_path):
     assert r.exit_code == 1 and json.loads(r.output)["scaleSets"][0]["nodes"] == 2
 
 
-def test_nothing_checkable_is_exit_2(arm, env, tmp_path):
+def test_nothing_checkable_is_exit_3(arm, env, tmp_path):
     vm = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vm-node"},
           "spec": {"providerID": f"azure:///subscriptions/{SUB}/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm0"}}
     r = invoke(["--node", node_file(tmp_path, vm)], env)
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == 3, r.output
     assert "nothing checkable: none of the 1 node(s) runs in a VM scale set" in r.output
     assert "not checkable: node vm-node" in r.output and arm.list_calls() == 0
 
@@ -150,7 +150,7 @@ def test_nothing_checkable_is_exit_2(arm, env, tmp_path):
 def test_errors_are_not_repeated_on_stderr(arm, env, tmp_path):
     arm.scripts[VMSS] = [Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no"}})]
     r = invoke(["--node", node_file(tmp_path, *nodes())], env)
-    assert r.exit_code == 2 and "extensions/read" in r.stdout
+    assert r.exit_code == 3 and "extensions/read" in r.stdout
     assert "agent check of" not in r.stderr
 
 

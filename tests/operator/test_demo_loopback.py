@@ -88,6 +88,12 @@ SECOND = textwrap.dedent("""\
 """)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A background job (CI, nohup, `cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: the Ctrl-C below must reach the demo as it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _attempts(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -162,7 +168,8 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(["unshare", "--net", "--", sys.executable, str(guard), str(log), "demo",
                              "--keep-running", "--nodes-per-pool", "2", "--metrics-port", "-1"],
-                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_sigint_as_in_a_terminal)
     lines: list[str] = []
     try:
         assert proc.stdout is not None

@@ -83,9 +83,14 @@ class AgentChecker:
             return await asyncio.wait_for(coro, self.clients.options.deadline)
 
     def describe(self, e: BaseException, *, what: str, permission: str, scope: str, logs: bool = False) -> str:
-        return describe_error(e, what=what, permission=permission, scope=scope,
-                              endpoint=self.clients.logs_endpoint if logs else self.clients.endpoint,
-                              retry_note=self.retry_note, service="Log Analytics" if logs else "ARM")
+        message = describe_error(e, what=what, permission=permission, scope=scope,
+                                 endpoint=self.clients.logs_endpoint if logs else self.clients.endpoint,
+                                 retry_note=self.retry_note, service="Log Analytics" if logs else "ARM")
+        if isinstance(e, asyncio.TimeoutError) and self.clients.last_error:
+            # the deadline cut the SDK's retries short: name what the last attempt met
+            last = self.clients.last_error[0]
+            message += f"; last attempt: {' '.join(str(last).split())[:300] or type(last).__name__}"
+        return message
 
     async def _list_extensions(self, ref: A.ScaleSetRef) -> list[A.ExtensionFact]:
         client = self.clients.compute(ref.subscription)

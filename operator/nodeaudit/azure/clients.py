@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,9 +50,11 @@ class BoundedRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
 class _CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
     """Counts every HTTP attempt (it sits after the retry policy) by method and operation."""
 
-    def __init__(self, counter: Counter[str], observe: Callable[[str, int | None], None] | None = None) -> None:
+    def __init__(self, counter: Counter[str], observe: Callable[[str, int | None], None] | None = None,
+                 errors: list[BaseException] | None = None) -> None:
         self.counter = counter
         self.observe = observe
+        self.errors = errors  # the last attempt's exception: a deadline names it (connection refused, ...)
 
     def on_request(self, request: Any) -> None:
         req = request.http_request
@@ -64,6 +67,9 @@ class _CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
             self.observe(_metric_operation(request.http_request), response.http_response.status_code)
 
     def on_exception(self, request: Any) -> None:
+        error = sys.exc_info()[1]
+        if self.errors is not None and error is not None:
+            self.errors[:] = [error]
         if self.observe is not None:
             self.observe(_metric_operation(request.http_request), None)
 
@@ -137,6 +143,7 @@ class ArmClients:
         self.credential = credential if credential is not None else make_credential(env)
         self.options = options or ArmOptions()
         self.requests: Counter[str] = Counter()
+        self.last_error: list[BaseException] = []  # the last failed attempt (see _CountingPolicy)
         self._clients: dict[tuple[str, str], Any] = {}
         self._loop: object = None
 
@@ -163,7 +170,7 @@ class ArmClients:
                 retry_backoff_factor=o.retry_backoff_factor,
                 retry_backoff_max=o.retry_backoff_max,
             ),
-            "per_retry_policies": [_CountingPolicy(self.requests, self.observe)],
+            "per_retry_policies": [_CountingPolicy(self.requests, self.observe, self.last_error)],
             "connection_verify": o.connection_verify,
             "connection_timeout": o.connection_timeout,
             "read_timeout": o.read_timeout,

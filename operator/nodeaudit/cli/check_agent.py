@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ import click
 import yaml
 
 from nodeaudit.cli.common import single_policy
+from nodeaudit.cli.params import DATA_FORMATS, EXIT_INCOMPLETE, FiniteFloat, print_data
 from nodeaudit.core import agent as A
 
 EPILOG = """\b
@@ -28,8 +30,8 @@ Examples:
 \b
 Exit status: 0 a path ships the policy's records (and every canary arrived,
 when a workspace is named), 1 something is missing (agent, collection, a
-canary), 2 the check could not be completed (permission, throttling, timeout,
-bad input).
+canary), 2 a usage error (bad option or input file), 3 the check could not be
+completed (permission, throttling, timeout).
 Environment: NODEAUDIT_ARM_ENDPOINT (default https://management.azure.com),
 NODEAUDIT_LOGS_ENDPOINT (default https://api.loganalytics.io),
 NODEAUDIT_CLUSTER_RESOURCE_ID (else the node resource group's managedBy),
@@ -42,7 +44,8 @@ def _load_nodes(paths: tuple[str, ...]) -> list[dict[str, Any]]:
     nodes: list[dict[str, Any]] = []
     for p in paths:
         try:
-            docs = list(yaml.safe_load_all(Path(p).read_text(encoding="utf-8")))
+            text = sys.stdin.read() if p == "-" else Path(p).read_text(encoding="utf-8")
+            docs = list(yaml.safe_load_all(text))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise click.UsageError(f"--node {p}: {e}") from None
         for index, doc in enumerate(docs, start=1):
@@ -178,7 +181,9 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
 @click.option("--policy-name", metavar="NAME", help="The policy to use when the --policy FILE holds several.")
 @click.option("--check", "check_kind", type=click.Choice(["Auto", "VMSSExtension", "ContainerInsights"]),
               help="Override the policy's monitoringAgent.check (default: the policy's, else Auto).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True,
+              help="text: a table; json/yaml: the report.")
+@click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 @click.option("--remediate", is_flag=True,
               help="Install the policy's remediation extension where the agent is missing, then upgrade the "
                    "instances (changes AKS node resources: AKS support discourages it).")
@@ -187,11 +192,11 @@ def _select_nodes(nodes: list[dict[str, Any]], selector: Any) -> list[dict[str, 
               help="Log Analytics query endpoint (default https://api.loganalytics.io).")
 @click.option("--ca-file", envvar="NODEAUDIT_ARM_CA_FILE", type=click.Path(exists=True, dir_okay=False),
               help="CA bundle for the ARM endpoint (private endpoints, tests).")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True, max=3600), default=120.0, show_default=True,
               help="Seconds allowed per scale set (all pages and retries).")
 def check_agent(
     node_files: tuple[str, ...], cluster: bool, kubeconfig: str | None, context: str | None,
-    policy_file: str | None, policy_name: str | None, check_kind: str | None, as_json: bool, remediate: bool, endpoint: str | None,
+    policy_file: str | None, policy_name: str | None, check_kind: str | None, output: str, as_json: bool, remediate: bool, endpoint: str | None,
     logs_endpoint: str | None, ca_file: str | None,
     timeout: float,
 ) -> None:
@@ -238,7 +243,7 @@ def check_agent(
                     assert kube is not None  # --cluster always makes one
                     try:
                         listing = await kube.get("/api/v1/nodes")
-                    except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 2
+                    except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 3
                         return f"listing nodes failed: {type(e).__name__}: {e}"
                     items = (listing or {}).get("items") or [] if isinstance(listing, dict) else []
                     nodes = _select_nodes([n for n in items if isinstance(n, dict)], selector)
@@ -253,14 +258,16 @@ def check_agent(
                 if kube is not None:
                     await kube.close()
         if not report.scale_sets and not report.errors and settings.runs:
-            # nothing was checked: not a clean answer (exit 2, not 0)
+            # nothing was checked: not a clean answer (exit 3, not 0)
             report.errors.append(f"nothing checkable: none of the {len(nodes)} node(s) runs in a VM scale set"
                                  if nodes else "nothing checkable: no node selected")
         return report
 
     report = asyncio.run(run())
-    if isinstance(report, str):
+    if isinstance(report, str):  # the nodes could not be listed: nothing was checked
         click.echo(f"error: {report}", err=True)
-        sys.exit(2)
-    click.echo(A.render_json(report) if as_json else A.render_table(report), nl=as_json)
+        sys.exit(EXIT_INCOMPLETE)
+    if as_json:
+        output = "json"
+    print_data(output, json.loads(A.render_json(report)) if output != "text" else None, A.render_table(report))
     sys.exit(report.exit_code)

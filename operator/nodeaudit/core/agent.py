@@ -587,13 +587,14 @@ class AgentReport:
     @property
     def exit_code(self) -> int:
         """0 every scale set has an agent (and collection is confirmed where asked); 1 one lacks it;
-        2 the check could not be completed (errors win: an incomplete answer is not a clean one).
-        Auto: 0 a path ships the records (whatever else failed), else 2 on errors, else 1.
-        Arrival, when asked: a query that failed makes it 2, a canary missing at least 1."""
+        3 the check could not be completed (errors win: an incomplete answer is not a clean one;
+        2 is the usage error's, as for every command: docs/cli.md).
+        Auto: 0 a path ships the records (whatever else failed), else 3 on errors, else 1.
+        Arrival, when asked: a query that failed makes it 3, a canary missing at least 1."""
         code = self._agent_exit_code
         if self.delivery is not None:
             if self.delivery.reason == "QueryFailed":
-                return 2
+                return 3
             if self.delivery.status == "False":
                 return max(code, 1)
         return code
@@ -601,9 +602,9 @@ class AgentReport:
     @property
     def _agent_exit_code(self) -> int:
         if self.path is not None:
-            return 0 if self.path.ok else (2 if self.check_errors else 1)
+            return 0 if self.path.ok else (3 if self.check_errors else 1)
         if self.errors or self.failed_checks or any(c.state == "Error" for c in self.collection):
-            return 2
+            return 3
         if self.lacking or self.collection_missing:
             return 1
         return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -186,12 +187,37 @@ def _row(raw: dict[str, Any], policy_name: str, selector: dict[str, Any]) -> tup
             str(rec.get("auditVersion", "-")), "yes" if tainted else "no", error)
 
 
+def _report(server: ServerThread, sim: Any, core: Any, api: Any, name: str, policy: dict[str, Any]) -> str:
+    """The per-node table and the counters, read afresh from the API server."""
+    assert server.server is not None
+    try:
+        current = server.call(lambda: server.server.get(  # type: ignore[union-attr]
+            ("nodeaudit.io", "v1alpha1", "nodeauditpolicies"), None, name))
+    except Exception:  # noqa: BLE001 - the table is still worth showing
+        current = None
+    spec = (current or policy).get("spec") or {}
+    ops = server.call(lambda: sum(1 for e in server.server.log  # type: ignore[union-attr]
+                                  if e.agent in ("kopf", "nodeaudit")))
+    writes = server.call(lambda: sum(1 for e in server.server.log  # type: ignore[union-attr]
+                                     if e.agent in ("kopf", "nodeaudit")
+                                     and e.verb in ("create", "patch", "update", "delete")))
+    jobs = server.call(lambda: len(server.server.list(("batch", "v1", "jobs"), NAMESPACE)))  # type: ignore[union-attr]
+    return (_table(core, api, name, spec.get("nodeSelector") or {}) + "\n\n" +
+            (_status_line(current) + "\n" if current else "") +
+            f"  operator API requests: {ops} ({writes} writes); Jobs run: {sim.started}; Jobs in {NAMESPACE}: {jobs}")
+
+
+def _without_requests(report: str) -> str:
+    return re.sub(r"operator API requests: \d+ \(\d+ writes\); ", "", report)
+
+
 def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_nodes: set[str] | None = None,
              keep_running: bool = False, port: int | None = None, timeout: float = 120,
-             metrics_port: int | None = 0, real_host: bool = False) -> int:
+             metrics_port: int | None = 0, real_host: bool = False, refresh: float = 5.0) -> int:
     if not real_host:
         return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
-                    keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port)
+                    keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
+                    refresh=refresh)
     from nodeaudit.testing import realhost
 
     policy = _policy(policy_path)  # a bad path fails before the kernel is touched
@@ -213,7 +239,7 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
               "(chroot; kernel-audit lock held until exit)", flush=True)
         return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
                     keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
-                    real=(host, real_node))
+                    real=(host, real_node), refresh=refresh)
     except KeyboardInterrupt:
         print("\n  interrupted; restoring kernel audit", file=sys.stderr)
         return 130
@@ -240,7 +266,7 @@ def _labels_of(node_name: str) -> dict[str, str]:
 
 def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] | None, keep_running: bool,
          port: int | None, timeout: float, metrics_port: int | None,
-         real: tuple[Any, str] | None = None) -> int:
+         real: tuple[Any, str] | None = None, refresh: float = 5.0) -> int:
     policy = _policy(policy_path)
     print("nodeaudit demo: local API server on 127.0.0.1, simulated AKS cluster, the real operator")
     with local_arm() as arm:
@@ -249,14 +275,18 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
         ship = _with_workspace(policy, arm)
         return _run_cluster(policy, nodes_per_pool=nodes_per_pool, fail_nodes=fail_nodes,
                             keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
-                            real=real, on_canary=ship)
+                            real=real, on_canary=ship, refresh=refresh)
 
 
 def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set[str] | None, keep_running: bool,
                  port: int | None, timeout: float, metrics_port: int | None, real: tuple[Any, str] | None,
-                 on_canary: Callable[[str, str, int], None] | None = None) -> int:
+                 on_canary: Callable[[str, str, int], None] | None = None, refresh: float = 5.0) -> int:
     name = policy["metadata"]["name"]
-    server = ServerThread([_crd()], port=port).start()
+    try:
+        server = ServerThread([_crd()], port=port).start()
+    except OSError as e:
+        print(f"nodeaudit demo: --port {port}: {e.strerror}", file=sys.stderr)
+        return 1
     operator: OperatorThread | None = None
     metrics_server: Any = None
     old_kubeconfig = os.environ.get("KUBECONFIG")
@@ -281,7 +311,12 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
         if metrics_port is not None:
             from nodeaudit.controller import metrics
 
-            metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            try:
+                metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            except OSError as e:
+                print(f"nodeaudit demo: --metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: "
+                      f"{e.strerror or e}", file=sys.stderr)
+                return 1
             print(f"  metrics: http://127.0.0.1:{metrics_server.server_port}/metrics")
         operator = OperatorThread(NAMESPACE).start()
         custom.create_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", policy)
@@ -317,19 +352,23 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
                 time.sleep(0.3)
         print(delivered or "  Delivered: no verdict yet")
         print()
-        print(_table(core, api, name, policy["spec"].get("nodeSelector") or {}))
-        print()
-        ops = [e for e in server.server.log if e.agent in ("kopf", "nodeaudit")]
-        writes = [e for e in ops if e.verb in ("create", "patch", "update", "delete")]
-        print(f"  operator API requests: {len(ops)} ({len(writes)} writes); Jobs run: {sim.started}")
+        shown = _report(server, sim, core, api, name, policy)
+        print(shown)
         if real is not None:
             raw = api.sanitize_for_serialization(core.read_node(real[1]))  # type: ignore[no-untyped-call]
             record = (raw["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{name}")
             print(f"  real host: {real[1]} record: {record}")
         if keep_running:
-            print("  still serving; Ctrl-C to stop")
+            print(f"  still serving; try: KUBECONFIG={server.kubeconfig_path} kubectl get nap,nodes,jobs -A")
+            print("  the table is printed again whenever it changes; Ctrl-C to stop", flush=True)
             while True:
-                time.sleep(1)
+                time.sleep(refresh)
+                # The policy may have been edited or nodes added (kubectl apply): show what is true now.
+                current = _report(server, sim, core, api, name, policy)
+                # The request counter moves with every periodic check: only the rest is news.
+                if _without_requests(current) != _without_requests(shown):
+                    print(f"\n  {time.strftime('%H:%M:%S')} (changed)\n{current}", flush=True)
+                    shown = current
         if not ready:
             conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
             worst = conds["Stalled"] if conds.get("Stalled", {}).get("status") == "True" else conds.get("Ready")
