@@ -245,9 +245,19 @@ class UnsafeSpec(_Model):
     """Allow `-f 2`: the kernel panics when auditing fails."""
     allow_delete_all: bool = False
     """Allow `-D`: deletes every rule on the node, including other tools' rules."""
+    allow_task_never: bool = False
+    """Allow `-a never,task` without fields: no process started afterwards is audited at all, so
+    every policy's syscall rules on the node stop matching (audit-userspace's 10-no-audit.rules)."""
+    allow_loginuid_immutable: bool = False
+    """Allow `--loginuid-immutable`: login uids cannot be changed again until reboot (nodeaudit
+    cannot undo it when the policy goes)."""
+    allow_audit_off: bool = False
+    """Allow `-e 0`: kernel auditing off on the node, for every policy (verification then
+    expects enabled 0)."""
 
 
-_ALLOW_ALL = rules_mod.Unsafe(allow_immutable=True, allow_panic=True, allow_delete_all=True)
+_ALLOW_ALL = rules_mod.Unsafe(allow_immutable=True, allow_panic=True, allow_delete_all=True, allow_task_never=True,
+                              allow_loginuid_immutable=True, allow_audit_off=True)
 
 
 class NodeAuditPolicySpec(_Model):
@@ -315,6 +325,9 @@ class NodeAuditPolicySpec(_Model):
             allow_immutable=self.unsafe.allow_immutable,
             allow_panic=self.unsafe.allow_panic,
             allow_delete_all=self.unsafe.allow_delete_all,
+            allow_task_never=self.unsafe.allow_task_never,
+            allow_loginuid_immutable=self.unsafe.allow_loginuid_immutable,
+            allow_audit_off=self.unsafe.allow_audit_off,
         )
 
 
