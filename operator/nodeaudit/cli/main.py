@@ -21,20 +21,18 @@ from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
 
-# libyaml's loader is ~10x faster than the pure-Python one and parses the same documents.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 
 class LoadedPolicy:
     """A policy document with where it came from, for messages."""
 
     def __init__(self, source: str, index: int, raw: Any, policy: policy_mod.NodeAuditPolicy | None,
-                 problems: list[str]):
+                 problems: list[str], warnings: list[str] | None = None):
         self.source = source
         self.index = index
         self.raw = raw
         self.policy = policy
         self.problems = problems
+        self.warnings = warnings or []
 
     @property
     def label(self) -> str:
@@ -68,7 +66,7 @@ def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
             yield f"{path}: not UTF-8 text"
             continue
         try:
-            documents = list(yaml.load_all(text, Loader=_YAML_LOADER))
+            documents = policy_mod.load_yaml_documents(text)
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -80,7 +78,7 @@ def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
             try:
                 policy = policy_mod.parse_policy(doc)
                 bundle_mod.render_bundle(policy)  # the expanded rules must render, not only parse
-                yield LoadedPolicy(source, index, doc, policy, [])
+                yield LoadedPolicy(source, index, doc, policy, [], policy_mod.policy_warnings(policy))
             except policy_mod.PolicyError as error:
                 yield LoadedPolicy(source, index, doc, None, error.problems)
 
@@ -100,12 +98,15 @@ def main() -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, metavar="FILE... | -")
 @click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary line.")
-def validate(files: tuple[str, ...], quiet: bool) -> None:
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (rules that reach beyond their policy).")
+def validate(files: tuple[str, ...], quiet: bool, strict: bool) -> None:
     """Check NodeAuditPolicy files without a cluster.
 
     Reads multi-document YAML (other kinds in the stream are skipped), checks every field and every
     audit rule, and renders each policy's bundle. Exit 0 when all are valid, 1 with one line per
-    problem otherwise — usable as a GitOps pre-merge check.
+    problem otherwise — usable as a GitOps pre-merge check. Warnings (valid rules that reach beyond
+    their policy: node-wide settings, rules that mute other policies) are printed and fail only
+    with --strict.
 
     \b
     Example:
@@ -113,28 +114,36 @@ def validate(files: tuple[str, ...], quiet: bool) -> None:
       kubectl kustomize deploy/ | nodeaudit validate -
     """
     problems: list[str] = []
+    warnings: list[str] = []
     seen: dict[str, str] = {}
     valid = 0
+    loaded: list[LoadedPolicy] = []
     for item in load_documents(files):
         if isinstance(item, str):
             problems.append(item)
             continue
         problems.extend(f"{item.label}: {problem}" for problem in item.problems)
+        warnings.extend(f"{item.label}: warning: {warning}" for warning in item.warnings)
         if item.policy is not None:
+            loaded.append(item)
             name = item.policy.name
             if name in seen:
                 problems.append(f"{item.label}: metadata.name: duplicate policy name (also in {seen[name]})")
             else:
                 seen[name] = item.source
                 valid += 1
-    for line in problems:
+    suffering = policy_mod.cross_policy_warnings(item.policy for item in loaded if item.policy is not None)
+    for item in loaded:
+        assert item.policy is not None
+        warnings.extend(f"{item.label}: warning: {w}" for w in suffering.get(item.policy.name, []))
+    for line in problems + warnings:
         click.echo(line)
     if not problems and not seen:
         click.echo("no NodeAuditPolicy found in " + ", ".join(files))
         sys.exit(1)
     if not quiet:
-        click.echo(f"{valid} valid, {len(problems)} problem(s)", err=True)
-    sys.exit(1 if problems else 0)
+        click.echo(f"{valid} valid, {len(problems)} problem(s), {len(warnings)} warning(s)", err=True)
+    sys.exit(1 if problems or (strict and warnings) else 0)
 
 
 def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> policy_mod.NodeAuditPolicy:
