@@ -17,14 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "azure"))
-
 SUB = "11111111-2222-3333-4444-555555555555"
 
 
 def run_bench(argv: list[str] | None = None) -> dict:
-    from armserver import ArmServer, aks_extensions, ama, vmss_node
-
     from nodeaudit.azure.check import (
         AgentChecker,
         AgentSettings,
@@ -33,6 +29,7 @@ def run_bench(argv: list[str] | None = None) -> dict:
         TokenFileCredential,
         check_policy_agents,
     )
+    from nodeaudit.testing.armserver import ArmServer, aks_extensions, ama, vmss_node
 
     ap = argparse.ArgumentParser(prog="bench_azure", description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=5000)

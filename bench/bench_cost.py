@@ -17,10 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
-
-import costlib  # noqa: E402
-import hostlib  # noqa: E402
+from tests.host import costlib, hostlib
 
 EXECS = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "3000"))
 REPEATS = 3

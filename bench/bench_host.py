@@ -21,10 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
-
-import costlib  # noqa: E402
-import hostlib  # noqa: E402
+from tests.host import costlib, hostlib
 
 
 def measure(execs: int, rounds: int) -> dict[str, object]:

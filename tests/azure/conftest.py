@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from armserver import ArmServer, running_arm_server  # noqa: E402
-
-from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential  # noqa: E402
+from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential
+from nodeaudit.testing.armserver import ArmServer, running_arm_server
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,19 @@ import logging
 import time
 
 import pytest
-from armserver import SPEC_MAXIMUM, SPEC_MINIMUM, Resp, aks_extensions, ama, ext, oms, vmss_node
 
 from nodeaudit.azure.check import AgentSettings, check_policy_agents
 from nodeaudit.core import agent as A
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import (
+    SPEC_MAXIMUM,
+    SPEC_MINIMUM,
+    Resp,
+    aks_extensions,
+    ama,
+    ext,
+    oms,
+    vmss_node,
+)
 
 SUB = "11111111-2222-3333-4444-555555555555"
 RG = "MC_rg-prod_aks-prod_westeurope"

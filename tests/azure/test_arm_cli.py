@@ -6,12 +6,10 @@ import json
 
 import pytest
 import yaml
-from armserver import Resp, aks_extensions, ama, oms, vmss_node
 from click.testing import CliRunner
 
 from nodeaudit.cli.check_agent import check_agent
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import Resp, aks_extensions, ama, oms, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
 from nodeaudit.azure.check import AgentSettings, check_policy_agents
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
 DCR = f"/subscriptions/{SUB}/resourceGroups/monitoring/providers/Microsoft.Insights/dataCollectionRules/dcr-syslog"

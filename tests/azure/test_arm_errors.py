@@ -8,16 +8,14 @@ import json
 
 import pytest
 import yaml
-from armserver import Resp, aks_extensions, vmss_node
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from click.testing import CliRunner
 
-from conftest import fast_options
 from nodeaudit.azure import check as Z
 from nodeaudit.cli.check_agent import check_agent
 from nodeaudit.core.agent import AgentReport
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import Resp, aks_extensions, vmss_node
+from tests.azure.conftest import fast_options
 
 SUB = "11111111-2222-3333-4444-555555555555"
 DCR = f"/subscriptions/{SUB}/resourceGroups/monitoring/providers/Microsoft.Insights/dataCollectionRules/dcr-syslog"

@@ -7,12 +7,10 @@ import base64
 import logging
 
 import pytest
-from armserver import Resp, aks_extensions, ama, vmss_node
 from kubernetes import client as k
 
 from nodeaudit.azure.check import AgentSettings, check_policy_agents
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import Resp, aks_extensions, ama, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
 DCR = f"/subscriptions/{SUB}/resourceGroups/monitoring/providers/Microsoft.Insights/dataCollectionRules/dcr-syslog"

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-from armserver import aks_extensions, ama, vmss_node
-
 from nodeaudit.azure.check import AgentSettings, check_policy_agents
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import aks_extensions, ama, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
 
@@ -54,7 +50,7 @@ def test_500_nodes_in_5_scale_sets_make_5_list_calls_per_interval(arm, make_chec
 
 
 def test_errors_are_not_cached(arm, make_checker, arun):
-    from armserver import Resp
+    from nodeaudit.testing.armserver import Resp
 
     arm.scripts["aks-pool0-vmss"] = [Resp(403, {"error": {"code": "AuthorizationFailed", "message": "x"}}),
                                      Resp(200, {"value": [ama()]})]
@@ -65,7 +61,7 @@ def test_errors_are_not_cached(arm, make_checker, arun):
 
 
 def test_concurrency_is_bounded(arm, make_checker, arun):
-    from armserver import Resp
+    from nodeaudit.testing.armserver import Resp
 
     in_flight = {"now": 0, "max": 0}
 

@@ -10,11 +10,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from armserver import ama
 
 from nodeaudit.azure.check import extension_fact
-
-pytestmark = pytest.mark.azure
+from nodeaudit.testing.armserver import ama
 
 REPO = Path(__file__).resolve().parents[2]
 COMPUTE = version("azure-mgmt-compute")

@@ -9,8 +9,6 @@ import pytest
 
 from nodeaudit.azure import check as Z
 
-pytestmark = pytest.mark.azure
-
 
 def test_endpoint_from_env_and_https_only():
     assert Z.arm_endpoint({}) == "https://management.azure.com"

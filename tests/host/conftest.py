@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import hostlib  # noqa: E402
+from tests.host import hostlib
 
 
 @pytest.fixture(scope="session")

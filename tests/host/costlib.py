@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import hostlib
+from tests.host import hostlib
 
 SERIAL = re.compile(r"msg=audit\(([0-9.]+:[0-9]+)\)")
 TYPE = re.compile(r"type=([A-Z_]+) ")

@@ -12,13 +12,9 @@ import os
 import stat
 from pathlib import Path
 
-import costlib
-import hostlib
-import pytest
-from costlib import find_exec_record
-from hostlib import PROCMON_LISTED, PROCMON_RULES, Rootfs, policy_doc
-
-pytestmark = pytest.mark.host
+from tests.host import costlib, hostlib
+from tests.host.costlib import find_exec_record
+from tests.host.hostlib import PROCMON_LISTED, PROCMON_RULES, Rootfs, policy_doc
 
 V3_PLUGIN = "etc/audit/plugins.d/syslog.conf"
 RULES_FILE = "etc/audit/rules.d/60-nodeaudit-procmon.rules"

@@ -17,12 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import hostlib
 import pytest
 
 from nodeaudit.hostaudit import lock as kernellock
-
-pytestmark = pytest.mark.host
+from tests.host import hostlib
 
 NODEAUDIT = str(Path(sys.executable).parent / "nodeaudit")
 REAL_NODE = "aks-user1-20000002-vmss000000"

@@ -9,17 +9,14 @@ import sys
 import uuid
 from collections import Counter
 
-import costlib
-import hostlib
 import pytest
-from hostlib import policy_doc
 
 from nodeaudit.cli.estimate import _serial, measure
 from nodeaudit.core import estimate as est
 from nodeaudit.core.policy import NodeAuditPolicy
 from nodeaudit.hostaudit.netlink import EstimateError
-
-pytestmark = pytest.mark.host
+from tests.host import costlib, hostlib
+from tests.host.hostlib import policy_doc
 
 TRUE = "/usr/bin/true"
 RUNS = 150

@@ -10,12 +10,8 @@ import shutil
 import uuid
 from collections import Counter
 
-import costlib
-import hostlib
-import pytest
-from hostlib import PROCMON_LISTED, policy_doc
-
-pytestmark = pytest.mark.host
+from tests.host import costlib, hostlib
+from tests.host.hostlib import PROCMON_LISTED, policy_doc
 
 ECHO = "/usr/bin/echo"  # what the kernel reports as exe for /bin/echo (usrmerged bookworm)
 

@@ -7,17 +7,14 @@ stopping kopf in a fixture teardown costs seconds per test.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from operator_harness import REPO, Cluster, load_crd, record_requests
 
+from nodeaudit.testing.armserver import ArmServer, running_arm_server
 from nodeaudit.testing.runtime import ServerThread
-
-sys.path.insert(0, str(REPO / "tests" / "azure"))
-from armserver import ArmServer, running_arm_server  # noqa: E402 - the Azure suite's local https ARM endpoint
+from tests.operator.operator_harness import REPO, Cluster, load_crd, record_requests
 
 # Read (Config.from_env) when the operator starts; the resync timer keeps the first interval.
 os.environ.setdefault("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.3")

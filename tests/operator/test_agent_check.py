@@ -8,11 +8,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from armserver import ArmServer, aks_extensions, ama
-from operator_harness import Cluster, policy, wait_for
 from prometheus_client import REGISTRY
 
-pytestmark = pytest.mark.operator
+from nodeaudit.testing.armserver import ArmServer, aks_extensions, ama
+from tests.operator.operator_harness import Cluster, policy, wait_for
 
 WITH_AGENT = "aks-user1-11111111-vmss"
 WITHOUT_AGENT = "aks-user2-22222222-vmss"

@@ -8,13 +8,12 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from armserver import ArmServer, Resp, aks_extensions, ama
-from operator_harness import Cluster, policy, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodeaudit.controller import metrics
+from nodeaudit.testing.armserver import ArmServer, Resp, aks_extensions, ama
+from tests.operator.operator_harness import Cluster, policy, wait_for
 
-pytestmark = pytest.mark.operator
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -11,10 +11,7 @@ import datetime as dt
 import json
 import time
 
-import pytest
-from operator_harness import GROUP, PLURAL, VERSION, Cluster, policy, wait_for
-
-pytestmark = pytest.mark.operator
+from tests.operator.operator_harness import GROUP, PLURAL, VERSION, Cluster, policy, wait_for
 
 
 def _patch_spec(cluster: Cluster, spec: dict[str, object], name: str = "procmon") -> None:

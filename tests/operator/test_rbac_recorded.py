@@ -16,18 +16,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 import yaml
-from operator_harness import NAMESPACE, REPO, Cluster, policy, wait_for
 
-sys.path.insert(0, str(REPO / "tests"))
-from rbac import Request, allowed_by, grants_for, unused_rules  # noqa: E402
+from tests.operator.operator_harness import NAMESPACE, REPO, Cluster, policy, wait_for
+from tests.rbac import Request, allowed_by, grants_for, unused_rules
 
-pytestmark = [pytest.mark.operator,
-              pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")]
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 
 SA = "nodeaudit-operator"
 GATE = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from operator_harness import NAMESPACE, Cluster, policy, wait_for
-
-pytestmark = pytest.mark.operator
+from tests.operator.operator_harness import NAMESPACE, Cluster, policy, wait_for
 
 
 def test_three_nodes_get_jobs_and_policy_becomes_ready(cluster: Cluster) -> None:

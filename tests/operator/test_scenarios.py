@@ -6,12 +6,8 @@ import signal
 import time
 import urllib.request
 
-import pytest
-from operator_harness import Cluster, operator_process, policy, wait_for
-
 from nodeaudit.testing import simulator as sim_mod
-
-pytestmark = pytest.mark.operator
+from tests.operator.operator_harness import Cluster, operator_process, policy, wait_for
 
 
 def _scrape(url: str) -> str:

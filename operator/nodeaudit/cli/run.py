@@ -11,51 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
 
 import click
 
-from nodeaudit.controller.reconciler import DEFAULT_NAMESPACE
-
-
-def make_settings(*, server_timeout: float = 300, client_timeout: float = 330, verbose: bool = False) -> Any:
-    import kopf
-
-    from nodeaudit.controller import handlers
-
-    settings = kopf.OperatorSettings()
-    handlers.configure(settings)
-    settings.watching.server_timeout = server_timeout
-    settings.watching.client_timeout = client_timeout
-    settings.watching.connect_timeout = 30
-    settings.watching.inactivity_timeout = client_timeout + 30
-    settings.networking.request_timeout = 60
-    settings.execution.max_workers = 4
-    if not verbose:
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    return settings
-
-
-async def operator(*, namespace: str, peering: str | None = None, liveness: str | None = None,
-                   stop_flag: Any = None, ready_flag: Any = None, settings: Any = None) -> None:
-    """Run the operator until ``stop_flag`` (a threading/asyncio event) is set."""
-    import kopf
-
-    from nodeaudit.controller import handlers
-    from nodeaudit.controller.reconciler import Config
-
-    handlers.register_timers(Config.from_env())  # the other handlers registered at import
-    settings = settings or make_settings()
-    await kopf.operator(
-        registry=kopf.get_default_registry(),
-        settings=settings,
-        namespaces=[namespace],  # Jobs/Pods in our namespace; Nodes and policies are cluster-scoped
-        standalone=peering is None,
-        peering_name=peering,
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+from nodeaudit.controller.config import DEFAULT_NAMESPACE
 
 
 @click.command("run")
@@ -75,7 +34,8 @@ async def operator(*, namespace: str, peering: str | None = None, liveness: str 
 def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float,
         metrics_port: int, metrics_address: str, verbose: bool) -> None:
     """Run the operator (cluster-wide for Nodes and policies; Jobs in NAMESPACE)."""
-    from nodeaudit.controller.reconciler import Config, SettingError
+    from nodeaudit.controller import app
+    from nodeaudit.controller.config import Config, SettingError
 
     os.environ["NODEAUDIT_NAMESPACE"] = namespace
     try:
@@ -94,8 +54,8 @@ def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float
 
         server = metrics.serve(metrics_port, metrics_address)
         logging.getLogger("nodeaudit").info("metrics on http://%s:%d/metrics", metrics_address, server.server_port)
-    settings = make_settings(server_timeout=watch_timeout, client_timeout=watch_timeout + 30, verbose=verbose)
-    asyncio.run(operator(namespace=namespace, peering=peering, liveness=liveness or None, settings=settings))
+    settings = app.make_settings(server_timeout=watch_timeout, client_timeout=watch_timeout + 30, verbose=verbose)
+    asyncio.run(app.operator(namespace=namespace, peering=peering, liveness=liveness or None, settings=settings))
 
 
 def credentials_problem() -> str | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 LABEL_POLICY = "nodeaudit.io/policy"
@@ -234,3 +235,51 @@ def pod_result(pod: Mapping[str, Any]) -> dict[str, Any] | None:
         if parsed is not None:
             return parsed
     return None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the controller keeps of one of its Jobs (from the Job's labels, annotations and status)."""
+
+    name: str
+    policy: str
+    node: str
+    action: str
+    budget: str
+    bundle: str
+    outcome: str  # running | succeeded | failed
+    created: float  # monotonic time first seen
+    finished_at: float | None = None
+    # When the Job finished, as the API says (status.completionTime, or the Failed condition's
+    # lastTransitionTime): after a restart it orders finished Jobs against each other and against
+    # the node's record, so an older Job never overwrites a newer result.
+    finished: str | None = None
+
+
+def job_info(job: Mapping[str, Any], previous: JobInfo | None, now: float) -> JobInfo | None:
+    """The JobInfo of a Job object (None: not one of ours). ``previous`` is what was known of it,
+    ``now`` the monotonic clock: a Job keeps the time it was first seen and first seen finished."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    policy = labels.get(LABEL_POLICY)
+    if not policy:
+        return None
+    outcome = job_outcome(job)
+    spec_node = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("nodeName")
+    return JobInfo(
+        name=str(meta.get("name", "")), policy=str(policy), node=str(spec_node or labels.get(LABEL_NODE, "")),
+        action=str(labels.get(LABEL_ACTION, "apply")), budget=str(labels.get(LABEL_BUDGET, "update")),
+        bundle=str((meta.get("annotations") or {}).get(ANNOTATION_BUNDLE, "")),
+        outcome=outcome, created=previous.created if previous else now,
+        finished_at=(previous.finished_at if previous and previous.finished_at else
+                     (now if outcome != "running" else None)),
+        finished=job_finished_time(job) if outcome != "running" else None,
+    )
+
+
+def unused_configmaps(existing: Iterable[str], bundles: Iterable[str], jobs: Iterable[JobInfo]) -> list[str]:
+    """The bundle ConfigMaps in ``existing`` that neither a policy's current bundle (``bundles``:
+    hashes) nor a running Job needs: safe to delete."""
+    keep = {configmap_name(h) for h in bundles}
+    keep |= {configmap_name(j.bundle) for j in jobs if j.outcome == "running" and j.bundle}
+    return [name for name in existing if name not in keep]

@@ -22,7 +22,7 @@ from typing import Any
 import kubernetes
 import yaml
 
-from nodeaudit.controller.reconciler import DEFAULT_NAMESPACE
+from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import nodes as nodes_mod
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.runtime import OperatorThread, ServerThread

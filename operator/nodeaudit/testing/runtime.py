@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from nodeaudit.controller.reconciler import DEFAULT_NAMESPACE
+from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.testing import apiserver
 
 T = TypeVar("T")
@@ -109,14 +109,14 @@ class OperatorThread:
         self.error: BaseException | None = None
 
     def _run(self) -> None:
-        from nodeaudit.cli import run as cli_run
+        from nodeaudit.controller import app
 
         _quiet_thread_signal_warning()
         try:
-            settings = cli_run.make_settings(server_timeout=60, client_timeout=90)
+            settings = app.make_settings(server_timeout=60, client_timeout=90)
             settings.process.ultimate_exiting_timeout = 5
             settings.background.instant_exit_timeout = 0.5
-            asyncio.run(cli_run.operator(namespace=self.namespace, stop_flag=self.stop_flag,
+            asyncio.run(app.operator(namespace=self.namespace, stop_flag=self.stop_flag,
                                          ready_flag=self.ready_flag, settings=settings))
         except BaseException as e:  # noqa: BLE001 - reported to the test
             self.error = e

@@ -3,7 +3,7 @@
 Why: rules come from a policy and run as root on every node; a bad line there means a node whose
 `augenrules --load` fails. Everything auditctl or the kernel would refuse is refused here, without
 a kernel, with a message naming the exact token. `AuditRule.listing` is the line `auditctl -l`
-prints for the rule (forms verified against auditctl 3.0.9 on a real kernel; see tests/test_rules.py);
+prints for the rule (forms verified against auditctl 3.0.9 on a real kernel; see tests/core/test_rules.py);
 the bundle verifies a node by finding each listing line in `auditctl -l`.
 """
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests import REPO
+
 lupa = pytest.importorskip("lupa.lua51", reason="lupa without its Lua 5.1 runtime")
 
-REPO = Path(__file__).resolve().parent.parent
 HEALTH_LUA = REPO / "deploy" / "argocd" / "health.lua"
 ARGOCD_CM = REPO / "deploy" / "argocd" / "argocd-cm.yaml"
 KEY = "resource.customizations.health.nodeaudit.io_NodeAuditPolicy"

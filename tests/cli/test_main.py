@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from nodeaudit.cli.main import main
-from policies import EXAMPLES, REPO, policy_dict
+from tests.policies import EXAMPLES, REPO, policy_dict
 
 runner = CliRunner()
 

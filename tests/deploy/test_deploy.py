@@ -8,15 +8,14 @@ import functools
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from rbac import Request, allowed_by, grants_for, verb_of
+from tests import REPO
+from tests.rbac import Request, allowed_by, grants_for, verb_of
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 CRD_FILE = REPO / "crds" / "nodeauditpolicy.yaml"
 NAMESPACE = "nodeaudit-system"

@@ -11,7 +11,7 @@ import pytest
 
 from nodeaudit.core.bundle import content_hash, render_bundle, rules_file_name
 from nodeaudit.core.policy import parse_policy
-from policies import policy_dict
+from tests.policies import policy_dict
 
 
 def _bundle(**spec: Any):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "e2e" / "kind-smoke.sh"
+SCRIPT = Path(__file__).resolve().parent / "kind-smoke.sh"
 
 
 def test_executable() -> None:

@@ -1,4 +1,4 @@
-"""A local https ARM endpoint for the Azure tests and the benchmark (127.0.0.1 only).
+"""A local https ARM endpoint for the Azure tests, the operator tests, the benchmark and the demo (127.0.0.1 only).
 
 aiohttp in a background thread with a trustme certificate. It serves the paths the real SDK
 clients call — scale-set extensions (list with nextLink paging, create_or_update), manualupgrade

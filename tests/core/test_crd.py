@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from nodeaudit.core import crd as crd_mod
-from policies import REPO
+from tests.policies import REPO
 
 CRD_FILE = REPO / "crds" / "nodeauditpolicy.yaml"
 

@@ -2,7 +2,7 @@
 
 Ubuntu, Azure Linux and audit 2.x cannot be installed on this machine, so these tests run the real
 apply.sh against /etc/os-release fixtures in a temporary root (NODEAUDIT_HOST_ROOT) with stand-in
-apt-get/tdnf/auditctl/augenrules/auditd/service/systemctl on PATH (tests/apply_standins/) that
+apt-get/tdnf/auditctl/augenrules/auditd/service/systemctl on PATH (tests/shell/standins/) that
 record every call. PATH holds only the stand-ins and an allow-list of ordinary utilities, so a
 missing stand-in can never reach the machine's real package manager or auditd. The stand-in auditd
 is a real process tree (its 3.x syslog plugin child appears on SIGHUP) so apply.sh's /proc checks
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
-import hostlib  # noqa: E402
+from tests import REPO
+from tests.host import hostlib
 
-STANDINS = Path(__file__).resolve().parent / "apply_standins"
+STANDINS = Path(__file__).resolve().parent / "standins"
 TOOLS = ("sh", "cat", "sed", "grep", "tr", "cut", "head", "tail", "mkdir", "mktemp", "cp", "mv", "rm",
          "chmod", "chown", "stat", "cmp", "dirname", "basename", "date", "id", "flock", "timeout", "ls",
          "env", "wc", "sort", "uniq")
@@ -471,7 +471,7 @@ def test_missing_bundle_file_names_the_bundle_directory(fake):
 
 # job-entry.sh: a Job deleted (or past activeDeadlineSeconds) gets SIGTERM in its shell only.
 
-JOB_ENTRY = Path(__file__).resolve().parents[1] / "operator" / "nodeaudit" / "host" / "job-entry.sh"
+JOB_ENTRY = REPO / "operator" / "nodeaudit" / "host" / "job-entry.sh"
 SLOW_APPLY = """#!/bin/sh
 log=${FAKE_APPLY_LOG:?}
 trap 'echo "term $*" >>"$log"; sleep 0.5; echo rolled-back >>"$log"

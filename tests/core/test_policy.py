@@ -10,7 +10,7 @@ import yaml
 
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core.policy import PolicyError, parse_duration, parse_policy
-from policies import EXAMPLES, policy_dict
+from tests.policies import EXAMPLES, policy_dict
 
 
 def test_seed_policy_gets_every_default() -> None:

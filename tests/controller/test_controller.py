@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from operator_harness import policy
 
 from nodeaudit.cli import run as cli_run
 from nodeaudit.controller import kube
+from nodeaudit.controller import config as controller_config
 from nodeaudit.controller import reconciler as controller
 from nodeaudit.core import jobs, nodes
 from nodeaudit.testing import demo as demo_main
 from nodeaudit.testing import simulator as sim
+from tests.operator.operator_harness import policy
 
 POLICY = "procmon"
 KEY = nodes.state_annotation(POLICY)
@@ -56,11 +57,11 @@ class FakeKube:
 
 
 def make_controller(fake: FakeKube) -> controller.Controller:
-    ctl = controller.Controller(fake, controller.Config(result_grace=0.0))  # type: ignore[arg-type]
+    ctl = controller.Controller(fake, controller_config.Config(result_grace=0.0))  # type: ignore[arg-type]
     body = policy(POLICY)
     body["metadata"].update(uid="puid", generation=1, creationTimestamp="2026-01-01T00:00:00Z")
     ctl.set_policy(body)
-    assert ctl.policies[POLICY].error is None
+    assert ctl.view.policies[POLICY].error is None
     return ctl
 
 
@@ -100,17 +101,17 @@ def test_restart_never_lets_an_older_job_overwrite_a_newer_record() -> None:
     ctl.on_node(node_body(record))
     ctl.on_job(job_body("job-a", node_name, "sha256:old", "2026-01-01T10:00:00Z"))
     ctl.on_job(job_body("job-b", node_name, "sha256:new", "2026-01-01T10:05:00Z"))
-    ctl.results.update({"job-a": {"ok": True}, "job-b": {"ok": True}})
-    asyncio.run(ctl._record_finished(ctl.policies[POLICY]))
+    ctl.view.results.update({"job-a": {"ok": True}, "job-b": {"ok": True}})
+    asyncio.run(ctl.record_finished(ctl.view.policies[POLICY]))
     assert fake.node_writes() == []
-    assert {"job-a", "job-b"} <= ctl.recorded
+    assert {"job-a", "job-b"} <= ctl.view.recorded
     # B pruned by its TTL meanwhile: the record's time still says A is older.
     fake2 = FakeKube()
     ctl2 = make_controller(fake2)
     ctl2.on_node(node_body(record))
     ctl2.on_job(job_body("job-a", node_name, "sha256:old", "2026-01-01T10:00:00Z"))
-    ctl2.results["job-a"] = {"ok": True}
-    asyncio.run(ctl2._record_finished(ctl2.policies[POLICY]))
+    ctl2.view.results["job-a"] = {"ok": True}
+    asyncio.run(ctl2.record_finished(ctl2.view.policies[POLICY]))
     assert fake2.node_writes() == []
 
 
@@ -124,8 +125,8 @@ def test_restart_records_only_the_newest_unrecorded_job() -> None:
     ctl.on_node(node_body(older))
     ctl.on_job(job_body("job-b", node_name, "sha256:new", "2026-01-01T10:05:00Z", ok=False))
     ctl.on_job(job_body("job-a", node_name, "sha256:old", "2026-01-01T10:00:00Z"))
-    ctl.results.update({"job-a": {"ok": True}, "job-b": {"ok": False, "message": "auditctl: boom"}})
-    asyncio.run(ctl._record_finished(ctl.policies[POLICY]))
+    ctl.view.results.update({"job-a": {"ok": True}, "job-b": {"ok": False, "message": "auditctl: boom"}})
+    asyncio.run(ctl.record_finished(ctl.view.policies[POLICY]))
     rec = written_record(fake)
     assert rec["job"] == "job-b" and rec["bundle"] == "sha256:new" and rec["result"] == "failed"
     assert rec["budget"] == "update" and rec["error"] == "auditctl: boom"
@@ -138,9 +139,9 @@ def test_gate_taint_and_record_are_one_json_patch() -> None:
         ctl = make_controller(fake)
         node_name = sim.aks_node("user1", 0)["metadata"]["name"]
         ctl.on_node(node_body(taints=[gate], annotations=annotated))
-        ctl.on_job(job_body("job-a", node_name, ctl.policies[POLICY].bundle.hash, "2026-01-01T10:00:00Z"))
-        ctl.results["job-a"] = {"ok": True, "distro": "ubuntu-22.04"}
-        asyncio.run(ctl._record_finished(ctl.policies[POLICY]))
+        ctl.on_job(job_body("job-a", node_name, ctl.view.policies[POLICY].bundle.hash, "2026-01-01T10:00:00Z"))
+        ctl.view.results["job-a"] = {"ok": True, "distro": "ubuntu-22.04"}
+        asyncio.run(ctl.record_finished(ctl.view.policies[POLICY]))
         (kind, _, ops), = fake.node_writes()
         assert kind == "json"
         assert ops[0] == {"op": "test", "path": "/spec/taints", "value": [gate]}
@@ -153,7 +154,7 @@ def test_gate_taint_and_record_are_one_json_patch() -> None:
         else:  # no annotations map yet: created, guarded by the version seen
             assert ops[2:4] == [{"op": "test", "path": "/metadata/resourceVersion", "value": "41"},
                                 {"op": "add", "path": "/metadata/annotations", "value": {}}]
-        assert not ctl.nodes[node_name].has_startup_taint
+        assert not ctl.view.nodes[node_name].has_startup_taint
 
 
 def test_create_refused_reports_degraded_and_keeps_going() -> None:
@@ -161,7 +162,7 @@ def test_create_refused_reports_degraded_and_keeps_going() -> None:
     fake = FakeKube(fail_create=err)
     ctl = make_controller(fake)
     ctl.on_node(node_body())
-    entry = ctl.policies[POLICY]
+    entry = ctl.view.policies[POLICY]
     asyncio.run(ctl.reconcile(entry))  # no exception
     (_, _, body), = [c for c in fake.calls if c[0] == "merge" and c[1].endswith("/status")]
     degraded = {c["type"]: c for c in body["status"]["conditions"]}["Degraded"]
@@ -183,19 +184,19 @@ def test_conflicts_filter_the_matched_nodes() -> None:
     ctl.set_policy(later)
     for pool in ("user1", "user2"):
         ctl.on_node(sim.aks_node(pool, 0))
-    entry = ctl.policies["later"]
-    matched = ctl.matched_nodes(entry)
-    assert ctl.conflicts(entry, matched) == {POLICY: [sim.aks_node("user1", 0)["metadata"]["name"]]}
-    assert ctl.conflicts(ctl.policies[POLICY], ctl.matched_nodes(ctl.policies[POLICY])) == {}
+    entry = ctl.view.policies["later"]
+    matched = ctl.view.matched_nodes(entry)
+    assert ctl.view.conflicts(entry, matched) == {POLICY: [sim.aks_node("user1", 0)["metadata"]["name"]]}
+    assert ctl.view.conflicts(ctl.view.policies[POLICY], ctl.view.matched_nodes(ctl.view.policies[POLICY])) == {}
 
 
 def test_deleted_node_drops_its_overlay() -> None:
     ctl = make_controller(FakeKube())
     raw = node_body()
     ctl.on_node(raw)
-    ctl._remember(raw["metadata"]["name"], POLICY, {"result": "ok"})
+    ctl.view.remember(raw["metadata"]["name"], POLICY, {"result": "ok"})
     ctl.on_node(raw, deleted=True)
-    assert raw["metadata"]["name"] not in ctl.overlay
+    assert raw["metadata"]["name"] not in ctl.view.overlay
 
 
 # ---- settings and credentials ------------------------------------------------------------------
@@ -208,8 +209,8 @@ def test_deleted_node_drops_its_overlay() -> None:
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                         fragment: str) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(controller.SettingError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        controller.Config.from_env()
+    with pytest.raises(controller_config.SettingError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        controller_config.Config.from_env()
     result = CliRunner().invoke(cli_run.run, [], env={"KUBECONFIG": "/nonexistent"})
     assert result.exit_code == 2 and fragment in result.output
 
@@ -218,7 +219,7 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODEAUDIT_RESYNC_SECONDS", "7.5")
     monkeypatch.setenv("NODEAUDIT_REMOVAL_POLL_SECONDS", "0.5")
     monkeypatch.setenv("NODEAUDIT_RETRY_LIMIT", "5")
-    cfg = controller.Config.from_env()
+    cfg = controller_config.Config.from_env()
     assert (cfg.resync, cfg.removal_poll, cfg.retry_limit) == (7.5, 0.5, 5)
 
 

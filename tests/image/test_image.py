@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
+
 BASE_TAG = "nodeaudit-base:test"
 IMAGE_TAG = "nodeaudit:test"
 SUITE = "bookworm"

@@ -1,0 +1,73 @@
+"""What the kopf handlers do beyond feeding the Controller: settings, start, login, stop, delete.
+
+Why apart from ``handlers.py``: the registrations stay one line each (what kopf calls when), and
+what happens then is here, callable without kopf's registry.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kopf
+
+from nodeaudit.controller.config import Config
+from nodeaudit.controller.kube import Kube
+from nodeaudit.controller.reconciler import Controller, Waiting
+from nodeaudit.core import jobs as jobs_mod
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Settings the operator needs to be correct, whoever starts it."""
+    settings.persistence.finalizer = "nodeaudit.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nodeaudit.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="nodeaudit.io", key="last-handled-configuration")
+    # Only our Jobs and Pods, filtered by the API server, not in the operator.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = jobs_mod.LABEL_POLICY
+    settings.watching.label_selectors["", "v1", "pods"] = jobs_mod.LABEL_POLICY
+    settings.scanning.disabled = True  # no CRD watching: no cluster-wide CRD RBAC needed
+
+
+def controller(memo: kopf.Memo) -> Controller:
+    ctl: Controller = memo["controller"]
+    return ctl
+
+
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
+    configure(settings)
+    ctl = Controller(Kube(), Config.from_env())
+    memo["controller"] = ctl
+    if memo.get("connection") is not None:
+        ctl.kube.configure(memo["connection"])
+    ctl.start()
+
+
+async def cleanup(memo: kopf.Memo) -> None:
+    ctl = memo.get("controller")
+    if ctl is not None:
+        await ctl.stop()
+
+
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    import kubernetes.config.kube_config as kube_config
+
+    # The kubernetes client reads $KUBECONFIG once, at import; honour its current value.
+    if os.environ.get("KUBECONFIG"):
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = os.environ["KUBECONFIG"]
+    info = kopf.login_via_client(**kwargs)
+    if info is not None:
+        memo["connection"] = info
+        ctl = memo.get("controller")
+        if ctl is not None:
+            ctl.kube.configure(info)
+    return info
+
+
+async def remove_policy(memo: kopf.Memo, body: kopf.Body) -> None:
+    """The delete handler: kopf retries it (every ``removal_poll``) until removal is done."""
+    ctl = controller(memo)
+    try:
+        await ctl.remove_policy(body)
+    except Waiting as e:
+        raise kopf.TemporaryError(str(e), delay=ctl.config.removal_poll) from None
