@@ -74,7 +74,7 @@ def test_verify_interval_of_5m_or_more_passes_model_and_crd(value: str) -> None:
 
 
 def test_committed_crd_carries_the_verify_interval_floor() -> None:
-    committed = yaml.safe_load((Path(__file__).resolve().parents[1] / "crds" / "nodeauditpolicy.yaml").read_text())
+    committed = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "nodeauditpolicy.yaml").read_text())
     schema = committed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     pattern = schema["properties"]["verifyInterval"]["pattern"]
     assert not re.search(pattern, "0s") and not re.search(pattern, "1ms") and re.search(pattern, "5m")

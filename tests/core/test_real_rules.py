@@ -26,7 +26,7 @@ import pytest
 
 from nodeaudit.core.rules.grammar import AuditRule, RuleError, Unsafe, parse_rule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "data" / "real-rules"
 TRUTH_PATH = Path(os.environ.get("NODEAUDIT_REAL_RULES_TRUTH", CORPUS / "truth.json"))
 TRUTH = json.loads(TRUTH_PATH.read_text(encoding="utf-8"))
