@@ -249,13 +249,20 @@ def crd(reference: bool) -> None:
 
 @main.command("presets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def presets_command(as_json: bool) -> None:
+@click.option("--show", "show", metavar="NAME", help="Print one preset's rules, by requirement for a compliance pack.")
+@click.option("--containers", is_flag=True, help="With --show: the rules as `containers: true` expands them.")
+def presets_command(as_json: bool, show: str | None, containers: bool) -> None:
     """List the named rule sets, volume levels and the AKS noise list, with what each records.
 
     \b
     Example:
       nodeaudit presets
+      nodeaudit presets --show pci-dss
+      nodeaudit presets --show cis --containers
     """
+    if show is not None:
+        _show_preset(show, containers, as_json)
+        return
     if as_json:
         click.echo(json.dumps(_presets_document(), indent=2))
         return
@@ -273,6 +280,26 @@ def presets_command(as_json: bool) -> None:
     click.echo("\nexclude.aksNoise: true excludes these executables (as -a never,exit rules, placed first):")
     for noise in doc["aksNoise"]:
         click.echo(f"  {noise['path']}\n    {noise['why']}")
+
+
+def _show_preset(name: str, containers: bool, as_json: bool) -> None:
+    preset = presets_mod.PRESETS.get(name)
+    if preset is None:
+        raise click.BadParameter(f'unknown preset "{name}" (one of {", ".join(presets_mod.PRESETS)})',
+                                 param_hint="--show")
+    groups = [(r.id, r.title, r.rules) for r in preset.requirements] or [("", preset.title, preset.rules)]
+    if containers:
+        groups = [(rid, title, presets_mod.packs_mod.container_variant(rules)) for rid, title, rules in groups]
+    if as_json:
+        click.echo(json.dumps({"name": preset.name, "benchmark": preset.benchmark, "containers": containers,
+                               "requirements": [{"id": rid, "title": title, "rules": list(rules)}
+                                                for rid, title, rules in groups]}, indent=2))
+        return
+    click.echo(f"preset {preset.name}: {preset.title}" + (f" ({preset.benchmark})" if preset.benchmark else ""))
+    for rid, title, rules in groups:
+        click.echo(f"\n{rid}  {title}" if rid else f"\n{title}")
+        for rule in rules:
+            click.echo(f"  {rule}")
 
 
 def _presets_document() -> dict[str, list[dict[str, Any]]]:

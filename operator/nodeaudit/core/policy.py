@@ -354,7 +354,12 @@ class NodeAuditPolicySpec(_Model):
     rules: list[str] = Field(default_factory=list, max_length=1024)
     """Audit rules in auditctl syntax, one rule an entry; `-F arch=` is required on syscall rules."""
     presets: list[Literal[tuple(presets_mod.PRESETS)]] = Field(default_factory=list)  # type: ignore[valid-type]
-    """Named rule sets shipped with nodeaudit (see `nodeaudit presets`)."""
+    """Named rule sets shipped with nodeaudit (see `nodeaudit presets`), among them the compliance
+    packs stig, pci-dss, ospp and cis (`nodeaudit presets --show NAME`)."""
+    containers: bool = False
+    """Compliance packs also record container processes: every pack rule limited to logged-in users
+    (auid>=1000) gets a twin for processes whose login uid is unset (4294967295), which is every
+    process in a pod and every `kubectl exec` session. Costs more records; see docs/cost.md."""
     volume: Literal["lean", "standard", "forensic"] = "standard"
     """Which record types reach syslog (node-wide: kernel exclude filters): lean keeps SYSCALL and
     EXECVE only (~2.7x fewer bytes per exec); standard drops only EOE and BPRM_FCAPS; forensic
@@ -508,6 +513,7 @@ class NodeAuditPolicy(_Model):
             volume=spec.volume,
             exclude_executables=spec.exclude.executables,
             aks_noise=spec.exclude.aks_noise,
+            containers=spec.containers,
             rate_limit=spec.auditd.rate_limit,
             backlog_limit=spec.auditd.backlog_limit,
             backlog_wait_time=spec.auditd.backlog_wait_time,
