@@ -19,17 +19,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY operator/ operator/
 # Build the wheel first (what gets installed is exactly what `pip wheel` packaged, package data
-# such as host/*.sh included), then install it with its dependencies into the venv. pip compiles
+# such as host/*.sh included), then install it with its dependencies, at the versions of
+# constraints.txt (the project's one list of pins), into the venv. pip compiles
 # the .pyc files at install time, so nothing needs to be written under /opt/venv at run time.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /dist . \
- && /opt/venv/bin/pip install /dist/nodeaudit-*.whl \
+ && /opt/venv/bin/pip install --constraint constraints.txt /dist/nodeaudit-*.whl \
  && /opt/venv/bin/nodeaudit --help >/dev/null
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
+# `make image` passes VERSION from operator/nodeaudit/__init__.py (the one place for it).
+ARG VERSION=unknown
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="nodeaudit" \
       org.opencontainers.image.description="Kubernetes operator that keeps auditd (-> syslog authpriv -> Log Analytics) on every AKS worker node" \

@@ -8,18 +8,20 @@ STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Every Python pin lives in constraints.txt; the version in operator/nodeaudit/__init__.py.
+CONSTRAINTS := constraints.txt
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' operator/nodeaudit/__init__.py)
 
-.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind clean
+.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind fresh-check clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
 	  { echo ">> installing python3-venv"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,dev]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install nodeaudit with its test and dev dependencies
@@ -32,11 +34,10 @@ apt-deps: ## install the Debian packages the host tests need (only the missing o
 # azure-mgmt-compute 37.x keeps an extension's type where 38+ no longer does: the azure suite runs its
 # compatibility test under this second, small venv as well.
 AZ37 := .venv-az37
-$(AZ37)/.stamp:
+$(AZ37)/.stamp: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(AZ37)
-	$(AZ37)/bin/pip install -q 'azure-mgmt-compute==37.*' azure-core==1.41.0 azure-identity==1.27.0 \
-	  azure-mgmt-monitor==7.0.0 azure-mgmt-loganalytics==14.0.0 trustme==1.2.1 pytest==9.2.0 aiohttp==3.14.5 \
-	  kubernetes==37.0.2 pydantic==2.14.4 prometheus-client==0.26.0 click PyYAML
+	{ grep -v '^azure-mgmt-compute==' $(CONSTRAINTS); sed -n 's/^#az37: //p' $(CONSTRAINTS); } > $(AZ37)/constraints.txt
+	$(AZ37)/bin/pip install -q -c $(AZ37)/constraints.txt -e '.[test]'
 	@touch $@
 
 test: install apt-deps $(AZ37)/.stamp ## every suite: unit, host (real kernel audit), operator (kmock), azure (local https ARM)
@@ -54,11 +55,10 @@ test-operator: install ## the real operator against a local API server
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
 
-lint: install apt-deps ## ruff on everything, mypy on the pure core, shellcheck on apply.sh
-	$(VENV)/bin/ruff check operator tests bench
+lint: install apt-deps ## ruff (BLE, RUF100 on) and mypy, shellcheck on every shell file, hadolint
+	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/mypy
-	shellcheck -s sh operator/nodeaudit/host/*.sh
-	shellcheck tests/e2e/kind-smoke.sh
+	tools/lint-shell.sh
 	$(VENV)/bin/hadolint Dockerfile
 
 crds: install ## regenerate crds/nodeauditpolicy.yaml and docs/policy.md from the pydantic model
@@ -73,10 +73,14 @@ bench: install apt-deps ## performance figures (validate, host apply, exec cost,
 	$(PY) -m bench $(BENCH)
 
 image: ## build the container image (operator and node Jobs)
-	docker build -t nodeaudit:$$($(PY) -c 'import nodeaudit; print(nodeaudit.__version__)') .
+	docker build -t nodeaudit:$(VERSION) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 sync-examples: ## refresh deploy/examples from examples/ (a test checks they are the same)
 	cp examples/*.yaml deploy/examples/
+
+fresh-check: apt-deps ## make demo and make test in a fresh Debian 12 root (mmdebstrap, chroot): what a new user sees
+	tools/fresh-check.sh
 
 e2e-kind: ## smoke test on a kind cluster (needs Docker and kind; cannot run in the dev sandbox)
 	./tests/e2e/kind-smoke.sh

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         sys.argv = [f"bench/{name}.py"]  # each benchmark runs with its own defaults
         try:
             result = importlib.import_module(f"bench.{name}").main()
-        except Exception as error:  # one broken benchmark must not hide the others' figures
+        except Exception as error:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
             print(f"{name} failed: {type(error).__name__}: {error}", flush=True)
             failed.append(name)
             continue

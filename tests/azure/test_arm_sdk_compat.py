@@ -52,7 +52,7 @@ def test_the_azure_suite_passes_under_azure_mgmt_compute_37():
     py = _az37_python()
     if py is None:
         pytest.skip("no azure-mgmt-compute 37.x venv: set NODEAUDIT_AZ37_PYTHON or create .venv-az37 "
-                    "(pip install 'azure-mgmt-compute==37.*' azure-mgmt-monitor==7.0.0 azure-mgmt-loganalytics==14.0.0 ...)")
+                    "(make .venv-az37/.stamp)")
     got = subprocess.run([py, "-c", "import importlib.metadata as m; print(m.version('azure-mgmt-compute'))"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert got.startswith("37."), got

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from nodeaudit.cli import run as cli_run
-from nodeaudit.controller import kube
 from nodeaudit.controller import config as controller_config
+from nodeaudit.controller import kube
 from nodeaudit.controller import reconciler as controller
 from nodeaudit.core import jobs, nodes
 from nodeaudit.testing import demo as demo_main

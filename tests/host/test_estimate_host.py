@@ -4,6 +4,7 @@ and the kernel put back exactly as it was found."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,16 @@ TRUE = "/usr/bin/true"
 RUNS = 150
 
 
+@pytest.fixture(scope="module")
+def auditctl(ctl_root: hostlib.Rootfs, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The control root's real auditctl as a command on this machine, which needs no audit package
+    of its own (installing auditd here would start a daemon the host tests then refuse to run beside)."""
+    wrapper = tmp_path_factory.mktemp("bin") / "auditctl"
+    wrapper.write_text(f'#!/bin/sh\nexec chroot {ctl_root.path} auditctl "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def policy(volume: str, **spec: object) -> NodeAuditPolicy:
     return NodeAuditPolicy.model_validate(policy_doc("procmon", [], presets=["procmon"], volume=volume, **spec))
 
@@ -34,7 +45,7 @@ def stop_daemon(host, root: hostlib.Rootfs) -> None:
 
 
 @pytest.mark.parametrize("volume", ["lean", "forensic"])
-def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume):
+def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, auditctl):
     marker = f"m{uuid.uuid4().hex[:16]}"
     # 1. The real path: apply.sh, auditd 3.0.9, audisp-syslog -> /dev/log.
     root = host.root()
@@ -54,7 +65,7 @@ def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume):
 
     # 2. estimate: the same execs (cwd / as in the root), read from the audit netlink socket.
     script = f'cd / && i=0; while [ $i -lt {RUNS} ]; do /bin/true {marker}; i=$((i+1)); done'
-    measured, problems = measure(policy(volume), command=script, lock_path=None)
+    measured, problems = measure(policy(volume), command=script, lock_path=None, auditctl=auditctl)
     assert problems == []
     by_serial: dict[str, list[tuple[object, int]]] = {}
     for record, size in measured.records:
@@ -73,14 +84,14 @@ def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume):
     assert measured.sample.records_per_exec == pytest.approx(sum(real_types.values()) / RUNS, abs=0.05)
 
 
-def test_estimate_restores_foreign_rules_enabled_flag_and_limits_and_reports_losses(host):
+def test_estimate_restores_foreign_rules_enabled_flag_and_limits_and_reports_losses(host, auditctl):
     foreign = "-a always,exit -F arch=b64 -S unlinkat -F key=foreign"
     assert host.audit.auditctl(*foreign.replace("-F key=", "-k ").split()).returncode == 0
     host.audit.auditctl("-e", "1")
     host.audit.auditctl("-r", "777")
     before = host.audit.status()
     # A rate limit of 5 records/s makes the kernel drop most of 2 records x 300 execs: counted as lost.
-    measured, problems = measure(policy("lean", auditd={"rateLimit": 5}), execs=300, lock_path=None)
+    measured, problems = measure(policy("lean", auditd={"rateLimit": 5}), execs=300, lock_path=None, auditctl=auditctl)
     assert problems == []
     after = host.audit.status()
     assert host.audit.rules() == [foreign]
@@ -90,26 +101,26 @@ def test_estimate_restores_foreign_rules_enabled_flag_and_limits_and_reports_los
     assert measured.sample.records < 2 * 300
 
 
-def test_estimate_large_sample_delivers_every_record(host):
+def test_estimate_large_sample_delivers_every_record(host, auditctl):
     """5,000 execs: the socket is drained while the loop runs, so the kernel neither blocks nor drops."""
-    measured, problems = measure(policy("lean"), execs=5000, lock_path=None)
+    measured, problems = measure(policy("lean"), execs=5000, lock_path=None, auditctl=auditctl)
     assert problems == []
     s = measured.sample
     assert s.lost == 0, s
     assert s.execs == 5000 and s.exec_records == 2 * 5000, s
 
 
-def test_estimate_refuses_while_an_audit_daemon_runs(host):
+def test_estimate_refuses_while_an_audit_daemon_runs(host, auditctl):
     root = host.root()
     bundle = hostlib.render_policy_bundle(host.bundle("d"), policy_doc("other", ["-w /etc/shadow -p wa -k s"]))
     assert root.run_bundle(bundle).result["ok"]
     before = (host.audit.status(), host.audit.rules())
     with pytest.raises(EstimateError, match="another audit daemon is registered"):
-        measure(policy("lean"), execs=10, lock_path=None)
+        measure(policy("lean"), execs=10, lock_path=None, auditctl=auditctl)
     assert (host.audit.status()["pid"], host.audit.rules()) == (before[0]["pid"], before[1])
 
 
-def test_estimate_command_end_to_end(ctl_root, tmp_path):
+def test_estimate_command_end_to_end(ctl_root, auditctl, tmp_path):
     """The real command in its own process, taking the kernel-audit lock itself."""
     audit = hostlib.KernelAudit(ctl=ctl_root)
     try:
@@ -125,7 +136,8 @@ def test_estimate_command_end_to_end(ctl_root, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-c", "from nodeaudit.cli.estimate import estimate; estimate()", str(doc),
              "--execs", "400", "--nodes", "20", "--price-per-gb", "2", "--json"],
-            capture_output=True, text=True, timeout=120)
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PATH": f"{os.path.dirname(auditctl)}:{os.environ.get('PATH', '')}"})
     finally:
         audit = hostlib.KernelAudit(ctl=ctl_root)
         audit.open()  # fails (KernelAuditBusy) if the command left rules or a listener behind

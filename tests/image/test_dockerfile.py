@@ -83,7 +83,7 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!operator/"} <= set(lines)
+    assert {"!pyproject.toml", "!constraints.txt", "!README.md", "!operator/"} <= set(lines)
     copies = [rest for keyword, rest in _instructions() if keyword == "COPY" and not rest.startswith("--from")]
     sources = {part for rest in copies for part in rest.split()[:-1]}
-    assert sources == {"pyproject.toml", "README.md", "operator/"}
+    assert sources == {"pyproject.toml", "README.md", "constraints.txt", "operator/"}

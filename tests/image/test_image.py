@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+import nodeaudit
 from tests import REPO
 
 BASE_TAG = "nodeaudit-base:test"
@@ -162,6 +163,7 @@ def _wheelhouse() -> Path:
     """nodeaudit's dependencies (and its build backend) as files, fetched by the host's pip."""
     out = Path(tempfile.mkdtemp(prefix="nad-wheels-", dir="/tmp"))
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(out),
+                           "--constraint", str(REPO / "constraints.txt"),
                            str(REPO), "setuptools>=68", "wheel"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.skip(f"pip could not fetch the dependencies: {proc.stderr[-500:]}")
@@ -193,6 +195,7 @@ def image(engine: Engine) -> Iterator[str]:
                       "--build-arg", "PIP_NO_INDEX=1",
                       "--build-arg", f"PIP_FIND_LINKS=http://127.0.0.1:{port}/",
                       "--build-arg", "REVISION=test",
+                      "--build-arg", f"VERSION={nodeaudit.__version__}",
                       str(REPO), timeout=1200)
     finally:
         server.shutdown()
@@ -225,8 +228,8 @@ def test_help_runs_as_the_non_root_user(engine: Engine, image: str) -> None:
     result = _run(engine, image, "--help")
     for command in ("run", "validate", "render", "crd"):
         assert command in result.stdout
-    assert _run(engine, image, "--version").stdout.strip().endswith("0.1.0") or "0.1.0" in _run(
-        engine, image, "--version").stdout
+    assert config["Labels"]["org.opencontainers.image.version"] == nodeaudit.__version__
+    assert _run(engine, image, "--version").stdout.strip().endswith(nodeaudit.__version__)
     ident = _run(engine, image, "-c", "id -u", entrypoint="sh").stdout.strip()
     assert ident == "10001"
 

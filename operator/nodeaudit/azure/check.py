@@ -326,7 +326,7 @@ def extension_fact(ext: Any) -> A.ExtensionFact:
             provisioning_state=_s(getattr(src, "provisioning_state", None)),
             type_handler_version=_s(getattr(src, "type_handler_version", None)),
         )
-    except Exception:  # a payload the model cannot read: not an agent, not a crash
+    except Exception:  # noqa: BLE001 - a payload the model cannot read: not an agent, not a crash
         return A.ExtensionFact(name=None, type=None, publisher=None, provisioning_state=None)
 
 
@@ -506,7 +506,7 @@ class AgentChecker:
         now = datetime.now(timezone.utc)
         try:
             facts = await self._bounded(self._list_extensions(ref), sem)
-        except Exception as e:  # every failure is a verdict, never a crash
+        except Exception as e:  # noqa: BLE001 - every failure is a verdict, never a crash
             msg = self._describe(e, what="listing extensions", permission=A.EXTENSIONS_READ_PERMISSION,
                                  scope=f"scale set {ref.resource_id}")
             # info, not warning: the verdict carries the message (the operator logs the condition,
@@ -538,7 +538,7 @@ class AgentChecker:
             dcr = await self._bounded(self.clients.monitor(sub).data_collection_rules.get(rg, name))
             sources, flows = dcr_facts(dcr)
             return A.dcr_collection_verdict(resource_id, sources, flows, facility, priority)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is this rule's verdict
             return A.collection_error("DataCollectionRule", resource_id, self._describe(
                 e, what="reading the Data Collection Rule",
                 permission="Microsoft.Insights/dataCollectionRules/read", scope=resource_id))
@@ -560,7 +560,7 @@ class AgentChecker:
         try:
             sources = await self._bounded(self._workspace_sources(sub, rg, name))
             return A.workspace_collection_verdict(resource_id, sources, facility, priority)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is this workspace's verdict
             return A.collection_error("Workspace", resource_id, self._describe(
                 e, what="listing the workspace's data sources",
                 permission="Microsoft.OperationalInsights/workspaces/dataSources/read", scope=resource_id))
@@ -618,7 +618,7 @@ class AgentChecker:
                 await poller2.result()
 
             await asyncio.wait_for(run(), o.deadline)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is the remediation's result
             return "remediation failed: " + self._describe(e, what=step, permission=perm, scope=ref.resource_id)
         finally:
             self.invalidate(ref)
@@ -767,7 +767,7 @@ async def _check_container_insights(
                 for r, n in groups.scale_sets.items()]
     try:
         ds, pods = await asyncio.to_thread(fetch_ama_logs, kube_api_client)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure is the Container Insights verdict
         status = getattr(e, "status", None)
         msg = (f"reading kube-system/ama-logs failed: {type(e).__name__}"
                + (f" {status}" if status else "")
@@ -792,7 +792,7 @@ async def _remediate(report: A.AgentReport, settings: AgentSettings, checker: Ag
         name, ns, idk, keyk = settings.workspace_secret
         try:
             workspace = await asyncio.to_thread(read_workspace_secret, kube_api_client, name, ns, idk, keyk)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure: no remediation, said why
             for s in todo:
                 s.remediation = f"not attempted: cannot read Secret {ns}/{name} ({type(e).__name__})"
             return

@@ -108,7 +108,7 @@ def _kube_client(kubeconfig: str | None, context: str | None) -> Any:
         return client.ApiClient(cfg)
     except click.UsageError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any reason the kubeconfig is unusable is the message
         raise click.UsageError(f"cannot reach the cluster: {e}") from None
 
 
@@ -177,7 +177,7 @@ def check_agent(
     if cluster:
         try:
             nodes = Z.list_nodes(kube)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure is one error line and exit 2
             click.echo(f"error: listing nodes failed: {type(e).__name__}: {getattr(e, 'reason', '') or e}", err=True)
             sys.exit(2)
         nodes = _select_nodes(nodes, selector)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import yaml
 
-from nodeaudit import __version__
+from nodeaudit import DEFAULT_IMAGE, __version__
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
@@ -178,7 +178,7 @@ def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> 
 @click.option("--policy", "policy_name", help="Policy to render when FILE holds several.")
 @click.option("--node", "node_file", type=click.Path(exists=True, dir_okay=False),
               help="A Node (YAML) to also write the Job manifest the operator would create for it.")
-@click.option("--image", envvar="NODEAUDIT_IMAGE", default="ghcr.io/nodeaudit/nodeaudit:" + __version__,
+@click.option("--image", envvar="NODEAUDIT_IMAGE", default=DEFAULT_IMAGE,
               show_default=True, help="Image for the Job manifest (env NODEAUDIT_IMAGE).")
 @click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default="nodeaudit-system", show_default=True,
               help="Namespace of the Job and bundle ConfigMap (env NODEAUDIT_NAMESPACE).")

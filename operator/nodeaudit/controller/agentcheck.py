@@ -169,7 +169,7 @@ class AgentCheck:
     async def _check(self, name: str, settings: AgentSettings) -> None:
         try:
             await self._run(name, settings)
-        except Exception as e:  # noqa: BLE001 - nobody awaits this task: say it, never lose it
+        except Exception as e:  # nobody awaits this task: say it, never lose it
             log.exception("agent check of policy %s failed", name)
             self._set(name, ("Unknown", "CheckFailed", f"{type(e).__name__}: {e}"), None)
         finally:

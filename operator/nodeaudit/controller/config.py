@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from nodeaudit import DEFAULT_IMAGE
 from nodeaudit.core import rollout
 
 DEFAULT_NAMESPACE = "nodeaudit-system"
-DEFAULT_IMAGE = "ghcr.io/nodeaudit/nodeaudit:0.1.0"
 
 
 class SettingError(ValueError):

@@ -147,7 +147,7 @@ class Controller:
                     continue
                 try:
                     await self.reconcile(entry)
-                except Exception:  # noqa: BLE001 - keep the loop alive; retry soon
+                except Exception:  # keep the loop alive; retry soon
                     log.exception("reconcile of policy %s failed; retrying", name)
                     entry.requeue_at = time.monotonic() + FAILED_PASS_RETRY_SECONDS
 
