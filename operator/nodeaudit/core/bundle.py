@@ -137,6 +137,7 @@ def render_bundle(policy: NodeAuditPolicy) -> Bundle:
         "NODEAUDIT_SYSLOG": "yes" if spec.syslog.enabled else "no",
         "NODEAUDIT_ALLOW_IMMUTABLE": "yes" if spec.unsafe.allow_immutable else "no",
         "NODEAUDIT_ALLOW_PANIC": "yes" if spec.unsafe.allow_panic else "no",
+        "NODEAUDIT_ALLOW_AUDIT_OFF": "yes" if spec.unsafe.allow_audit_off else "no",
         "NODEAUDIT_INSTALL_TIMEOUT": str(INSTALL_TIMEOUT_SECONDS),
     }
     # The env names its own bundle hash, so hash everything else first, then add the env file

@@ -18,7 +18,7 @@ from nodeaudit.core.jobs import JobInfo
 from nodeaudit.core.nodes import STARTUP_TAINT_KEY, NodeFacts, state_annotation
 from nodeaudit.core.rollout import parse_time
 
-RESULT_KEYS = ("distro", "auditVersion", "rulesLoaded", "lost", "backlog")
+RESULT_KEYS = ("distro", "auditVersion", "rulesLoaded", "lost", "lostGrowth", "enabled", "backlog")
 ERROR_LIMIT = 512
 
 

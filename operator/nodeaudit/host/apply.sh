@@ -48,6 +48,8 @@ RULES_FILE=""
 SYSLOG=yes
 ALLOW_IMMUTABLE=no
 ALLOW_PANIC=no
+ALLOW_AUDIT_OFF=no
+LOST_GROWTH=0   # growth of the kernel's lost counter since this policy's last run on this boot
 INSTALL_TIMEOUT=300
 DISTRO=unknown
 AUDIT_VERSION=""
@@ -74,10 +76,10 @@ json_str() {
 }
 
 emit() { # ok message
-	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "backlog": %d, "message": "%s"}' \
+	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "lostGrowth": %d, "enabled": %d, "backlog": %d, "message": "%s"}' \
 		"$1" "$(json_str "$BUNDLE")" "$(json_str "$POLICY")" "$ACTION" "$(json_str "$DISTRO")" \
-		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$BACKLOG" \
-		"$(json_str "$2")")
+		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$LOST_GROWTH" \
+		"${ENABLED:-0}" "$BACKLOG" "$(json_str "$2")")
 	if [ -e "$R/dev/termination-log" ]; then
 		printf '%s\n' "$line" >"$R/dev/termination-log" 2>/dev/null || true
 	fi
@@ -116,6 +118,7 @@ read_env() {
 			NODEAUDIT_SYSLOG) SYSLOG=$v ;;
 			NODEAUDIT_ALLOW_IMMUTABLE) ALLOW_IMMUTABLE=$v ;;
 			NODEAUDIT_ALLOW_PANIC) ALLOW_PANIC=$v ;;
+			NODEAUDIT_ALLOW_AUDIT_OFF) ALLOW_AUDIT_OFF=$v ;;
 			NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
 			*) ;; # newer keys are ignored by older scripts on purpose
 		esac
@@ -126,6 +129,7 @@ read_env() {
 	case $SYSLOG in yes | no) ;; *) fail "bundle.env: NODEAUDIT_SYSLOG must be yes or no" ;; esac
 	case $ALLOW_IMMUTABLE in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_IMMUTABLE must be yes or no" ;; esac
 	case $ALLOW_PANIC in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_PANIC must be yes or no" ;; esac
+	case $ALLOW_AUDIT_OFF in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_AUDIT_OFF must be yes or no" ;; esac
 	case $INSTALL_TIMEOUT in '' | *[!0-9]*) fail "bundle.env: NODEAUDIT_INSTALL_TIMEOUT must be seconds" ;; esac
 	[ "$ACTION" = remove ] && return 0
 	for f in "$RULES_FILE" expected.rules syslog-v3.conf syslog-v2.conf; do
@@ -274,6 +278,22 @@ detect_audit_version() {
 # Kernel and daemon state
 
 ENABLED=0
+# The lost counter only grows until reboot; what matters is how much since the last look. The
+# last value is kept per policy with the boot it belongs to (a reboot resets the counter).
+lost_growth() {
+	boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)
+	file="$STATE_DIR/lost.$POLICY"
+	prev_boot="" prev_lost=""
+	[ -r "$file" ] && read -r prev_boot prev_lost <"$file"
+	LOST_GROWTH=0
+	case $prev_lost in '' | *[!0-9]*) prev_lost="" ;; esac
+	if [ "$prev_boot" = "$boot" ] && [ -n "$prev_lost" ] && [ "$LOST" -ge "$prev_lost" ]; then
+		LOST_GROWTH=$((LOST - prev_lost))
+	fi
+	{ mkdir -p "$STATE_DIR" && printf '%s %s\n' "$boot" "$LOST" >"$file.tmp" && mv "$file.tmp" "$file"; } 2>/dev/null ||
+		log "cannot record the lost counter in $file"
+}
+
 read_status() {
 	command -v auditctl >/dev/null 2>&1 || return 0
 	st=$(auditctl -s 2>/dev/null) || return 0
@@ -646,6 +666,15 @@ apply_queue_settings() {
 verify() {
 	read_status
 	[ "$AUDITD_PID" != 0 ] || fail "verification: auditd is not running"
+	lost_growth
+	# Rules in place mean nothing with kernel auditing off: `auditctl -e 0` (an intruder's, or
+	# another tool's) silences every policy and is otherwise invisible.
+	case $ENABLED in
+		1) ;;
+		2) [ "$ALLOW_IMMUTABLE" = yes ] || fail "verification: kernel audit is locked (enabled 2) but the policy does not allow -e 2" ;;
+		0) [ "$ALLOW_AUDIT_OFF" = yes ] || fail "verification: kernel auditing is off (enabled 0): nothing is recorded (auditctl -e 0 on the node?)" ;;
+		*) fail "verification: kernel audit enabled flag is $ENABLED" ;;
+	esac
 	count_loaded
 	[ -z "$MISSING" ] || fail "verification: rule not loaded: $MISSING"
 	file_right "$BUNDLE_DIR/$RULES_FILE" "$RULES_D/$RULES_FILE" || fail "verification: $RULES_FILE not in place"
