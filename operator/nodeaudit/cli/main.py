@@ -320,12 +320,14 @@ def _register_subsystem_commands() -> None:
     """Commands that live beside their subsystem (the operator, the Azure check) join the group here."""
     from nodeaudit.cli.check_agent import check_agent
     from nodeaudit.cli.estimate import estimate
+    from nodeaudit.cli.report import report
     from nodeaudit.cli.run import demo, run
 
     main.add_command(run)
     main.add_command(demo)
     main.add_command(check_agent)
     main.add_command(estimate)
+    main.add_command(report)
 
 
 _register_subsystem_commands()
