@@ -18,13 +18,14 @@ import uuid
 from pathlib import Path
 
 from tests.host import costlib, hostlib
+from tests.policies import PROCMON_RULES, policy_doc
 
 EXECS = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "3000"))
 REPEATS = 3
 SAMPLE = 500
 TRUE = "/usr/bin/true"
 LEVELS = [
-    ("seed (forensic)", {"rules": list(hostlib.PROCMON_RULES), "volume": "forensic"}),
+    ("seed (forensic)", {"rules": list(PROCMON_RULES), "volume": "forensic"}),
     ("standard", {"presets": ["procmon"], "volume": "standard"}),
     ("lean", {"presets": ["procmon"], "volume": "lean"}),
     ("lean+aksNoise", {"presets": ["procmon"], "volume": "lean", "exclude": {"aksNoise": True}}),
@@ -61,7 +62,7 @@ def main() -> int:
         devlog = hostlib.DevLog(root)
         for label, spec in LEVELS:
             bundle = hostlib.render_policy_bundle(tmp / "bundles" / label.split()[0],
-                                                  hostlib.policy_doc("procmon", spec.pop("rules", []), **spec))
+                                                  policy_doc("procmon", spec.pop("rules", []), **spec))
             res = root.run_bundle(bundle)
             if not (res.result and res.result["ok"]):
                 raise RuntimeError(f"apply failed for {label}: {res}")

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tests.host import costlib, hostlib
+from tests.policies import policy_doc
 
 
 def measure(execs: int, rounds: int) -> dict[str, object]:
@@ -41,7 +42,7 @@ def measure(execs: int, rounds: int) -> dict[str, object]:
         audit.roots.append(root_path)
         root = hostlib.Rootfs.extract(tarballs["fresh"], root_path)
         devlog = hostlib.DevLog(root)
-        bundle = hostlib.render_policy_bundle(tmp / "bundle", hostlib.policy_doc("procmon", list(hostlib.PROCMON_RULES)))
+        bundle = hostlib.render_policy_bundle(tmp / "bundle", policy_doc())
 
         with costlib.Draining(devlog):  # audisp-syslog must never block on /dev/log
             first = root.run_bundle(bundle)

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import REPO
+from tests.policies import policy_doc
+
 NAMESPACE = "nodeaudit-system"
 JOBS = ("batch", "v1", "jobs")
 POLICY = ("nodeaudit.io", "v1alpha1", "nodeauditpolicies")
@@ -34,11 +36,8 @@ def _rss_peak_mib(pid: int) -> float:
 
 
 def _policy() -> dict[str, Any]:
-    return {
-        "apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "procmon"},
-        "spec": {"nodeSelector": {}, "presets": ["procmon"], "monitoringAgent": {"check": "None"},
-                 "rollout": {"maxUnavailable": "100%", "maxFailures": 3}},
-    }
+    return policy_doc("procmon", [], nodeSelector={}, presets=["procmon"], monitoringAgent={"check": "None"},
+                      rollout={"maxUnavailable": "100%", "maxFailures": 3})
 
 
 def run_once(count: int, pools: int = 20, timeout: float = 600) -> dict[str, float]:

@@ -1,29 +1,27 @@
-"""Test data shared by the suites: where the repository is, and policies built from small dicts."""
+"""Test data shared by the suites: the one policy builder, and where the example policies are."""
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
+
 EXAMPLES = REPO / "examples"
 
-BASE_POLICY: dict[str, Any] = {
-    "apiVersion": "nodeaudit.io/v1alpha1",
-    "kind": "NodeAuditPolicy",
-    "metadata": {"name": "procmon"},
-    "spec": {
-        "rules": [
-            "-a always,exit -F arch=b64 -S execve -k procmon",
-            "-a always,exit -F arch=b32 -S execve -k procmon",
-        ],
-    },
-}
+#: The seed's two rules (the `procmon` preset): every execve, 64- and 32-bit.
+PROCMON_RULES = (
+    "-a always,exit -F arch=b64 -S execve -k procmon",
+    "-a always,exit -F arch=b32 -S execve -k procmon",
+)
 
 
-def policy_dict(**spec: Any) -> dict[str, Any]:
-    """The seed policy with spec fields replaced (camelCase keys, as in YAML)."""
-    doc = copy.deepcopy(BASE_POLICY)
-    doc["spec"].update(spec)
-    return doc
+def policy_doc(name: str = "procmon", rules: Sequence[str] = PROCMON_RULES, **spec: Any) -> dict[str, Any]:
+    """A NodeAuditPolicy document as in YAML: ``spec.rules`` and the other spec fields given
+    (camelCase keys); without arguments the seed policy ``procmon``."""
+    return {
+        "apiVersion": "nodeaudit.io/v1alpha1",
+        "kind": "NodeAuditPolicy",
+        "metadata": {"name": name},
+        "spec": {"rules": list(rules), **spec},
+    }

@@ -1,4 +1,5 @@
-"""Fixtures for the Azure tests: one local https ARM endpoint per session (127.0.0.1, trustme CA)."""
+"""Fixtures for the Azure tests: the real SDK clients against the shared local https ARM endpoint
+(``arm``, ``token_file`` from tests/plugin.py), on one event loop per test."""
 
 from __future__ import annotations
 
@@ -9,27 +10,7 @@ from pathlib import Path
 import pytest
 
 from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential
-from nodeaudit.testing.armserver import ArmServer, running_arm_server
-
-
-@pytest.fixture(scope="session")
-def arm_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmServer]:
-    with running_arm_server(str(tmp_path_factory.mktemp("arm"))) as server:
-        yield server
-
-
-@pytest.fixture
-def arm(arm_session: ArmServer) -> Iterator[ArmServer]:
-    arm_session.reset()
-    yield arm_session
-    arm_session.reset()
-
-
-@pytest.fixture
-def token_file(tmp_path: Path, arm: ArmServer) -> Path:
-    p = tmp_path / "arm-token"
-    p.write_text(arm.token + "\n")
-    return p
+from nodeaudit.testing.armserver import ArmServer
 
 
 def fast_options(arm: ArmServer, **kw: object) -> ArmOptions:

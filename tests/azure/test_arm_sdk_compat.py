@@ -13,8 +13,8 @@ import pytest
 
 from nodeaudit.azure.check import extension_fact
 from nodeaudit.testing.armserver import ama
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 COMPUTE = version("azure-mgmt-compute")
 MAJOR = int(COMPUTE.split(".")[0])
 
@@ -58,7 +58,7 @@ def test_the_azure_suite_passes_under_azure_mgmt_compute_37():
     assert got.startswith("37."), got
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
     r = subprocess.run(
-        [py, "-m", "pytest", "tests/azure", "-q", "-p", "no:cacheprovider", "--confcutdir=tests/azure",
+        [py, "-m", "pytest", "tests/azure", "-q", "-p", "no:cacheprovider",
          "-k", "not the_azure_suite_passes"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )

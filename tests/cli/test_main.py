@@ -12,7 +12,8 @@ import yaml
 from click.testing import CliRunner
 
 from nodeaudit.cli.main import main
-from tests.policies import EXAMPLES, REPO, policy_dict
+from tests import REPO
+from tests.policies import EXAMPLES, policy_doc
 
 runner = CliRunner()
 
@@ -30,7 +31,7 @@ def test_validate_examples_ok() -> None:
 
 
 def test_validate_reports_one_line_per_problem(tmp_path: Path) -> None:
-    bad = policy_dict(rules=["-a always,exit -F arch=b64 -S execve", "-a always,exit -F arch=b64 -S execvee"],
+    bad = policy_doc(rules=["-a always,exit -F arch=b64 -S execve", "-a always,exit -F arch=b64 -S execvee"],
                       volume="loud")
     path = _write(tmp_path / "policy.yaml", bad)
     result = runner.invoke(main, ["validate", "-q", str(path)])
@@ -43,8 +44,8 @@ def test_validate_reports_one_line_per_problem(tmp_path: Path) -> None:
 
 def test_validate_multi_document_stream_skips_other_kinds(tmp_path: Path) -> None:
     other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
-    good = policy_dict()
-    second = policy_dict()
+    good = policy_doc()
+    second = policy_doc()
     second["metadata"] = {"name": "second"}
     path = _write(tmp_path / "all.yaml", other, good, None, second)
     result = runner.invoke(main, ["validate", str(path)])
@@ -53,14 +54,14 @@ def test_validate_multi_document_stream_skips_other_kinds(tmp_path: Path) -> Non
 
 
 def test_validate_stdin() -> None:
-    result = runner.invoke(main, ["validate", "-"], input=yaml.safe_dump(policy_dict()))
+    result = runner.invoke(main, ["validate", "-"], input=yaml.safe_dump(policy_doc()))
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["validate", "-q", "-"], input=yaml.safe_dump(policy_dict(volume="x")))
+    result = runner.invoke(main, ["validate", "-q", "-"], input=yaml.safe_dump(policy_doc(volume="x")))
     assert result.exit_code == 1 and result.output.startswith("<stdin>: procmon: spec.volume")
 
 
 def test_validate_duplicate_names(tmp_path: Path) -> None:
-    path = _write(tmp_path / "dup.yaml", policy_dict(), policy_dict())
+    path = _write(tmp_path / "dup.yaml", policy_doc(), policy_doc())
     result = runner.invoke(main, ["validate", "-q", str(path)])
     assert result.exit_code == 1 and "duplicate policy name" in result.output
 
@@ -82,7 +83,7 @@ def test_validate_missing_file_and_empty(tmp_path: Path) -> None:
 
 
 def test_validate_document_without_name(tmp_path: Path) -> None:
-    doc = policy_dict()
+    doc = policy_doc()
     doc["metadata"] = {}
     path = _write(tmp_path / "p.yaml", doc)
     result = runner.invoke(main, ["validate", "-q", str(path)])
@@ -104,7 +105,7 @@ def test_render_writes_bundle_and_shows_rules(tmp_path: Path) -> None:
 
 
 def test_render_refuses_invalid_policy_and_writes_nothing(tmp_path: Path) -> None:
-    path = _write(tmp_path / "bad.yaml", policy_dict(rules=["-e 2"]))
+    path = _write(tmp_path / "bad.yaml", policy_doc(rules=["-e 2"]))
     out = tmp_path / "out"
     result = runner.invoke(main, ["render", str(path), "-o", str(out)])
     assert result.exit_code == 1 and "spec.rules[0]" in result.output
@@ -112,9 +113,9 @@ def test_render_refuses_invalid_policy_and_writes_nothing(tmp_path: Path) -> Non
 
 
 def test_render_picks_one_of_several(tmp_path: Path) -> None:
-    second = policy_dict()
+    second = policy_doc()
     second["metadata"] = {"name": "second"}
-    path = _write(tmp_path / "two.yaml", policy_dict(), second)
+    path = _write(tmp_path / "two.yaml", policy_doc(), second)
     result = runner.invoke(main, ["render", str(path), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--policy" in result.output
     result = runner.invoke(main, ["render", str(path), "-o", str(tmp_path / "o"), "--policy", "second"])
@@ -139,7 +140,7 @@ def test_console_script_runs() -> None:
 
 
 def test_render_names_a_missing_policy(tmp_path: Path) -> None:
-    path = _write(tmp_path / "one.yaml", policy_dict())
+    path = _write(tmp_path / "one.yaml", policy_doc())
     result = runner.invoke(main, ["render", str(path), "-o", str(tmp_path / "o"), "--policy", "nope"])
     assert result.exit_code == 1
     assert f'{path}: no NodeAuditPolicy named "nope" (found: procmon)' in result.output

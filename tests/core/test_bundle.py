@@ -11,11 +11,11 @@ import pytest
 
 from nodeaudit.core.bundle import content_hash, render_bundle, rules_file_name
 from nodeaudit.core.policy import parse_policy
-from tests.policies import policy_dict
+from tests.policies import policy_doc
 
 
 def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
-    return render_bundle(parse_policy(policy_dict(**spec)))
+    return render_bundle(parse_policy(policy_doc(**spec)))
 
 
 def test_files_of_the_seed_bundle() -> None:
@@ -94,7 +94,7 @@ def test_what_stays_in_the_cluster_keeps_the_hash(change: dict[str, Any]) -> Non
 
 
 def test_policy_name_changes_the_hash() -> None:
-    other = policy_dict()
+    other = policy_doc()
     other["metadata"] = {"name": "procmon-b"}
     assert render_bundle(parse_policy(other)).hash != _bundle().hash
 

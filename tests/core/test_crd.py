@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from nodeaudit.core import crd as crd_mod
-from tests.policies import REPO
+from tests import REPO
 
 CRD_FILE = REPO / "crds" / "nodeauditpolicy.yaml"
 

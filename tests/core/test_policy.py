@@ -10,11 +10,11 @@ import yaml
 
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core.policy import PolicyError, parse_duration, parse_policy
-from tests.policies import EXAMPLES, policy_dict
+from tests.policies import EXAMPLES, policy_doc
 
 
 def test_seed_policy_gets_every_default() -> None:
-    policy = parse_policy(policy_dict())
+    policy = parse_policy(policy_doc())
     spec = policy.spec
     assert policy.name == "procmon"
     assert spec.node_selector.match_labels == {}
@@ -29,7 +29,7 @@ def test_seed_policy_gets_every_default() -> None:
 
 
 def test_camel_case_round_trip() -> None:
-    doc = policy_dict(rollout={"maxUnavailable": 5, "maxFailures": 0}, verifyInterval="1h30m")
+    doc = policy_doc(rollout={"maxUnavailable": 5, "maxFailures": 0}, verifyInterval="1h30m")
     policy = parse_policy(doc)
     dumped = policy.model_dump(by_alias=True, exclude_none=True)
     assert dumped["spec"]["rollout"] == {"maxUnavailable": 5, "maxFailures": 0, "paused": False}
@@ -107,7 +107,7 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("case", "patch", "field"), INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_policies_name_the_field(case: str, patch: dict[str, Any], field: str) -> None:
-    doc = _merge(policy_dict(), patch)
+    doc = _merge(policy_doc(), patch)
     with pytest.raises(PolicyError) as caught:
         parse_policy(doc)
     assert any(field in problem for problem in caught.value.problems), caught.value.problems
@@ -115,12 +115,12 @@ def test_invalid_policies_name_the_field(case: str, patch: dict[str, Any], field
 
 def test_rule_problem_keeps_the_rule_message() -> None:
     with pytest.raises(PolicyError) as caught:
-        parse_policy(policy_dict(rules=["-a always,exit -F arch=b64 -S execve", "-a always,exit -F arch=b64 -S execvee"]))
+        parse_policy(policy_doc(rules=["-a always,exit -F arch=b64 -S execve", "-a always,exit -F arch=b64 -S execvee"]))
     assert caught.value.problems == ['spec.rules[1]: unknown syscall "execvee" for arch b64']
 
 
 def test_all_problems_reported_at_once() -> None:
-    doc = _merge(policy_dict(), {"spec": {"volume": "x", "rollout": {"maxFailures": -1}}})
+    doc = _merge(policy_doc(), {"spec": {"volume": "x", "rollout": {"maxFailures": -1}}})
     with pytest.raises(PolicyError) as caught:
         parse_policy(doc)
     assert len(caught.value.problems) == 2
@@ -128,8 +128,8 @@ def test_all_problems_reported_at_once() -> None:
 
 def test_unsafe_opt_in_allows_immutable() -> None:
     with pytest.raises(PolicyError, match="spec.rules"):
-        parse_policy(policy_dict(rules=["-a always,exit -F arch=b64 -S execve", "-e 2"]))
-    parse_policy(policy_dict(rules=["-a always,exit -F arch=b64 -S execve", "-e 2"], unsafe={"allowImmutable": True}))
+        parse_policy(policy_doc(rules=["-a always,exit -F arch=b64 -S execve", "-e 2"]))
+    parse_policy(policy_doc(rules=["-a always,exit -F arch=b64 -S execve", "-e 2"], unsafe={"allowImmutable": True}))
 
 
 def test_not_a_mapping() -> None:

@@ -29,14 +29,9 @@ from pathlib import Path
 from nodeaudit.hostaudit import lock as kernellock
 from nodeaudit.testing import realhost
 
-REPO = Path(__file__).resolve().parents[2]
 HOST_SCRIPTS = realhost.HOST_SCRIPTS
 SUITE = realhost.SUITE
-PROCMON_RULES = (
-    "-a always,exit -F arch=b64 -S execve -k procmon",
-    "-a always,exit -F arch=b32 -S execve -k procmon",
-)
-# How `auditctl -l` prints PROCMON_RULES.
+# How `auditctl -l` prints tests.policies.PROCMON_RULES.
 PROCMON_LISTED = (
     "-a always,exit -F arch=b64 -S execve -F key=procmon",
     "-a always,exit -F arch=b32 -S execve -F key=procmon",
@@ -291,12 +286,3 @@ def render_policy_bundle(directory: Path, policy: Mapping[str, object]) -> Path:
     bundle = render_bundle(NodeAuditPolicy.model_validate(dict(policy)))
     bundle.write(directory)
     return directory
-
-
-def policy_doc(name: str, rules: list[str], **spec: object) -> dict[str, object]:
-    return {
-        "apiVersion": "nodeaudit.io/v1alpha1",
-        "kind": "NodeAuditPolicy",
-        "metadata": {"name": name},
-        "spec": {"rules": list(rules), **spec},
-    }

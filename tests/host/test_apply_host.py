@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tests.host import costlib, hostlib
 from tests.host.costlib import find_exec_record
-from tests.host.hostlib import PROCMON_LISTED, PROCMON_RULES, Rootfs, policy_doc
+from tests.host.hostlib import PROCMON_LISTED, Rootfs
+from tests.policies import PROCMON_RULES, policy_doc
 
 V3_PLUGIN = "etc/audit/plugins.d/syslog.conf"
 RULES_FILE = "etc/audit/rules.d/60-nodeaudit-procmon.rules"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nodeaudit.hostaudit import lock as kernellock
+from tests import REPO
 from tests.host import hostlib
 
 NODEAUDIT = str(Path(sys.executable).parent / "nodeaudit")
@@ -29,7 +30,7 @@ REAL_NODE = "aks-user1-20000002-vmss000000"
 def _demo(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([NODEAUDIT, "demo", "--real-host", "--nodes-per-pool", "2", "--metrics-port", "-1",
-                             *args], cwd=hostlib.REPO, env=env, text=True,
+                             *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -17,7 +17,7 @@ from nodeaudit.core import estimate as est
 from nodeaudit.core.policy import NodeAuditPolicy
 from nodeaudit.hostaudit.netlink import EstimateError
 from tests.host import costlib, hostlib
-from tests.host.hostlib import policy_doc
+from tests.policies import policy_doc
 
 TRUE = "/usr/bin/true"
 RUNS = 150

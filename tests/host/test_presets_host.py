@@ -11,7 +11,8 @@ import uuid
 from collections import Counter
 
 from tests.host import costlib, hostlib
-from tests.host.hostlib import PROCMON_LISTED, policy_doc
+from tests.host.hostlib import PROCMON_LISTED
+from tests.policies import policy_doc
 
 ECHO = "/usr/bin/echo"  # what the kernel reports as exe for /bin/echo (usrmerged bookworm)
 

@@ -1,4 +1,5 @@
-"""Helpers for the operator suite: a cluster (local API server + simulated nodes) and waiting."""
+"""Helpers for the operator suite: the cluster the ``cluster`` fixture hands out (local API server +
+simulated nodes, tests/plugin.py), the operator suite's policy, and waiting."""
 
 from __future__ import annotations
 
@@ -15,38 +16,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kubernetes
-import yaml
 
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.runtime import OperatorThread, ServerThread
+from tests import REPO
+from tests.policies import policy_doc
 
-REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "nodeaudit-system"
 GROUP, VERSION, PLURAL = "nodeaudit.io", "v1alpha1", "nodeauditpolicies"
 T = TypeVar("T")
 
 
-def load_crd() -> dict[str, Any]:
-    path = REPO / "crds" / "nodeauditpolicy.yaml"
-    if path.exists() and path.stat().st_size:
-        return dict(yaml.safe_load(path.read_text()))
-    from nodeaudit.core.crd import crd
-
-    return crd()
-
-
 def policy(name: str = "procmon", **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
+    """The seed policy as the operator tests start from it: every node, the whole cluster at once
+    (maxUnavailable 100%), no agent check; spec fields given replace these."""
+    defaults: dict[str, Any] = {
         "nodeSelector": {},
-        "rules": ["-a always,exit -F arch=b64 -S execve -k procmon",
-                  "-a always,exit -F arch=b32 -S execve -k procmon"],
         "syslog": {"enabled": True, "facility": "LOG_AUTHPRIV", "priority": "LOG_INFO"},
         "monitoringAgent": {"check": "None"},
         "rollout": {"maxUnavailable": "100%", "maxFailures": 3},
     }
-    for key, value in spec.items():
-        base[key] = value
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeAuditPolicy", "metadata": {"name": name}, "spec": base}
+    return policy_doc(name, **{**defaults, **spec})
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20, interval: float = 0.1, what: str = "") -> T:

@@ -26,12 +26,13 @@ import pytest
 
 from tests import REPO
 from tests.host import hostlib
+from tests.policies import PROCMON_RULES
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 TOOLS = ("sh", "cat", "sed", "grep", "tr", "cut", "head", "tail", "mkdir", "mktemp", "cp", "mv", "rm",
          "chmod", "chown", "stat", "cmp", "dirname", "basename", "date", "id", "flock", "timeout", "ls",
          "env", "wc", "sort", "uniq")
-PROCMON = list(hostlib.PROCMON_RULES)
+PROCMON = list(PROCMON_RULES)
 LISTED = list(hostlib.PROCMON_LISTED)
 
 OS_RELEASES = {

@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from nodeaudit.cli.common import single_policy
 from nodeaudit.core import agent as A
 
 EPILOG = """\b
@@ -72,12 +73,11 @@ def _what(doc: object) -> str:
 def _load_policy(path: str | None, name: str | None) -> tuple[Any, Any]:
     """(settings, nodeSelector) from a policy file, or the defaults."""
     from nodeaudit.azure.check import AgentSettings, settings_from_spec
-    from nodeaudit.cli.main import _single_policy  # here: cli.py imports this module when it registers it
 
     if path is None:
         return AgentSettings(), None
     try:
-        policy = _single_policy(path, name, pick="--policy-name NAME")
+        policy = single_policy(path, name, pick="--policy-name NAME")
     except click.ClickException as e:  # exit 2 (bad input), not 1 (an agent missing)
         raise click.UsageError(f"--policy {path}: {e.message}") from None
     return settings_from_spec(policy.spec), policy.spec.node_selector

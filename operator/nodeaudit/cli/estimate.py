@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import click
 
+from nodeaudit.cli.common import single_policy
 from nodeaudit.core import estimate as est
 from nodeaudit.core.bundle import render_bundle
 from nodeaudit.core.policy import NodeAuditPolicy
@@ -202,9 +203,8 @@ def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, 
         raise click.UsageError("give one of --execs, --workload, --seconds")
     if execs is None and command is None and seconds is None:
         execs = 1000
-    from nodeaudit.cli.main import _single_policy
 
-    policy = _single_policy(file, policy_name)
+    policy = single_policy(file, policy_name)
     try:
         measured, problems = measure(policy, execs=execs, command=command, seconds=seconds)
     except EstimateError as e:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,70 +16,17 @@ import click
 import yaml
 
 from nodeaudit import DEFAULT_IMAGE, __version__
+from nodeaudit.cli.check_agent import check_agent
+from nodeaudit.cli.common import single_policy
+from nodeaudit.cli.demo import demo
+from nodeaudit.cli.estimate import estimate
+from nodeaudit.cli.report import report
+from nodeaudit.cli.run import run
+from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
-
-
-class LoadedPolicy:
-    """A policy document with where it came from, for messages."""
-
-    def __init__(self, source: str, index: int, raw: Any, policy: policy_mod.NodeAuditPolicy | None,
-                 problems: list[str], warnings: list[str] | None = None):
-        self.source = source
-        self.index = index
-        self.raw = raw
-        self.policy = policy
-        self.problems = problems
-        self.warnings = warnings or []
-
-    @property
-    def label(self) -> str:
-        return f"{self.source}: {policy_mod.policy_display_name(self.raw, self.index)}"
-
-
-def _read_source(path: str) -> tuple[str, str]:
-    if path == "-":
-        return "<stdin>", sys.stdin.read()
-    return path, Path(path).read_text(encoding="utf-8")
-
-
-def _is_policy_document(doc: Any) -> bool:
-    if not isinstance(doc, dict):
-        return True  # not a Kubernetes object at all: report it rather than skip it
-    api_version = str(doc.get("apiVersion", ""))
-    return doc.get("kind") == policy_mod.KIND or api_version.startswith(policy_mod.API_GROUP + "/") or (
-        "kind" not in doc and "spec" in doc
-    )
-
-
-def load_documents(paths: tuple[str, ...]) -> Iterator[LoadedPolicy | str]:
-    """Policies from files (multi-document YAML); a str is a problem that is not about one policy."""
-    for path in paths:
-        try:
-            source, text = _read_source(path)
-        except OSError as error:
-            yield f"{path}: cannot read: {error.strerror or error}"
-            continue
-        except UnicodeDecodeError:
-            yield f"{path}: not UTF-8 text"
-            continue
-        try:
-            documents = policy_mod.load_yaml_documents(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            yield f"{source}: {where}invalid YAML: {getattr(error, 'problem', None) or error}"
-            continue
-        for index, doc in policy_mod.iter_documents(documents):
-            if not _is_policy_document(doc):
-                continue
-            try:
-                policy = policy_mod.parse_policy(doc)
-                bundle_mod.render_bundle(policy)  # the expanded rules must render, not only parse
-                yield LoadedPolicy(source, index, doc, policy, [], policy_mod.policy_warnings(policy))
-            except policy_mod.PolicyError as error:
-                yield LoadedPolicy(source, index, doc, None, error.problems)
+from nodeaudit.core.loader import LoadedPolicy, load_documents
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -93,6 +39,10 @@ def main() -> None:
     In-cluster: run (the operator), check-agent
     Try it:    demo (the real operator against a local API with simulated AKS nodes)
     """
+
+
+for _command in (run, demo, check_agent, estimate, report):  # the command families in their own modules
+    main.add_command(_command)
 
 
 @main.command()
@@ -146,31 +96,6 @@ def validate(files: tuple[str, ...], quiet: bool, strict: bool) -> None:
     sys.exit(1 if problems or (strict and warnings) else 0)
 
 
-def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> policy_mod.NodeAuditPolicy:
-    """The one policy in `path` (or the one called `name`), or a ClickException saying what is wrong.
-
-    ``pick``: the command's option that names a policy, for the message when `path` holds several."""
-    loaded = list(load_documents((path,)))
-    errors = [item for item in loaded if isinstance(item, str)]
-    if errors:
-        raise click.ClickException("\n".join(errors))
-    documents = [item for item in loaded if not isinstance(item, str)]
-    names = ", ".join(policy_mod.policy_display_name(d.raw, d.index) for d in documents) or "none"
-    chosen = documents if name is None else [
-        d for d in documents if policy_mod.policy_display_name(d.raw, d.index) == name]
-    if name is not None and not chosen:
-        raise click.ClickException(f'{path}: no NodeAuditPolicy named "{name}" (found: {names})')
-    bad = [f"{d.label}: {problem}" for d in chosen for problem in d.problems]
-    if bad:
-        raise click.ClickException("invalid policy:\n" + "\n".join(bad))
-    if len(chosen) != 1:
-        raise click.ClickException(f"{path}: expected exactly one NodeAuditPolicy (found: {names}); "
-                                   f"pick one with {pick}")
-    result = chosen[0].policy
-    assert result is not None
-    return result
-
-
 @main.command()
 @click.argument("file", metavar="POLICY.yaml")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -180,7 +105,7 @@ def _single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> 
               help="A Node (YAML) to also write the Job manifest the operator would create for it.")
 @click.option("--image", envvar="NODEAUDIT_IMAGE", default=DEFAULT_IMAGE,
               show_default=True, help="Image for the Job manifest (env NODEAUDIT_IMAGE).")
-@click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default="nodeaudit-system", show_default=True,
+@click.option("--namespace", envvar="NODEAUDIT_NAMESPACE", default=DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of the Job and bundle ConfigMap (env NODEAUDIT_NAMESPACE).")
 def render(file: str, output: Path, policy_name: str | None, node_file: str | None, image: str,
            namespace: str) -> None:
@@ -196,7 +121,7 @@ def render(file: str, output: Path, policy_name: str | None, node_file: str | No
       nodeaudit render examples/procmon.yaml -o out/procmon
       nodeaudit render examples/procmon.yaml -o out/procmon --node node.yaml
     """
-    policy = _single_policy(file, policy_name)
+    policy = single_policy(file, policy_name)
     rendered = bundle_mod.render_bundle(policy)
     rendered.write(output)
     click.echo(f"bundle {rendered.hash} for policy {policy.name} -> {output}/")
@@ -314,20 +239,3 @@ def _presets_document() -> dict[str, list[dict[str, Any]]]:
         ],
         "aksNoise": [{"path": n.path, "why": n.why} for n in presets_mod.AKS_NOISE],
     }
-
-
-def _register_subsystem_commands() -> None:
-    """Commands that live beside their subsystem (the operator, the Azure check) join the group here."""
-    from nodeaudit.cli.check_agent import check_agent
-    from nodeaudit.cli.estimate import estimate
-    from nodeaudit.cli.report import report
-    from nodeaudit.cli.run import demo, run
-
-    main.add_command(run)
-    main.add_command(demo)
-    main.add_command(check_agent)
-    main.add_command(estimate)
-    main.add_command(report)
-
-
-_register_subsystem_commands()

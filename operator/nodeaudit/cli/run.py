@@ -1,4 +1,4 @@
-"""`nodeaudit run` and `nodeaudit demo`: start the operator (or the whole demo) the right way.
+"""`nodeaudit run`: start the operator the right way.
 
 Why a wrapper around kopf: the operator must watch Nodes and policies cluster-wide but Jobs, Pods
 and ConfigMaps only in its own namespace (so its Role stays namespaced), expose a liveness
@@ -37,9 +37,8 @@ def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float
     from nodeaudit.controller import app
     from nodeaudit.controller.config import Config, SettingError
 
-    os.environ["NODEAUDIT_NAMESPACE"] = namespace
     try:
-        Config.from_env()
+        config = Config.from_env(namespace=namespace)
     except SettingError as e:
         click.echo(f"nodeaudit run: {e}", err=True)
         raise SystemExit(2) from None
@@ -55,7 +54,7 @@ def run(namespace: str, peering: str | None, liveness: str, watch_timeout: float
         server = metrics.serve(metrics_port, metrics_address)
         logging.getLogger("nodeaudit").info("metrics on http://%s:%d/metrics", metrics_address, server.server_port)
     settings = app.make_settings(server_timeout=watch_timeout, client_timeout=watch_timeout + 30, verbose=verbose)
-    asyncio.run(app.operator(namespace=namespace, peering=peering, liveness=liveness or None, settings=settings))
+    asyncio.run(app.operator(config, peering=peering, liveness=liveness or None, settings=settings))
 
 
 def credentials_problem() -> str | None:
@@ -79,29 +78,6 @@ def credentials_problem() -> str | None:
         detail = " ".join(str(e).split()) or type(e).__name__
         return f"no usable Kubernetes credentials: kubeconfig {path}: {detail}; {in_cluster}"
     return None
-
-
-@click.command("demo")
-@click.option("--nodes-per-pool", default=3, show_default=True, help="Simulated nodes in each of the three pools.")
-@click.option("--policy", "policy_path", default=None, help="Policy YAML (default: examples/procmon.yaml).")
-@click.option("--fail-node", "fail_nodes", multiple=True, help="Make this simulated node's Job fail.")
-@click.option("--keep-running", is_flag=True, help="Keep serving after the table until Ctrl-C.")
-@click.option("--port", default=0, help="API server port on 127.0.0.1 (0: pick one).")
-@click.option("--metrics-port", default=0, show_default=True,
-              help="Prometheus /metrics port on 127.0.0.1 (0: pick one; -1: none).")
-@click.option("--real-host", is_flag=True,
-              help="Run one node's Job for real: its bundle through job-entry.sh (chroot) in a Debian 12 "
-                   "root filesystem against this machine's kernel audit (root; holds the kernel-audit "
-                   "lock and restores kernel audit on exit). The root is cached under .cache/rootfs/ "
-                   "(NODEAUDIT_CACHE_DIR), built with mmdebstrap on first use.")
-def demo(nodes_per_pool: int, policy_path: str | None, fail_nodes: tuple[str, ...], keep_running: bool,
-         port: int, metrics_port: int, real_host: bool) -> None:
-    """Run the real operator against an embedded local API with simulated AKS nodes."""
-    from nodeaudit.testing.demo import run_demo
-
-    raise SystemExit(run_demo(nodes_per_pool=nodes_per_pool, policy_path=policy_path,
-                              fail_nodes=set(fail_nodes), keep_running=keep_running, port=port or None,
-                              metrics_port=None if metrics_port < 0 else metrics_port, real_host=real_host))
 
 
 if __name__ == "__main__":  # `python -m nodeaudit.cli.run` (used by the tests and the benchmark)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nodeaudit.controller import kube as kube_mod
 from nodeaudit.controller import metrics
+from nodeaudit.controller.config import Config
 from nodeaudit.controller.view import View
 from nodeaudit.core import agent as agent_mod
 from nodeaudit.core import nodes as nodes_mod
@@ -48,8 +48,9 @@ class AgentState:
 
 
 class AgentCheck:
-    def __init__(self, view: View, kube: kube_mod.Kube) -> None:
+    def __init__(self, view: View, kube: kube_mod.Kube, config: Config) -> None:
         self.view = view
+        self.config = config
         self.kube = kube
         self.states: dict[str, AgentState] = {}
         # One ArmClients per process, made on the first check, in this loop.
@@ -194,8 +195,8 @@ class AgentCheck:
                  for n in matched]
         if self.arm is None:
             try:  # NODEAUDIT_ARM_ENDPOINT is checked here (https only): a bad one is the verdict
-                ca = os.environ.get("NODEAUDIT_ARM_CA_FILE")
-                self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=ca or True),
+                verify = self.config.arm_ca_file or True
+                self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=verify),
                                             observe=metrics.observe_arm)
             except ValueError as e:
                 log.error("agent check of policy %s cannot run: %s", name, e)

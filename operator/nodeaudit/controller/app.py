@@ -6,13 +6,16 @@ they import this module downward instead of each other.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+import threading
 
 import kopf
 
 from nodeaudit.controller import handlers, lifecycle
 from nodeaudit.controller.config import Config
+
+Flag = threading.Event | asyncio.Event
 
 
 def make_settings(*, server_timeout: float = 300, client_timeout: float = 330,
@@ -30,15 +33,16 @@ def make_settings(*, server_timeout: float = 300, client_timeout: float = 330,
     return settings
 
 
-async def operator(*, namespace: str, peering: str | None = None, liveness: str | None = None,
-                   stop_flag: Any = None, ready_flag: Any = None,
+async def operator(config: Config, *, peering: str | None = None, liveness: str | None = None,
+                   stop_flag: Flag | None = None, ready_flag: Flag | None = None,
                    settings: kopf.OperatorSettings | None = None) -> None:
-    """Run the operator until ``stop_flag`` (a threading/asyncio event) is set."""
-    handlers.register_timers(Config.from_env())  # the other handlers registered at import
+    """Run the operator until ``stop_flag`` is set. ``config`` reaches the handlers in kopf's memo."""
+    handlers.register_timers(config)  # the other handlers registered at import
     await kopf.operator(
         registry=kopf.get_default_registry(),
         settings=settings or make_settings(),
-        namespaces=[namespace],  # Jobs/Pods in our namespace; Nodes and policies are cluster-scoped
+        memo=kopf.Memo(config=config),
+        namespaces=[config.namespace],  # Jobs/Pods in our namespace; Nodes and policies are cluster-scoped
         standalone=peering is None,
         peering_name=peering,
         liveness_endpoint=liveness,

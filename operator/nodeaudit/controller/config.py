@@ -1,32 +1,60 @@
-"""The operator's settings (``NODEAUDIT_*``), read once at start.
+"""The operator's settings (``NODEAUDIT_*``): read once, at start, into one frozen Config.
 
-Why one object: every part of the controller (the loop, the writer, the agent check) and
-``nodeaudit run`` need the same values; a typo in a variable must stop the operator with one line
-naming it, never become a default nobody asked for.
+Why one object: the loop, the writer, the agent check and ``nodeaudit run`` need the same values.
+Each setting is declared once below (its variable, its default, how it is read); ``from_env``
+reads them all when the operator starts and the Config travels through kopf's memo, never
+through ``os.environ``. A typo in a variable stops the operator with one line naming it: it must
+not become a default nobody asked for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from nodeaudit import DEFAULT_IMAGE
 from nodeaudit.core import rollout
 
 DEFAULT_NAMESPACE = "nodeaudit-system"
 
+T = TypeVar("T")
+Parse = Callable[[str, str], Any]  # (variable, raw value) -> value, or SettingError
+
 
 class SettingError(ValueError):
     """An operator setting (environment variable) that cannot be used; names the variable."""
 
 
-def env_number(name: str, default: float, *, integer: bool = False, minimum: float = 0.0) -> float:
-    """``$name`` as a number (seconds unless said otherwise), ``default`` when unset or empty.
-    Anything else than a plain number ≥ ``minimum`` (``1m``, ``three``, ``-1``) is a SettingError
-    naming the variable and the value: a typo must not become a default nobody asked for."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+def text(name: str, raw: str) -> str:
+    return raw
+
+
+def seconds(minimum: float = 0.0) -> Parse:
+    """A plain number of seconds ≥ ``minimum`` (``1m``, ``three``, ``-1`` are SettingErrors)."""
+    return lambda name, raw: _number(name, raw, integer=False, minimum=minimum)
+
+
+def whole(name: str, raw: str) -> int:
+    return int(_number(name, raw, integer=True, minimum=0.0))
+
+
+def ca_file(name: str, raw: str) -> str:
+    """A PEM file of CA certificates, read once here: a missing or empty file is said at start,
+    not by the first agent check."""
+    try:
+        with open(raw, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise SettingError(f"{name}={raw!r}: {e.strerror or e}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise SettingError(f"{name}={raw!r}: no PEM certificate in the file")
+    return raw
+
+
+def _number(name: str, raw: str, *, integer: bool, minimum: float) -> float:
     try:
         value = float(int(raw)) if integer else float(raw)
     except ValueError:
@@ -37,30 +65,42 @@ def env_number(name: str, default: float, *, integer: bool = False, minimum: flo
     return value
 
 
-@dataclass
+def setting(variable: str, default: T, parse: Parse) -> T:
+    """A Config field read from ``$variable`` (unset or empty: ``default``)."""
+    return field(default=default, metadata={"variable": variable, "parse": parse})
+
+
+@dataclass(frozen=True)
 class Config:
-    namespace: str = DEFAULT_NAMESPACE
-    image: str = DEFAULT_IMAGE
-    debounce: float = 0.3
-    retry_limit: int = rollout.DEFAULT_RETRY_LIMIT
-    retry_backoff: float = rollout.DEFAULT_RETRY_BACKOFF
-    removal_timeout: float = 600.0
-    result_grace: float = 3.0
+    namespace: str = setting("NODEAUDIT_NAMESPACE", DEFAULT_NAMESPACE, text)
+    """Where Jobs, bundle ConfigMaps and Events live."""
+    image: str = setting("NODEAUDIT_IMAGE", DEFAULT_IMAGE, text)
+    debounce: float = setting("NODEAUDIT_DEBOUNCE_SECONDS", 0.3, seconds())
+    retry_limit: int = setting("NODEAUDIT_RETRY_LIMIT", rollout.DEFAULT_RETRY_LIMIT, whole)
+    retry_backoff: float = setting("NODEAUDIT_RETRY_BACKOFF_SECONDS", rollout.DEFAULT_RETRY_BACKOFF, seconds())
+    removal_timeout: float = setting("NODEAUDIT_REMOVAL_TIMEOUT_SECONDS", 600.0, seconds())
+    result_grace: float = setting("NODEAUDIT_RESULT_GRACE_SECONDS", 3.0, seconds())
+    resync: float = setting("NODEAUDIT_RESYNC_SECONDS", 60.0, seconds(minimum=0.1))
+    """The kopf timer's interval (handlers.register_timers)."""
+    removal_poll: float = setting("NODEAUDIT_REMOVAL_POLL_SECONDS", 3.0, seconds(minimum=0.05))
+    """How often a deletion looks at its removal Jobs."""
+    arm_ca_file: str | None = setting("NODEAUDIT_ARM_CA_FILE", None, ca_file)
+    """CA certificates for the ARM endpoint (None: the system's)."""
+    instance: str = setting("HOSTNAME", "nodeaudit", text)
+    """This replica (its pod name): the reportingInstance of its Events."""
     concurrency: int = 48
-    resync: float = 60.0  # the kopf timer's interval (handlers.register_timers)
-    removal_poll: float = 3.0  # how often a deletion looks at its removal Jobs
+    """Job creates in flight at once."""
 
     @classmethod
-    def from_env(cls) -> Config:
-        """The settings from ``NODEAUDIT_*``; SettingError for a value that is not usable."""
-        return cls(
-            namespace=os.environ.get("NODEAUDIT_NAMESPACE") or DEFAULT_NAMESPACE,
-            image=os.environ.get("NODEAUDIT_IMAGE") or DEFAULT_IMAGE,
-            debounce=env_number("NODEAUDIT_DEBOUNCE_SECONDS", 0.3),
-            retry_limit=int(env_number("NODEAUDIT_RETRY_LIMIT", rollout.DEFAULT_RETRY_LIMIT, integer=True)),
-            retry_backoff=env_number("NODEAUDIT_RETRY_BACKOFF_SECONDS", rollout.DEFAULT_RETRY_BACKOFF),
-            removal_timeout=env_number("NODEAUDIT_REMOVAL_TIMEOUT_SECONDS", 600.0),
-            result_grace=env_number("NODEAUDIT_RESULT_GRACE_SECONDS", 3.0),
-            resync=env_number("NODEAUDIT_RESYNC_SECONDS", 60.0, minimum=0.1),
-            removal_poll=env_number("NODEAUDIT_REMOVAL_POLL_SECONDS", 3.0, minimum=0.05),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None, **given: Any) -> Config:
+        """The settings from ``env`` (default ``os.environ``); ``given`` values (command-line
+        flags) win. SettingError for a value that is not usable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in given or "variable" not in f.metadata:
+                continue
+            raw = env.get(f.metadata["variable"], "").strip()
+            if raw:
+                values[f.name] = f.metadata["parse"](f.metadata["variable"], raw)
+        return cls(**values, **given)

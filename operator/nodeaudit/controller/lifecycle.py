@@ -36,7 +36,8 @@ def controller(memo: kopf.Memo) -> Controller:
 
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo) -> None:
     configure(settings)
-    ctl = Controller(Kube(), Config.from_env())
+    config: Config = memo["config"]  # loaded once, by app.operator's caller
+    ctl = Controller(Kube(), config)
     memo["controller"] = ctl
     if memo.get("connection") is not None:
         ctl.kube.configure(memo["connection"])

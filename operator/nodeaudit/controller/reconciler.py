@@ -48,7 +48,7 @@ class Controller:
         self.config = config
         self.view = View()
         self.writer = Writer(kube, config, self.view)
-        self.agent = AgentCheck(self.view, kube)
+        self.agent = AgentCheck(self.view, kube, config)
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
 

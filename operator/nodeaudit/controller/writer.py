@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,7 +166,7 @@ class Writer:
         body = events.event_body(policy=entry.name, policy_uid=entry.uid, namespace=self.config.namespace,
                                  type_=type_, reason=reason, message=message,
                                  now=dt.datetime.now(dt.timezone.utc),
-                                 instance=os.environ.get("HOSTNAME", "nodeaudit"))
+                                 instance=self.config.instance)
         try:
             await self.kube.create(kube_mod.events_path(self.config.namespace), body)
         except kube_mod.ApiError as e:

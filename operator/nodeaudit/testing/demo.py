@@ -23,6 +23,7 @@ import kubernetes
 import yaml
 
 from nodeaudit.controller.config import DEFAULT_NAMESPACE
+from nodeaudit.core import loader
 from nodeaudit.core import nodes as nodes_mod
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.runtime import OperatorThread, ServerThread
@@ -47,19 +48,14 @@ def _crd() -> dict[str, Any]:
 def _policy(path: str | None) -> dict[str, Any]:
     """The policy to apply, checked like ``nodeaudit render`` checks it (the exact problem, e.g.
     ``spec.rules[0]: unknown syscall "execvee" for arch b64``, and exit 2: never a traceback)."""
-    import click
-
-    from nodeaudit.cli.main import _single_policy
-
     candidates = [Path(path)] if path else [Path("examples/procmon.yaml"), REPO / "examples" / "procmon.yaml"]
     for candidate in candidates:
         if candidate.exists():
             try:
-                _single_policy(str(candidate), None)
-            except click.ClickException as e:
-                print(f"nodeaudit demo: {e.format_message()}", file=sys.stderr)
+                doc = json.loads(json.dumps(loader.single_policy(str(candidate), None).raw))
+            except loader.LoadError as e:
+                print(f"nodeaudit demo: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
-            doc = yaml.safe_load(candidate.read_text())
             # Azure is not reachable from the demo: skip the agent check, keep everything else.
             doc.setdefault("spec", {})["monitoringAgent"] = {"check": "None"}
             return dict(doc)

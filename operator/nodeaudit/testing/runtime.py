@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from nodeaudit.controller.config import DEFAULT_NAMESPACE
+from nodeaudit.controller.config import DEFAULT_NAMESPACE, Config
 from nodeaudit.testing import apiserver
 
 T = TypeVar("T")
@@ -116,7 +116,8 @@ class OperatorThread:
             settings = app.make_settings(server_timeout=60, client_timeout=90)
             settings.process.ultimate_exiting_timeout = 5
             settings.background.instant_exit_timeout = 0.5
-            asyncio.run(app.operator(namespace=self.namespace, stop_flag=self.stop_flag,
+            config = Config.from_env(namespace=self.namespace)
+            asyncio.run(app.operator(config, stop_flag=self.stop_flag,
                                          ready_flag=self.ready_flag, settings=settings))
         except BaseException as e:  # noqa: BLE001 - reported to the test
             self.error = e
