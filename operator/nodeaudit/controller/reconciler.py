@@ -26,6 +26,8 @@ from nodeaudit.controller.view import PolicyEntry, View
 from nodeaudit.controller.writer import Writer
 from nodeaudit.core import events, noderecord, removal, rollout, status
 from nodeaudit.core import jobs as jobs_mod
+from nodeaudit.core import policy as policy_mod
+from nodeaudit.core.nodes import NodeFacts
 from nodeaudit.core.policy import parse_duration
 
 log = logging.getLogger("nodeaudit.controller.reconciler")
@@ -186,15 +188,23 @@ class Controller:
         if view.unrecorded(entry.name):
             entry.requeue_at = min(entry.requeue_at or 1e18, time.monotonic() + RESULT_POLL_SECONDS)
         agent, agent_scale_sets = self.agent.verdict(entry.name)
+        warnings = self.warnings(entry, matched)
         summary = status.Summary(
             generation=entry.generation, bundle=entry.bundle.hash, matched=plan.matched,
             configured=plan.count("configured"), applying=plan.count("applying"),
             pending=plan.count("pending"), waiting=plan.count("waiting"), retrying=plan.count("retrying"),
             failed=plan.count("failed"), failed_nodes=plan.failed_nodes, stalled=plan.stalled,
             paused=plan.paused, conflicts=conflicts, create_failed=create_error,
-            agent=agent, agent_scale_sets=agent_scale_sets,
+            agent=agent, agent_scale_sets=agent_scale_sets, warnings=warnings,
         )
         await self.writer.write_status(entry, summary)
+        said = (("no-match",) if not matched else ()) + tuple(warnings)
+        if said != entry.warnings_reported:
+            entry.warnings_reported = said
+            if not matched:
+                await self.writer.event(entry, *events.no_matching_nodes())
+            if warnings:
+                await self.writer.event(entry, *events.policy_warnings(warnings))
         if create_error is not None and create_error != entry.create_error_reported:
             await self.writer.event(entry, *events.create_failed(create_error))
         entry.create_error_reported = create_error
@@ -203,6 +213,16 @@ class Controller:
             await self.writer.event(entry, *events.rollout_stalled(plan.failed_nodes))
         elif not plan.stalled:
             entry.stalled_reported = frozenset()
+
+    def warnings(self, entry: PolicyEntry, matched: list[NodeFacts]) -> list[str]:
+        """This policy's own warnings and those other active policies cause it on shared nodes."""
+        assert entry.policy is not None
+        active = [e for e in self.view.policies.values() if e.active and e.policy is not None]
+        nodes = {e.name: {n.name for n in (matched if e is entry else self.view.matched_nodes(e))} for e in active}
+        suffering = policy_mod.cross_policy_warnings(
+            [e.policy for e in active if e.policy is not None],
+            shared_nodes=lambda a, b: bool(nodes.get(a, set()) & nodes.get(b, set())))
+        return policy_mod.policy_warnings(entry.policy) + suffering.get(entry.name, [])
 
     async def record_finished(self, entry: PolicyEntry) -> None:
         """Write the result of each finished apply Job the node records still lack."""

@@ -46,6 +46,7 @@ class PolicyEntry:
     stalled_reported: frozenset[str] = frozenset()
     failures_reported: set[str] = field(default_factory=set)
     create_error_reported: str | None = None
+    warnings_reported: tuple[str, ...] = ()
 
     @property
     def order(self) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TRUE, FALSE = "True", "False"
+WARNINGS_MESSAGE_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Summary:
     """AgentReady (status, reason, message); None: the condition is not written (yet)."""
     agent_scale_sets: Sequence[Mapping[str, Any]] | None = None
     """``status.agent``: the per-scale-set verdicts of the last agent check (None: leave it alone)."""
+    warnings: Sequence[str] = ()
+    """policy.policy_warnings and the cross-policy warnings this policy suffers (the Warnings condition)."""
 
 
 def _cond(type_: str, status: str, reason: str, message: str, generation: int, now: str,
@@ -86,6 +89,10 @@ def build_status(summary: Summary, now: str,
     elif outstanding:
         ready = c("Ready", FALSE, "Progressing", progress)
         reconciling = c("Reconciling", TRUE, "Applying", progress)
+    elif summary.matched == 0:
+        # Nothing to do is not an error (kstatus Ready), but "0 of 0" must not read as success.
+        ready = c("Ready", TRUE, "NoMatchingNodes", "the node selector matches no Linux node: nothing is audited")
+        reconciling = c("Reconciling", FALSE, "NoMatchingNodes", "")
     else:
         ready = c("Ready", TRUE, "Configured", progress)
         reconciling = c("Reconciling", FALSE, "Configured", "")
@@ -110,6 +117,16 @@ def build_status(summary: Summary, now: str,
     # configuration, which the operator controls; the agent is the node pool's business.
     if summary.agent is not None:
         conditions.append(c("AgentReady", *summary.agent))
+    # Warnings: valid rules that reach beyond the policy, and a selector that matches nothing. Like
+    # AgentReady it never changes Ready; written once there is something to say (then kept, False).
+    warnings = list(summary.warnings)
+    if summary.matched == 0:
+        warnings.insert(0, "the node selector matches no Linux node")
+    if warnings:
+        reason = "NoMatchingNodes" if summary.matched == 0 else "PolicyWarnings"
+        conditions.append(c("Warnings", TRUE, reason, "; ".join(warnings)[:WARNINGS_MESSAGE_LIMIT]))
+    elif "Warnings" in prev:
+        conditions.append(c("Warnings", FALSE, "NoWarnings", ""))
     out: dict[str, Any] = {"observedGeneration": g, "conditions": conditions, "nodes": counts,
                            "bundle": summary.bundle}
     if summary.agent_scale_sets is not None:
