@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 CONSTRAINTS := constraints.txt
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' operator/nodeaudit/__init__.py)
 
-.PHONY: help install apt-deps test test-unit test-host test-operator test-azure lint crds demo bench image sync-examples e2e-kind fresh-check clean
+.PHONY: help install apt-deps test test-unit test-host test-operator test-faults test-azure lint crds demo bench image sync-examples e2e-kind fresh-check clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ test-host: install apt-deps ## apply.sh in a real Debian rootfs against the real
 
 test-operator: install ## the real operator against a local API server
 	$(PY) -m pytest -m operator $(PYTEST_ARGS)
+
+test-faults: install ## the operator behind the fault-injecting API proxy (NODEAUDIT_FAULT_SEED=N repeats a run)
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)

@@ -18,11 +18,17 @@ def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
     return render_bundle(parse_policy(policy_doc(**spec)))
 
 
+RAW_FILES = {
+    "apply.sh", "job-entry.sh", "bundle.env", "bundle.json", "expected.rules",
+    "syslog-v3.conf", "syslog-v2.conf", rules_file_name("procmon"),
+}
+
+
 def test_files_of_the_seed_bundle() -> None:
     bundle = _bundle()
-    assert set(bundle.files) == {
-        "apply.sh", "job-entry.sh", "bundle.env", "bundle.json", "expected.rules",
-        "syslog-v3.conf", "syslog-v2.conf", rules_file_name("procmon"),
+    assert set(bundle.files) == RAW_FILES | {
+        "dispatcher.py", "records.py", "dispatcher.json", "dispatcher-v3.conf", "dispatcher-v2.conf",
+        "syslog-off-v3.conf", "syslog-off-v2.conf",
     }
     assert bundle.hash.startswith("sha256:") and len(bundle.hex) == 64
     rules = bundle.files["60-nodeaudit-procmon.rules"].decode()
@@ -42,6 +48,33 @@ def test_files_of_the_seed_bundle() -> None:
     assert env["NODEAUDIT_BUNDLE"] == bundle.hash and env["NODEAUDIT_POLICY"] == "procmon"
     assert env["NODEAUDIT_RULES_FILE"] == "60-nodeaudit-procmon.rules"
     assert env["NODEAUDIT_SYSLOG"] == "yes" and env["NODEAUDIT_ALLOW_IMMUTABLE"] == "no"
+
+
+def test_raw_format_is_the_audisp_syslog_bundle_of_before() -> None:
+    bundle = _bundle(syslog={"format": "raw"})
+    assert set(bundle.files) == RAW_FILES
+    assert "NODEAUDIT_SYSLOG_FORMAT" not in bundle.files["bundle.env"].decode()
+    assert bundle.files["expected.rules"].decode().splitlines()[0] == "-a always,exclude -F msgtype=EOE"
+
+
+def test_json_format_ships_the_one_parser_and_the_policy_settings() -> None:
+    from nodeaudit.core import records
+
+    bundle = _bundle(redact=[r"--password[= ]\S+"], syslog={"facility": "LOG_LOCAL3", "priority": "LOG_NOTICE"},
+                     volume="lean")
+    assert bundle.files["records.py"] == Path(records.__file__).read_bytes()
+    config = json.loads(bundle.files["dispatcher.json"])
+    assert config["facility"] == "LOG_LOCAL3" and config["priority"] == "LOG_NOTICE"
+    assert config["redact"] == [r"--password[= ]\S+"]
+    assert "PROCTITLE" in config["excludedTypes"]
+    v3 = bundle.files["dispatcher-v3.conf"].decode()
+    assert "path = @PYTHON3@\n" in v3 and "format = string\n" in v3 and "type = always\n" in v3
+    assert v3.count("args = ") == 1 and len(v3.split("args = ")[1].split("\n")[0].split()) == 2
+    env = bundle.files["bundle.env"].decode()
+    assert "NODEAUDIT_SYSLOG_FORMAT=json\n" in env
+    # The rules are the same in both forms: a node that falls back to raw ships what raw ships.
+    assert bundle.files["expected.rules"] == _bundle(syslog={"format": "raw"}, volume="lean").files["expected.rules"]
+    assert _bundle(redact=["other"]).hash != _bundle().hash
 
 
 def test_expected_rules_are_the_kernel_listing() -> None:

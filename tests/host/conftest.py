@@ -25,7 +25,7 @@ def rootfs_tarballs() -> dict[str, Path]:
         pytest.skip("host tests need root (kernel audit control, chroot, mmdebstrap)")
     if shutil.which("mmdebstrap") is None and not (hostlib.cache_dir() / "debian-bookworm-minbase.tar.zst").exists():
         pytest.fail("mmdebstrap is not installed (make apt-deps installs it)")
-    return {"fresh": hostlib.base_tarball(), "auditd": hostlib.auditd_tarball()}
+    return {"fresh": hostlib.base_tarball(), "auditd": hostlib.auditd_tarball(), "python": hostlib.python_tarball()}
 
 
 @pytest.fixture(scope="session")

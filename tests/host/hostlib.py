@@ -59,6 +59,11 @@ def auditd_tarball() -> Path:
     return realhost.auditd_tarball()
 
 
+def python_tarball() -> Path:
+    """The auditd root plus python3, as AKS node images have it: the JSON dispatcher runs there."""
+    return realhost.build_tarball(f"debian-{SUITE}-minbase-auditd-python3.tar.zst", ["--include=auditd,python3"])
+
+
 # ------------------------------------------------------------------------------------------------
 # One extracted root
 

@@ -1,5 +1,5 @@
-"""`nodeaudit estimate` on the real kernel: its byte counts against what audisp-syslog really ships,
-and the kernel put back exactly as it was found."""
+"""`nodeaudit estimate` on the real kernel: its byte counts against what audisp-syslog (raw) and the
+nodeaudit dispatcher (json) really ship, and the kernel put back exactly as it was found."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def auditctl(ctl_root: hostlib.Rootfs, tmp_path_factory: pytest.TempPathFactory)
 
 
 def policy(volume: str, **spec: object) -> NodeAuditPolicy:
+    """The records themselves are counted (raw form) unless a test asks for the JSON form."""
+    spec.setdefault("syslog", {"format": "raw"})
     return NodeAuditPolicy.model_validate(policy_doc("procmon", [], presets=["procmon"], volume=volume, **spec))
 
 
@@ -44,28 +46,37 @@ def stop_daemon(host, root: hostlib.Rootfs) -> None:
     assert host.audit.status()["pid"] == "0"
 
 
-@pytest.mark.parametrize("volume", ["lean", "forensic"])
-def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, auditctl):
+@pytest.mark.parametrize(("volume", "fmt"), [("lean", "raw"), ("forensic", "raw"), ("lean", "json")])
+def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, fmt, auditctl):
     marker = f"m{uuid.uuid4().hex[:16]}"
-    # 1. The real path: apply.sh, auditd 3.0.9, audisp-syslog -> /dev/log.
-    root = host.root()
+    # 1. The real path: apply.sh, auditd 3.0.9, audisp-syslog (raw) or the dispatcher (json) -> /dev/log.
+    root = host.root("python" if fmt == "json" else "auditd")
     devlog = host.devlog(root)
     bundle = hostlib.render_policy_bundle(host.bundle(volume), policy_doc("procmon", [], presets=["procmon"],
-                                                                          volume=volume))
+                                                                          volume=volume, syslog={"format": fmt}))
     res = root.run_bundle(bundle)
-    assert res.result and res.result["ok"], res
+    assert res.result and res.result["ok"] and res.result["syslogFormat"] == fmt, res
     with costlib.Draining(devlog):
         costlib.exec_loop(root, RUNS, "/bin/true", marker)
-    costlib.collect_until(devlog, lambda m: len(costlib.events_of(m, TRUE, marker)) >= RUNS)
-    shipped = costlib.events_of(devlog.messages, TRUE, marker)
-    assert len(shipped) == RUNS
-    real_bytes = sum(e.bytes for e in shipped) / RUNS
-    real_types = Counter(t for e in shipped for t in e.types)
+        if fmt == "json":
+            costlib.collect_until(devlog, lambda m: len(json_execs(m, marker)) >= RUNS)
+    if fmt == "json":
+        shipped_json = json_execs(devlog.messages, marker)
+        assert len(shipped_json) == RUNS
+        real_bytes = sum(len(m.encode()) for m in shipped_json) / RUNS
+        real_types = Counter({"messages": RUNS})
+    else:
+        costlib.collect_until(devlog, lambda m: len(costlib.events_of(m, TRUE, marker)) >= RUNS)
+        shipped = costlib.events_of(devlog.messages, TRUE, marker)
+        assert len(shipped) == RUNS
+        real_bytes = sum(e.bytes for e in shipped) / RUNS
+        real_types = Counter(t for e in shipped for t in e.types)
     stop_daemon(host, root)
 
     # 2. estimate: the same execs (cwd / as in the root), read from the audit netlink socket.
     script = f'cd / && i=0; while [ $i -lt {RUNS} ]; do /bin/true {marker}; i=$((i+1)); done'
-    measured, problems = measure(policy(volume), command=script, lock_path=None, auditctl=auditctl)
+    measured, problems = measure(policy(volume, syslog={"format": fmt}), command=script, lock_path=None,
+                                 auditctl=auditctl)
     assert problems == []
     by_serial: dict[str, list[tuple[object, int]]] = {}
     for record, size in measured.records:
@@ -75,13 +86,21 @@ def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, auditctl):
             and any(r.type == 1309 and marker in r.text for r, _ in recs)]
     assert len(mine) == RUNS
     est_bytes = sum(size for recs in mine for _, size in recs) / RUNS
-    est_types = Counter(est.type_name(r.type) for recs in mine for r, _ in recs)
-    print(f"{volume}: audisp-syslog {real_bytes:.1f} bytes/exec, estimate {est_bytes:.1f}; {dict(real_types)}")
+    if fmt == "json":
+        est_types = Counter({"messages": sum(1 for recs in mine for _, size in recs if size)})
+    else:
+        est_types = Counter(est.type_name(r.type) for recs in mine for r, _ in recs)
+    print(f"{volume} {fmt}: shipped {real_bytes:.1f} bytes/exec, estimate {est_bytes:.1f}; {dict(real_types)}")
     assert est_types == real_types
-    # pid/ppid/inode digits and the timestamp's day may differ by a byte or two per record.
+    # pid/ppid/inode/serial digits and the timestamp's day may differ by a byte or two per record.
     assert abs(est_bytes - real_bytes) <= 0.01 * real_bytes, (est_bytes, real_bytes)
     assert measured.sample.execs == RUNS + 1  # the workload's shell is an exec of the workload too
     assert measured.sample.records_per_exec == pytest.approx(sum(real_types.values()) / RUNS, abs=0.05)
+
+
+def json_execs(messages: list[str], marker: str) -> list[str]:
+    """The dispatcher's datagrams for the marker's execs of /usr/bin/true."""
+    return [m for m in messages if " nodeaudit: {" in m and f'"exe":"{TRUE}"' in m and f'"{marker}"' in m]
 
 
 def test_estimate_restores_foreign_rules_enabled_flag_and_limits_and_reports_losses(host, auditctl):

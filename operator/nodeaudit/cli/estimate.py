@@ -24,6 +24,7 @@ import click
 
 from nodeaudit.cli.common import single_policy
 from nodeaudit.core import estimate as est
+from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.bundle import render_bundle
 from nodeaudit.core.policy import NodeAuditPolicy
 from nodeaudit.hostaudit.lock import KERNEL_AUDIT_LOCK
@@ -79,6 +80,8 @@ class Measured:
     workload: str
     records: list[tuple[Record, int]]
     """Every record in the window with its syslog size."""
+    container_bytes_per_exec: float | None = None
+    """JSON form: bytes per exec when the process runs in a pod (attribution included)."""
 
 
 def record_size(record: Record, facility: str, priority: str) -> int:
@@ -168,16 +171,48 @@ def measure(policy: NodeAuditPolicy, *, execs: int | None = None, command: str |
         lost = sock.status()["lost"] - lost_before
     problems = session.problems
     records = [r for r in records if _in_window(r, start_wall, end_wall)]
-    sizes = [record_size(r, syslog.facility, syslog.priority) for r in records]
+    json_format = syslog.enabled and syslog.format == "json"
+    if json_format:
+        sizes, container_sizes = json_sizes(records, policy)
+    else:
+        sizes = [record_size(r, syslog.facility, syslog.priority) for r in records]
     serials, seen_execs = attribute(records, roots, follow_children=bool(command)) if roots else (set(), 0)
     mine = [i for i, r in enumerate(records) if _serial(r.text) in serials]
     n_execs = execs or (seen_execs if command else 0)
+    # In the JSON form a message is an event: only an event's first record carries its size.
+    messages = sum(1 for size in sizes if size) if json_format else len(records)
     sample = est.Sample(
-        seconds=max(elapsed, 1e-3), records=len(records), bytes=sum(sizes),
-        execs=n_execs, exec_records=len(mine) if n_execs else 0,
+        seconds=max(elapsed, 1e-3), records=messages, bytes=sum(sizes),
+        execs=n_execs, exec_records=sum(1 for i in mine if sizes[i] or not json_format) if n_execs else 0,
         exec_bytes=sum(sizes[i] for i in mine) if n_execs else 0, lost=max(lost, 0),
         types=Counter(est.type_name(r.type) for r in records))
-    return Measured(sample, label, list(zip(records, sizes, strict=True))), problems
+    measured = Measured(sample, label, list(zip(records, sizes, strict=True)))
+    if json_format and n_execs:
+        measured.container_bytes_per_exec = sum(container_sizes[i] for i in mine) / n_execs
+    return measured, problems
+
+
+def json_sizes(records: Sequence[Record], policy: NodeAuditPolicy) -> tuple[list[int], list[int]]:
+    """Per record: the size of its event's one JSON message on the event's first record, 0 on the
+    others; as a host process and as a container's (with est.EXAMPLE_CONTAINER)."""
+    syslog = policy.spec.syslog
+    pairs = [(est.type_name(r.type), r.text) for r in records]
+    excluded = presets_mod.VOLUMES[policy.spec.volume].excluded_msgtypes
+    host, pod = (est.json_event_sizes(pairs, excluded_types=excluded, facility=syslog.facility,
+                                      priority=syslog.priority, container=container)
+                 for container in (None, est.EXAMPLE_CONTAINER))
+    first: set[str] = set()
+    out_host, out_pod = [], []
+    for record in records:
+        serial = _serial(record.text)
+        if serial in first or not serial:
+            out_host.append(0)
+            out_pod.append(0)
+            continue
+        first.add(serial)
+        out_host.append(host.get(int(serial), 0))
+        out_pod.append(pod.get(int(serial), 0))
+    return out_host, out_pod
 
 
 @click.command("estimate", epilog=EPILOG)
@@ -212,8 +247,14 @@ def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, 
         sys.exit(1)
     rows = est.project(measured.sample, nodes=nodes, exec_rates=exec_rates or est.DEFAULT_EXEC_RATES,
                        price_per_gb=price_per_gb)
+    json_format = policy.spec.syslog.enabled and policy.spec.syslog.format == "json"
+    sender = ("the nodeaudit dispatcher sends them: one JSON message per event" if json_format
+              else "audisp-syslog sends them")
     data = est.report_dict(policy.name, policy.spec.volume, measured.sample, rows, measured.workload,
-                           "the audit netlink socket (records sized as audisp-syslog sends them)")
+                           f"the audit netlink socket (records sized as {sender})")
+    data["format"] = "json" if json_format else "raw"
+    if measured.container_bytes_per_exec is not None:
+        data["sample"]["bytesPerContainerExec"] = round(measured.container_bytes_per_exec, 1)
     data["restoreProblems"] = problems
     click.echo(json.dumps(data, indent=2) if as_json else est.format_report(data))
     if problems:

@@ -42,25 +42,33 @@ def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return lifecycle.login(memo, **kwargs)
 
 
+# Async, like the policy handlers below: they only touch the Controller's in-memory view, which
+# belongs to its loop (a sync handler would run in kopf's thread pool, beside the loop). ``type`` None marks kopf's listing (at start, or its re-list after 410 Gone).
+
 @kopf.on.event("", "v1", "nodes")
-def node_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller(memo).on_node(body, deleted=type == "DELETED")
+async def node_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).on_node(body, deleted=type == "DELETED", listing=type is None)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
-def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller(memo).on_job(body, deleted=type == "DELETED")
+async def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).on_job(body, deleted=type == "DELETED", listing=type is None)
 
 
 @kopf.on.event("", "v1", "pods", labels=OURS)
-def pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).on_pod(body, deleted=type == "DELETED")
+
+
+@kopf.on.event(*POLICY)
+async def policy_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).notice_policy(body)
 
 
 @kopf.on.resume(*POLICY)
 @kopf.on.create(*POLICY)
 @kopf.on.update(*POLICY)
-def policy_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def policy_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).set_policy(body)
 
 

@@ -47,6 +47,10 @@ class PolicyEntry:
     failures_reported: set[str] = field(default_factory=set)
     create_error_reported: str | None = None
     warnings_reported: tuple[str, ...] = ()
+    invalid_reported: str | None = None
+    # A deletion's progress, for its RemovalFinished Event: nodes cleaned up, nodes let go.
+    removed: set[str] = field(default_factory=set)
+    let_go: set[str] = field(default_factory=set)
 
     @property
     def order(self) -> tuple[str, str]:
@@ -73,6 +77,7 @@ def parse_entry(body: Mapping[str, Any], old: PolicyEntry | None) -> PolicyEntry
     if old is not None:
         entry.failures_reported = old.failures_reported
         entry.stalled_reported = old.stalled_reported
+        entry.invalid_reported = old.invalid_reported
     try:
         entry.policy = parse_policy(entry.body)
         entry.bundle = render_bundle(entry.policy)
@@ -111,6 +116,13 @@ class View:
         self.wake = asyncio.Event()
         self.primed = False
         self.deleted_while_priming: set[str] = set()  # uids
+        # When each Node and Job last brought an event (monotonic): after a re-list, an object absent
+        # from the listing is deleted only if nothing was heard of it since the listing began.
+        self.node_seen: dict[str, float] = {}
+        self.job_seen: dict[str, float] = {}
+        # Apply Jobs deleted before their result was recorded (someone deleted a running Job, or a
+        # TTL controller a finished one the operator never saw finish): kept until recorded.
+        self.gone_jobs: set[str] = set()
 
     def mark(self, name: str | None = None) -> None:
         """Policy ``name`` (None: every policy) needs a pass."""
@@ -133,8 +145,10 @@ class View:
             self.raw_taints.pop(name, None)
             self.bare.pop(name, None)
             self.overlay.pop(name, None)
+            self.node_seen.pop(name, None)
             self.mark()
             return None
+        self.node_seen[name] = time.monotonic()
         facts = self._apply_overlay(nodes_mod.facts_from_node(body))
         old = self.nodes.get(name)
         self.nodes[name] = facts
@@ -157,10 +171,11 @@ class View:
         if deleted:
             if not self.primed:
                 self.deleted_while_priming.add(str(meta.get("uid", "")))
-            self.jobs.pop(name, None)
-            self.results.pop(name, None)
-            self.recorded.discard(name)
+            elif self._keep_gone_job(name, body):
+                return None
+            self._drop_job(name)
             return None
+        self.job_seen[name] = time.monotonic()
         old = self.jobs.get(name)
         info = jobs_mod.job_info(body, old, time.monotonic())
         if info is None:
@@ -169,6 +184,48 @@ class View:
         if old is None or old.outcome != info.outcome:
             self.mark(info.policy)
         return info if old is not None and old.outcome == "running" and info.outcome != "running" else None
+
+    def _keep_gone_job(self, name: str, body: Mapping[str, Any]) -> bool:
+        """A deleted apply Job whose result is not recorded stays (finished, or failed when it was
+        still running) until the reconciler records it: its node must not just wait."""
+        known = self.jobs.get(name)
+        last = jobs_mod.job_info(body, known, time.monotonic()) if body.get("status") else known
+        if last is None or last.action != "apply" or name in self.recorded:
+            return False
+        if last.outcome == "running":
+            last = replace(last, outcome="failed", finished_at=time.monotonic())
+            self.results[name] = {"ok": False, "message": gone_job_message(name)}
+        self.jobs[name] = last
+        self.gone_jobs.add(name)
+        self.mark(last.policy)
+        return True
+
+    def _drop_job(self, name: str) -> None:
+        self.jobs.pop(name, None)
+        self.results.pop(name, None)
+        self.recorded.discard(name)
+        self.job_seen.pop(name, None)
+        self.gone_jobs.discard(name)
+
+    def settle_gone_jobs(self) -> None:
+        """Forget the deleted Jobs whose result is recorded (or whose node or policy is gone)."""
+        for name in list(self.gone_jobs):
+            job = self.jobs.get(name)
+            if job is None or name in self.recorded or job.node not in self.nodes or job.policy not in self.policies:
+                self._drop_job(name)
+
+    def replace(self, kind: str, items: Iterable[Mapping[str, Any]], listed_since: float) -> list[str]:
+        """A fresh listing of ``kind`` ("nodes" or "jobs"), begun at ``listed_since`` (monotonic):
+        the objects it lacks that nothing was heard of since are deleted (their DELETED event was
+        lost with the watch that a 410 Gone ended). Returns their names."""
+        present = {str((o.get("metadata") or {}).get("name", "")) for o in items}
+        seen, on_delete = ((self.node_seen, self.on_node) if kind == "nodes" else (self.job_seen, self.on_job))
+        known = self.nodes if kind == "nodes" else {n: j for n, j in self.jobs.items() if n not in self.gone_jobs}
+        gone = [name for name in known if name not in present and seen.get(name, 0.0) < listed_since]
+        for name in gone:
+            labels = {} if kind == "nodes" else {jobs_mod.LABEL_POLICY: self.jobs[name].policy}
+            on_delete({"metadata": {"name": name, "labels": labels}}, True)
+        return gone
 
     def on_pod(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         if deleted:
@@ -286,6 +343,11 @@ class View:
         """A finished Job of the policy still waits for its result to be recorded."""
         return any(j.policy == policy and j.outcome != "running" and j.name not in self.recorded
                    for j in self.jobs.values())
+
+
+def gone_job_message(job: str) -> str:
+    return (f"Job {job} was deleted before it finished (kubectl delete, a namespace cleanup or a TTL "
+            "controller); the node is retried")
 
 
 def _same_for_us(a: nodes_mod.NodeFacts, b: nodes_mod.NodeFacts) -> bool:

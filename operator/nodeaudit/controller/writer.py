@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +20,9 @@ from nodeaudit.controller import kube as kube_mod
 from nodeaudit.controller import metrics
 from nodeaudit.controller.config import Config
 from nodeaudit.controller.view import PolicyEntry, View
-from nodeaudit.core import events, noderecord, rollout, status
+from nodeaudit.core import events, eventseries, noderecord, rollout, status
 from nodeaudit.core import jobs as jobs_mod
+from nodeaudit.core import nodes as nodes_mod
 from nodeaudit.core.jobs import JobInfo
 from nodeaudit.core.nodes import NodeFacts
 
@@ -41,6 +43,9 @@ class Writer:
         self.config = config
         self.view = view
         self.sem = asyncio.Semaphore(config.concurrency)
+        # Events about many nodes, aggregated per policy, reason and rollout (the bundle).
+        self.series = eventseries.Aggregator()
+        self._uids: dict[str, str] = {}
 
     # ---- node records ---------------------------------------------------------------------
 
@@ -71,9 +76,14 @@ class Writer:
         metrics.observe_apply(record["result"], record.get("distro"), record.get("auditVersion"))
         if ok and noderecord.first_success_of_boot(previous, node) and node.ready_since:
             metrics.observe_ready_to_configured(entry.name, node.ready_since)
-        if not ok and job.name not in entry.failures_reported:
+        if ok:
+            self.note(entry, job.bundle, *events.nodes_configured(job.bundle), subject=node.name)
+            if untaint:
+                self.note(entry, job.bundle, *events.taint_removed(nodes_mod.STARTUP_TAINT_KEY), subject=node.name)
+        elif job.name not in entry.failures_reported:
             entry.failures_reported.add(job.name)
-            await self.event(entry, *events.apply_failed(node.name, record["error"], record["failures"]))
+            _, _, latest = events.apply_failed(node.name, record["error"], record["failures"])
+            self.note(entry, job.bundle, *events.apply_failures(job.bundle, latest), subject=node.name)
 
     async def clear_record(self, policy: str, node_name: str) -> None:
         try:
@@ -161,6 +171,30 @@ class Writer:
             if e.status != 404:
                 raise
         entry.status = new
+
+    def note(self, entry: PolicyEntry, rollout: str, type_: str, reason: str, template: str,
+             subject: str | None = None) -> None:
+        """One occurrence for an aggregated Event (posted by :meth:`flush_events`)."""
+        self._uids[entry.name] = entry.uid
+        self.series.add(time.time(), entry.name, type_, reason, rollout, template, subject)
+
+    async def flush_events(self, *, force: bool = False) -> None:
+        """Post the aggregated Events that are due (``force``: all that wait)."""
+        for post in self.series.due(time.time(), force=force):
+            body = events.series_body(post, policy_uid=self._uids.get(post.policy, ""),
+                                      namespace=self.config.namespace,
+                                      instance=self.config.instance)
+            path = kube_mod.events_path(self.config.namespace)
+            try:
+                created, _ = await self.kube.create(path, body)
+                if not created:  # posted before (or by the operator's previous run): update it
+                    await self.kube.merge_patch(f"{path}/{post.name}", events.series_update(post))
+            except (kube_mod.ApiError, OSError, asyncio.TimeoutError) as e:
+                log.warning("could not post event %s: %s", post.reason, e)
+
+    def forget_events(self, policy: str) -> None:
+        self.series.forget(policy)
+        self._uids.pop(policy, None)
 
     async def event(self, entry: PolicyEntry, type_: str, reason: str, message: str) -> None:
         body = events.event_body(policy=entry.name, policy_uid=entry.uid, namespace=self.config.namespace,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.policy import NodeAuditPolicy
 from nodeaudit.core.rules import grammar as rules_mod
 
@@ -26,6 +27,11 @@ INSTALL_TIMEOUT_SECONDS = 300
 _ENV_VALUE = re.compile(r"[A-Za-z0-9._:/,-]*")
 # Scripts shipped verbatim from the package; the rest is generated.
 _HOST_SCRIPTS = ("apply.sh", "job-entry.sh")
+# The node-side dispatcher (syslog.format json): the script and the one parser it imports, the
+# very file nodeaudit.core.records is, so operator and node never parse records two ways.
+DISPATCHER_FILES = ("dispatcher.py", "records.py")
+DISPATCHER_DIR = "/var/lib/nodeaudit/dispatcher"
+DISPATCHER_STATE = "/var/lib/nodeaudit/state/dispatcher.json"
 
 
 def rules_file_name(policy_name: str) -> str:
@@ -89,16 +95,53 @@ def _env_file(values: Mapping[str, str]) -> bytes:
     return "".join(lines).encode()
 
 
-def _plugin_config(policy: NodeAuditPolicy, *, version: int) -> bytes:
+def _plugin_config(policy: NodeAuditPolicy, *, version: int, active: bool = True) -> bytes:
     syslog = policy.spec.syslog
     path, kind = ("/sbin/audisp-syslog", "always") if version == 3 else ("builtin_syslog", "builtin")
+    why = ("audit records to syslog for the monitoring agent" if active
+           else "off: the nodeaudit dispatcher (nodeaudit.conf) forwards the records instead")
     return (
-        "# managed by nodeaudit: audit records to syslog for the monitoring agent\n"
-        "active = yes\n"
+        f"# managed by nodeaudit: {why}\n"
+        f"active = {'yes' if active else 'no'}\n"
         "direction = out\n"
         f"path = {path}\n"
         f"type = {kind}\n"
         f"args = {syslog.priority} {syslog.facility}\n"
+        "format = string\n"
+    ).encode()
+
+
+def _dispatcher_file(name: str) -> bytes:
+    if name == "records.py":
+        return resources.files("nodeaudit").joinpath("core", "records.py").read_bytes()
+    return _host_script(name)
+
+
+def dispatcher_config(policy: NodeAuditPolicy) -> bytes:
+    """What the dispatcher reads on the node: facility, priority, redaction and the record types
+    the volume does not count (the kernel drops them already; this keeps them out if they come)."""
+    spec = policy.spec
+    config = {
+        "policy": policy.name,
+        "facility": spec.syslog.facility,
+        "priority": spec.syslog.priority,
+        "redact": list(spec.redact),
+        "excludedTypes": list(presets_mod.VOLUMES[spec.volume].excluded_msgtypes),
+        "stateFile": DISPATCHER_STATE,
+    }
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _dispatcher_plugin_config(version: int) -> bytes:
+    """The plugin config apply.sh installs; @PYTHON3@ becomes the node's python3 (an absolute,
+    resolved path: auditd runs `path` with at most two `args`)."""
+    return (
+        "# managed by nodeaudit: one JSON syslog message per audit event (nodeaudit dispatcher)\n"
+        "active = yes\n"
+        "direction = out\n"
+        "path = @PYTHON3@\n"
+        "type = always\n"
+        f"args = {DISPATCHER_DIR}/dispatcher.py {DISPATCHER_DIR}/config.json\n"
         "format = string\n"
     ).encode()
 
@@ -131,6 +174,15 @@ def render_bundle(policy: NodeAuditPolicy) -> Bundle:
     files["syslog-v3.conf"] = _plugin_config(policy, version=3)
     files["syslog-v2.conf"] = _plugin_config(policy, version=2)
     spec = policy.spec
+    json_format = spec.syslog.enabled and spec.syslog.format == "json"
+    if json_format:
+        for name in DISPATCHER_FILES:
+            files[name] = _dispatcher_file(name)
+        files["dispatcher.json"] = dispatcher_config(policy)
+        files["dispatcher-v3.conf"] = _dispatcher_plugin_config(3)
+        files["dispatcher-v2.conf"] = _dispatcher_plugin_config(2)
+        files["syslog-off-v3.conf"] = _plugin_config(policy, version=3, active=False)
+        files["syslog-off-v2.conf"] = _plugin_config(policy, version=2, active=False)
     provisional_env = {
         "NODEAUDIT_POLICY": policy.name,
         "NODEAUDIT_RULES_FILE": rules_name,
@@ -140,6 +192,8 @@ def render_bundle(policy: NodeAuditPolicy) -> Bundle:
         "NODEAUDIT_ALLOW_AUDIT_OFF": "yes" if spec.unsafe.allow_audit_off else "no",
         "NODEAUDIT_INSTALL_TIMEOUT": str(INSTALL_TIMEOUT_SECONDS),
     }
+    if json_format:
+        provisional_env["NODEAUDIT_SYSLOG_FORMAT"] = "json"
     # The env names its own bundle hash, so hash everything else first, then add the env file
     # under a hash of the rest (which bundle.env only restates).
     body_hash = content_hash({**files, "bundle.env": _env_file(provisional_env)})

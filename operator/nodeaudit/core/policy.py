@@ -217,6 +217,11 @@ class SyslogSpec(_Model):
     """Syslog facility of the forwarded records; the monitoring agent must collect it."""
     priority: Literal[SYSLOG_PRIORITIES] = "LOG_INFO"  # type: ignore[valid-type]
     """Syslog level of the forwarded records; the agent must collect this level or below."""
+    format: Literal["json", "raw"] = "json"
+    """json: nodeaudit's dispatcher (an auditd plugin, python3 on the node) sends one JSON message
+    per audit event, tag `nodeaudit`, attributed to its pod and container (docs/kql.md); nodes
+    without python3 fall back to raw and say so. raw: audisp-syslog, one key=value message per
+    record, tag `audispd`, as before."""
 
 
 class SecretRef(_Model):
@@ -381,6 +386,27 @@ class NodeAuditPolicySpec(_Model):
     """Kernel audit rate and backlog settings."""
     unsafe: UnsafeSpec = Field(default_factory=UnsafeSpec)
     """Opt-ins for dangerous control rules."""
+    redact: list[str] = Field(default_factory=list, max_length=64)
+    """Regular expressions (Python syntax) applied on the node to command lines before they leave
+    it, with `syslog.format: json`; a match becomes `<redacted>`. They run over the arguments
+    joined by spaces, so `--password[= ]\\S+` also catches `--password secret`."""
+
+    @field_validator("redact")
+    @classmethod
+    def _redact_compiles(cls, value: list[str]) -> list[str]:
+        problems = []
+        for index, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                where = f" at position {error.pos}" if error.pos is not None else ""
+                problems.append(f"[{index}]: bad regular expression{where}: {error.msg}")
+            else:
+                if len(pattern) > 1024:
+                    problems.append(f"[{index}]: longer than 1024 characters")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
 
     @field_validator("verify_interval")
     @classmethod

@@ -3,6 +3,17 @@
 Why a pure module: Flux, Helm ``--wait`` and Argo CD judge the policy only by these fields, so the
 mapping from "what happened on the nodes" to Ready/Reconciling/Stalled/Degraded is a contract
 that deserves its own tests. Conditions keep their lastTransitionTime while their status holds.
+
+kstatus, as applied here:
+
+* ``Reconciling=True`` only while something can still happen without anyone acting: a Job runs,
+  a node waits for its turn, or a failed node waits for its next retry. Once every node is either
+  configured or has used up its retries, ``Reconciling=False``: a tool that waits (``kubectl wait``,
+  Flux, Helm ``--wait``) must not wait for what will never come.
+* ``Degraded=True`` from the first failure, naming the nodes (also while they are retried).
+* Failures below ``rollout.maxFailures`` are the tolerance the user chose: the rollout is done,
+  ``Ready=True`` says "N of M nodes configured, K failed", ``Degraded=True`` stands beside it.
+  At ``maxFailures`` the rollout stops: ``Stalled=True``, ``Ready=False``.
 """
 
 from __future__ import annotations
@@ -27,6 +38,9 @@ class Summary:
     retrying: int = 0
     failed: int = 0
     failed_nodes: Sequence[str] = ()
+    """Nodes whose retries are used up for the current bundle and boot."""
+    retrying_nodes: Sequence[str] = ()
+    """Nodes whose last Job failed and that will be retried."""
     stalled: bool = False
     paused: bool = False
     invalid: str | None = None
@@ -76,23 +90,30 @@ def build_status(summary: Summary, now: str,
         ]
         return {"observedGeneration": g, "conditions": conditions, "nodes": counts, "bundle": None}
 
-    outstanding = summary.applying + summary.pending + summary.retrying + summary.failed
-    progress = (f"{summary.configured} of {summary.matched} nodes configured"
+    progressing = summary.applying + summary.pending + summary.retrying
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    progress = (f"{summary.configured} of {summary.matched} nodes configured{failed}"
                 f" ({summary.applying} applying, {summary.pending} pending, {summary.retrying} retrying,"
-                f" {summary.failed} failed, {summary.waiting} not ready)")
+                f" {summary.waiting} not ready)")
     if summary.stalled:
         ready = c("Ready", FALSE, "RolloutStalled", progress)
         reconciling = c("Reconciling", FALSE, "RolloutStalled", "the rollout stopped")
-    elif summary.paused and outstanding:
+    elif summary.paused and (progressing or summary.failed):
         ready = c("Ready", FALSE, "RolloutPaused", progress)
         reconciling = c("Reconciling", FALSE, "RolloutPaused", "spec.rollout.paused is true")
-    elif outstanding:
+    elif progressing:
         ready = c("Ready", FALSE, "Progressing", progress)
         reconciling = c("Reconciling", TRUE, "Applying", progress)
     elif summary.matched == 0:
         # Nothing to do is not an error (kstatus Ready), but "0 of 0" must not read as success.
         ready = c("Ready", TRUE, "NoMatchingNodes", "the node selector matches no Linux node: nothing is audited")
         reconciling = c("Reconciling", FALSE, "NoMatchingNodes", "")
+    elif summary.failed:
+        ready = c("Ready", TRUE, "ConfiguredWithFailures",
+                  f"{progress}; failed: {few_names(summary.failed_nodes)}")
+        reconciling = c("Reconciling", FALSE, "RetriesExhausted",
+                        f"nothing left to do: {summary.failed} node(s) used up their retries (fewer than"
+                        " rollout.maxFailures); a new bundle, a reboot or a reimage tries them again")
     else:
         ready = c("Ready", TRUE, "Configured", progress)
         reconciling = c("Reconciling", FALSE, "Configured", "")
@@ -101,15 +122,21 @@ def build_status(summary: Summary, now: str,
                     f"{summary.failed} node(s) failed after retries: {few_names(summary.failed_nodes)}")
     else:
         stalled = c("Stalled", FALSE, "NotStalled", "")
+    failures = []
+    if summary.failed:
+        failures.append(f"{summary.failed} node(s) failed: {few_names(summary.failed_nodes)}")
+    if summary.retrying:
+        names = few_names(summary.retrying_nodes) if summary.retrying_nodes else "see status.nodes"
+        failures.append(f"{summary.retrying} node(s) failing, retried: {names}")
     if summary.create_failed:
         degraded = c("Degraded", TRUE, "CreateFailed", summary.create_failed)
     elif summary.conflicts:
         parts = [f"syslog settings conflict with policy {other} on {len(nodes)} node(s) ({few_names(nodes, 3)})"
                  for other, nodes in sorted(summary.conflicts.items())]
-        degraded = c("Degraded", TRUE, "Conflict", "; ".join(parts) + "; those nodes are left to the older policy")
-    elif summary.failed:
-        degraded = c("Degraded", TRUE, "NodesFailed",
-                     f"{summary.failed} node(s) failed: {few_names(summary.failed_nodes)}")
+        degraded = c("Degraded", TRUE, "Conflict",
+                     "; ".join([*parts[:-1], parts[-1] + "; those nodes are left to the older policy", *failures]))
+    elif failures:
+        degraded = c("Degraded", TRUE, "NodesFailed", "; ".join(failures))
     else:
         degraded = c("Degraded", FALSE, "NoFailures", "")
     conditions = [ready, reconciling, stalled, degraded]

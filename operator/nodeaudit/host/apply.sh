@@ -58,6 +58,8 @@ INSTALLED=false
 RESTARTED=false
 LOST=0
 BACKLOG=0
+SYSLOG_FORMAT=raw  # json: the nodeaudit dispatcher forwards events; raw: audisp-syslog, as before
+FALLBACK=""        # why a json bundle runs the raw path on this host (said in the result line)
 
 TX=""            # backup directory while host files are being changed; empty otherwise
 PLUGIN_FILE=""   # host path of the syslog plugin config for this audit version
@@ -76,10 +78,10 @@ json_str() {
 }
 
 emit() { # ok message
-	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "lostGrowth": %d, "enabled": %d, "backlog": %d, "message": "%s"}' \
+	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "lostGrowth": %d, "enabled": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "message": "%s"}' \
 		"$1" "$(json_str "$BUNDLE")" "$(json_str "$POLICY")" "$ACTION" "$(json_str "$DISTRO")" \
 		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$LOST_GROWTH" \
-		"${ENABLED:-0}" "$BACKLOG" "$(json_str "$2")")
+		"${ENABLED:-0}" "$BACKLOG" "$SYSLOG_FORMAT" "$(json_str "$FALLBACK")" "$(dispatcher_counters)" "$(json_str "$2")")
 	if [ -e "$R/dev/termination-log" ]; then
 		printf '%s\n' "$line" >"$R/dev/termination-log" 2>/dev/null || true
 	fi
@@ -120,6 +122,7 @@ read_env() {
 			NODEAUDIT_ALLOW_PANIC) ALLOW_PANIC=$v ;;
 			NODEAUDIT_ALLOW_AUDIT_OFF) ALLOW_AUDIT_OFF=$v ;;
 			NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
+			NODEAUDIT_SYSLOG_FORMAT) SYSLOG_FORMAT=$v ;;
 			*) ;; # newer keys are ignored by older scripts on purpose
 		esac
 	done <"$env_file"
@@ -131,10 +134,16 @@ read_env() {
 	case $ALLOW_PANIC in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_PANIC must be yes or no" ;; esac
 	case $ALLOW_AUDIT_OFF in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_AUDIT_OFF must be yes or no" ;; esac
 	case $INSTALL_TIMEOUT in '' | *[!0-9]*) fail "bundle.env: NODEAUDIT_INSTALL_TIMEOUT must be seconds" ;; esac
+	case $SYSLOG_FORMAT in json | raw) ;; *) fail "bundle.env: NODEAUDIT_SYSLOG_FORMAT must be json or raw" ;; esac
 	[ "$ACTION" = remove ] && return 0
 	for f in "$RULES_FILE" expected.rules syslog-v3.conf syslog-v2.conf; do
 		[ -r "$BUNDLE_DIR/$f" ] || fail "bundle file $f missing in $BUNDLE_DIR"
 	done
+	if [ "$SYSLOG_FORMAT" = json ]; then
+		for f in $DISPATCHER_FILES dispatcher.json dispatcher-v3.conf dispatcher-v2.conf syslog-off-v3.conf syslog-off-v2.conf; do
+			[ -r "$BUNDLE_DIR/$f" ] || fail "bundle file $f missing in $BUNDLE_DIR"
+		done
+	fi
 	# -e 2 locks the rules until reboot (no later fix or removal possible); -f 2 panics the kernel
 	# when audit fails. Each needs the policy's explicit opt-in (spec.unsafe), checked again here
 	# so that a bundle edited by hand cannot take a node down.
@@ -387,7 +396,7 @@ restart_auditd() {
 # Is the 3.x syslog plugin process running under auditd? Decides whether a SIGHUP was enough.
 plugin_running() {
 	[ "$AUDITD_PID" != 0 ] || return 1
-	want=$(sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/\1/p' "$PLUGIN_SRC" | head -n 1)
+	want=$(sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/\1/p' "${DPLUGIN_SRC:-$PLUGIN_SRC}" | head -n 1)
 	kids=$(cat "/proc/$AUDITD_PID/task/$AUDITD_PID/children" 2>/dev/null) || kids=""
 	if [ -z "$kids" ]; then
 		for s in /proc/[0-9]*/stat; do
@@ -435,7 +444,11 @@ reread_plugins() {
 	restart_auditd
 }
 
-plugin_wanted() { grep -Eq '^[[:space:]]*active[[:space:]]*=[[:space:]]*yes' "$PLUGIN_FILE" 2>/dev/null; }
+plugin_wanted() {
+	conf=$PLUGIN_FILE
+	[ -z "$DPLUGIN_SRC" ] || conf=$DPLUGIN_FILE
+	grep -Eq '^[[:space:]]*active[[:space:]]*=[[:space:]]*yes' "$conf" 2>/dev/null
+}
 
 # ---------------------------------------------------------------------------------------------
 # Files
@@ -490,6 +503,10 @@ begin_tx() {
 		rm -rf "$tx"
 		fail "cannot back up ${PLUGIN_FILE#"$R"}"
 	fi
+	if ! backup_dispatcher "$tx"; then
+		rm -rf "$tx"
+		fail "cannot back up the dispatcher files"
+	fi
 	TX=$tx
 }
 
@@ -502,6 +519,7 @@ rollback() {
 	if [ -n "$PLUGIN_FILE" ]; then
 		restore "$PLUGIN_FILE" plugin || ROLLBACK_ERR="${ROLLBACK_ERR}plugin config not restored; "
 	fi
+	restore_dispatcher || ROLLBACK_ERR="${ROLLBACK_ERR}dispatcher files not restored; "
 	if command -v augenrules >/dev/null 2>&1; then
 		load_rules || ROLLBACK_ERR="${ROLLBACK_ERR}previous rules did not load ($LOAD_ERR); "
 	fi
@@ -575,6 +593,143 @@ lock_host() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# JSON dispatcher (syslog.format json): an auditd plugin run by the node's python3 in place of
+# audisp-syslog (whose syslog.conf stays, inactive, where the distro put it). Its files live in
+# DISPATCHER_DIR; it writes its counters to DISPATCHER_STATE.
+
+DISPATCHER_FILES="dispatcher.py records.py"
+DISPATCHER_DIR="$R/var/lib/nodeaudit/dispatcher"
+DISPATCHER_STATE="$R/var/lib/nodeaudit/state/dispatcher.json"
+DPLUGIN_FILE=""  # plugins.d/nodeaudit.conf, when this apply installs or retires the dispatcher
+DPLUGIN_SRC=""   # its config with the node's python3 filled in; empty: the config must go
+PYTHON3=""
+
+forwarder_name() { if [ -n "$DPLUGIN_SRC" ]; then echo "nodeaudit dispatcher"; else echo "syslog plugin"; fi; }
+
+# json needs python3 >= 3.8; without it the raw path runs and the result line says why.
+choose_format() {
+	if [ "$SYSLOG" != yes ]; then
+		SYSLOG_FORMAT=raw
+		return 0
+	fi
+	if [ "$SYSLOG_FORMAT" = json ]; then
+		py=$(command -v python3 2>/dev/null) || py=""
+		if [ -z "$py" ]; then
+			FALLBACK="python3 not found: audit records go to syslog raw through audisp-syslog"
+		elif ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 8))' </dev/null >/dev/null 2>&1; then
+			FALLBACK="python3 older than 3.8: audit records go to syslog raw through audisp-syslog"
+		fi
+		if [ -n "$FALLBACK" ]; then
+			log "$FALLBACK"
+			SYSLOG_FORMAT=raw
+		fi
+	fi
+	if [ "$SYSLOG_FORMAT" = raw ]; then
+		# A raw bundle where the dispatcher ran: the last applied policy decides, as it does for
+		# syslog.conf, so its config goes (backed up by the transaction, restored by rollback).
+		[ -e "$(dirname "$PLUGIN_FILE")/nodeaudit.conf" ] && DPLUGIN_FILE="$(dirname "$PLUGIN_FILE")/nodeaudit.conf"
+		return 0
+	fi
+	# auditd runs `path` itself: the real file, absolute, not a symlink.
+	PYTHON3=$(readlink -f "$py" 2>/dev/null) || PYTHON3=""
+	case $PYTHON3 in /*) ;; *) PYTHON3=$py ;; esac
+	case $PYTHON3 in /*) ;; *) fail "python3 is not an absolute path: $PYTHON3" ;; esac
+	case $PYTHON3 in *[!A-Za-z0-9._/+-]*) fail "python3 path $PYTHON3 has characters a plugin config cannot hold" ;; esac
+	PLUGIN_SRC="$BUNDLE_DIR/syslog-off-$PLUGIN_KEY.conf"
+	DPLUGIN_FILE="$(dirname "$PLUGIN_FILE")/nodeaudit.conf"
+	{ mkdir -p "$STATE_DIR" && chmod 0700 "$STATE_DIR"; } || fail "cannot create $STATE_DIR"
+	DPLUGIN_SRC="$STATE_DIR/nodeaudit-plugin-$PLUGIN_KEY.conf"
+	sed "s|@PYTHON3@|$PYTHON3|" "$BUNDLE_DIR/dispatcher-$PLUGIN_KEY.conf" >"$DPLUGIN_SRC" ||
+		fail "cannot write $DPLUGIN_SRC"
+}
+
+dispatcher_right() {
+	[ -n "$DPLUGIN_FILE" ] || return 0
+	if [ -z "$DPLUGIN_SRC" ]; then
+		[ ! -e "$DPLUGIN_FILE" ]
+		return
+	fi
+	file_right "$DPLUGIN_SRC" "$DPLUGIN_FILE" || return 1
+	file_right "$BUNDLE_DIR/dispatcher.json" "$DISPATCHER_DIR/config.json" || return 1
+	for f in $DISPATCHER_FILES; do
+		file_right "$BUNDLE_DIR/$f" "$DISPATCHER_DIR/$f" || return 1
+	done
+}
+
+backup_dispatcher() { # txdir
+	[ -n "$DPLUGIN_FILE" ] || return 0
+	backup "$DPLUGIN_FILE" "$1/dplugin" || return 1
+	backup "$DISPATCHER_DIR/config.json" "$1/dconfig" || return 1
+	for f in $DISPATCHER_FILES; do
+		backup "$DISPATCHER_DIR/$f" "$1/d-$f" || return 1
+	done
+}
+
+restore_dispatcher() {
+	[ -n "$DPLUGIN_FILE" ] || return 0
+	restore "$DPLUGIN_FILE" dplugin || return 1
+	mkdir -p "$DISPATCHER_DIR" || return 1
+	restore "$DISPATCHER_DIR/config.json" dconfig || return 1
+	for f in $DISPATCHER_FILES; do
+		restore "$DISPATCHER_DIR/$f" "d-$f" || return 1
+	done
+}
+
+# The code first, the plugin config last: auditd never starts a dispatcher whose files are half
+# there. A running dispatcher whose code changed is stopped; the re-read that follows starts the
+# new one (a changed config alone reaches it through the SIGHUP auditd passes on).
+install_dispatcher() {
+	[ -n "$DPLUGIN_FILE" ] || return 0
+	if [ -z "$DPLUGIN_SRC" ]; then
+		log "removing ${DPLUGIN_FILE#"$R"} (raw format)"
+		rm -f "$DPLUGIN_FILE"
+		return
+	fi
+	code_changed=no
+	for f in $DISPATCHER_FILES; do
+		file_right "$BUNDLE_DIR/$f" "$DISPATCHER_DIR/$f" && continue
+		code_changed=yes
+		put_file "$BUNDLE_DIR/$f" "$DISPATCHER_DIR/$f" || return 1
+	done
+	put_file "$BUNDLE_DIR/dispatcher.json" "$DISPATCHER_DIR/config.json" || return 1
+	log "writing ${DPLUGIN_FILE#"$R"} (python3: $PYTHON3)"
+	put_file "$DPLUGIN_SRC" "$DPLUGIN_FILE" || return 1
+	[ "$code_changed" = no ] || stop_dispatcher
+	return 0
+}
+
+# The running dispatcher's pid from its state file, signalled only when that pid really is it.
+stop_dispatcher() {
+	pid=$(sed -n 's/.*"pid": *\([0-9][0-9]*\).*/\1/p' "$DISPATCHER_STATE" 2>/dev/null | head -n 1)
+	[ -n "$pid" ] || return 0
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "/var/lib/nodeaudit/dispatcher/dispatcher.py" || return 0
+	log "stopping the old dispatcher (pid $pid)"
+	kill -TERM "$pid" 2>/dev/null || true
+}
+
+# --remove of the last nodeaudit policy: the dispatcher goes with the syslog.conf it replaced.
+remove_dispatcher() {
+	f="$(dirname "$PLUGIN_FILE")/nodeaudit.conf"
+	[ -e "$f" ] || [ -d "$DISPATCHER_DIR" ] || return 0
+	log "removing the dispatcher"
+	rm -f "$f" && rm -rf "$DISPATCHER_DIR"
+}
+
+# The dispatcher's counters as a JSON object for the result line; null where it never ran.
+dispatcher_counters() {
+	if [ ! -r "$DISPATCHER_STATE" ]; then
+		printf 'null'
+		return 0
+	fi
+	out=""
+	for k in events dropped unparsed containersResolved containersUnresolved hostProcesses; do
+		v=$(sed -n "s/.*\"$k\": *\([0-9][0-9]*\).*/\1/p" "$DISPATCHER_STATE" 2>/dev/null | head -n 1)
+		out="$out${out:+, }\"$k\": ${v:-0}"
+	done
+	printf '{%s}' "$out"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Apply
 
 apply() {
@@ -584,6 +739,7 @@ apply() {
 	fi
 	detect_audit_version
 	[ "$SYSLOG" = yes ] || { PLUGIN_FILE=""; }
+	choose_format
 
 	read_status
 	count_loaded
@@ -595,6 +751,7 @@ apply() {
 	if [ -n "$PLUGIN_FILE" ] && ! file_right "$PLUGIN_SRC" "$PLUGIN_FILE"; then
 		plugin_ok=no
 	fi
+	dispatcher_right || plugin_ok=no
 	if [ "$load_needed" = yes ] && [ "$ENABLED" = 2 ]; then
 		fail "kernel audit rules are immutable (enabled 2) until reboot: cannot load this policy's rules"
 	fi
@@ -610,6 +767,7 @@ apply() {
 			log "writing ${PLUGIN_FILE#"$R"}"
 			PLUGIN_CHANGED=yes
 			put_file "$PLUGIN_SRC" "$PLUGIN_FILE" || fail "cannot write ${PLUGIN_FILE#"$R"}"
+			install_dispatcher || fail "cannot install the dispatcher in ${DISPATCHER_DIR#"$R"}"
 		fi
 		if [ "$load_needed" = yes ]; then
 			load_rules || fail "the kernel refused the rules ($LOAD_ERR)"
@@ -680,8 +838,9 @@ verify() {
 	file_right "$BUNDLE_DIR/$RULES_FILE" "$RULES_D/$RULES_FILE" || fail "verification: $RULES_FILE not in place"
 	if [ -n "$PLUGIN_FILE" ]; then
 		file_right "$PLUGIN_SRC" "$PLUGIN_FILE" || fail "verification: plugin config ${PLUGIN_FILE#"$R"} not as the bundle has it"
+		dispatcher_right || fail "verification: the dispatcher files are not as the bundle has them"
 		if [ "$PLUGIN_KEY" = v3 ] && plugin_wanted; then
-			wait_plugin 3 || fail "verification: syslog plugin process not running under auditd"
+			wait_plugin 3 || fail "verification: $(forwarder_name) process not running under auditd"
 		fi
 	fi
 }
@@ -713,10 +872,14 @@ remove() {
 	fi
 	read_status
 	[ "$ENABLED" != 2 ] || fail "kernel audit rules are immutable (enabled 2) until reboot: cannot remove"
+	if [ "$restore_plugin" = yes ] && [ -e "$(dirname "$PLUGIN_FILE")/nodeaudit.conf" ]; then
+		DPLUGIN_FILE="$(dirname "$PLUGIN_FILE")/nodeaudit.conf"  # backed up with the rest
+	fi
 	begin_tx
 	rm -f "$RULES_D/$RULES_FILE" || fail "cannot delete $RULES_D/$RULES_FILE"
 	if [ "$restore_plugin" = yes ]; then
 		PLUGIN_CHANGED=yes
+		remove_dispatcher || fail "cannot remove the dispatcher"
 		if [ -e "$orig.absent" ]; then
 			rm -f "$PLUGIN_FILE" || fail "cannot delete ${PLUGIN_FILE#"$R"}"
 		else
