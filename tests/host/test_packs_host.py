@@ -9,7 +9,7 @@ import pytest
 
 from nodeaudit.core import packs, presets
 from tests.host import hostlib
-from tests.host.hostlib import policy_doc
+from tests.policies import policy_doc
 
 pytestmark = pytest.mark.host
 

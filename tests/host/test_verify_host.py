@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.host import hostlib
-from tests.host.hostlib import policy_doc
+from tests.policies import policy_doc
 
 pytestmark = pytest.mark.host
 
