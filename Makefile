@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the host tests, the linters and the demo use.
-APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod
+# Debian packages the targets use: mmdebstrap and zstd (the host tests' and fresh-check's roots),
+# util-linux (unshare, nsenter, flock, pivot_root), kmod, shellcheck (lint), git (lint-shell lists the
+# tracked files; fresh-check clones HEAD).
+APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # Every Python pin lives in constraints.txt; the version in operator/nodeaudit/__init__.py.
@@ -58,9 +60,10 @@ test-faults: install ## the operator behind the fault-injecting API proxy (NODEA
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
 
-lint: install apt-deps ## ruff (BLE, RUF100 on) and mypy, shellcheck on every shell file, hadolint
+lint: install apt-deps ## ruff (BLE, RUF100 on), mypy, import contracts (.importlinter), shellcheck on every shell file, hadolint
 	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	tools/lint-shell.sh
 	$(VENV)/bin/hadolint Dockerfile
 

@@ -45,7 +45,7 @@ def run_bench(argv: list[str] | None = None) -> dict:
             token = Path(tmp) / "token"
             token.write_text(server.token)
             if args.latency:
-                from armserver import Resp
+                from nodeaudit.testing.armserver import Resp
 
                 server.default_extensions = None
                 for i in range(args.scale_sets):

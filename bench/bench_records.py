@@ -105,13 +105,14 @@ def run_format(fmt: str, root: hostlib.Rootfs, audit: hostlib.KernelAudit, cgrou
 
     spec = {"presets": ["procmon"], "volume": "lean", "syslog": {"format": fmt}}
     bundle = hostlib.render_policy_bundle(tmp / "bundles" / fmt, hostlib.policy_doc("procmon", [], **spec))
-    res = root.run_bundle(bundle)
-    if not (res.result and res.result["ok"]):
-        raise RuntimeError(f"apply failed for {fmt}: {res}")
-    if res.result.get("syslogFormat") != fmt:
-        raise RuntimeError(f"{fmt}: the host ran {res.result.get('syslogFormat')} ({res.result.get('fallback')})")
     row: dict[str, object] = {"format": fmt}
+    # /dev/log is read from before the apply: auditd itself logs there and blocks when nobody reads.
     with costlib.Draining(devlog):
+        res = root.run_bundle(bundle)
+        if not (res.result and res.result["ok"]):
+            raise RuntimeError(f"apply failed for {fmt}: {res}")
+        if res.result.get("syslogFormat") != fmt:
+            raise RuntimeError(f"{fmt}: the host ran {res.result.get('syslogFormat')} ({res.result.get('fallback')})")
         # Records and bytes per exec: a batch that must arrive complete.
         marker = f"m{uuid.uuid4().hex[:16]}"
         in_pod_loop(root, cgroup, SAMPLE, marker)

@@ -17,15 +17,27 @@
 #   NODEAUDIT_FRESH_WORKDIR  where the root is extracted (default /var/tmp)
 #   NODEAUDIT_DEBIAN_MIRROR  Debian mirror for mmdebstrap (default http://deb.debian.org/debian)
 set -euo pipefail
+{ # read to the end before running: editing this file during a run must not change the run
 
 SUITE=bookworm
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+SELF=$REPO/tools/fresh-check.sh
 SRC=/root/nodeaudit # where the clone lives inside the root
 PATH_IN=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 die() { echo "fresh-check: $*" >&2; exit 2; }
 
-# ---- inside the private mount namespace: mount, chroot, run, unmount ----------------------------
+# ---- one command in the fresh root, as its own machine --------------------------------------------
+if [ "${1:-}" = --pivot ]; then
+  cd "$2"
+  env_in=(HOME=/root PATH="$PATH_IN" LANG=C.UTF-8 TERM=dumb)
+  while IFS= read -r kv; do env_in+=("$kv"); done <.fresh-check-env
+  mkdir -p .oldroot
+  pivot_root . .oldroot
+  exec chroot . /usr/bin/env -i "${env_in[@]}" /bin/sh -c "umount -l /.oldroot && rmdir /.oldroot && $3"
+fi
+
+# ---- inside the private mount namespace: mount, run, unmount --------------------------------------
 if [ "${1:-}" = --inside ]; then
   root=$2 logs=$3
   shift 3
@@ -45,6 +57,9 @@ if [ "${1:-}" = --inside ]; then
     mounted+=("$2")
     if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2"; fi
   }
+  # The root must be a mount point of its own: unshare --propagation (the host tests) and mmdebstrap
+  # change the propagation of "/", which the kernel refuses for a plain directory.
+  bind "$root" "$root"
   bind /proc "$root/proc"
   bind /sys "$root/sys"
   bind /dev "$root/dev"
@@ -53,9 +68,11 @@ if [ "${1:-}" = --inside ]; then
     [ -n "$dir" ] && bind "$dir" "$root$dir" ro
   done <"$root/.fresh-check-binds"
 
-  env_in=(HOME=/root PATH="$PATH_IN" LANG=C.UTF-8 TERM=dumb)
-  while IFS= read -r kv; do env_in+=("$kv"); done <"$root/.fresh-check-env"
-  inside() { chroot "$root" /usr/bin/env -i "${env_in[@]}" /bin/sh -c "$1"; }
+  # Each command in a mount namespace of its own whose root *is* the fresh root (pivot_root, the
+  # machine's tree unmounted): as on a machine of its own, a process's /proc/PID/root then reads as
+  # a path of the fresh root (a plain chroot would show the machine's path, and the host tests find
+  # the daemons they started by that path).
+  inside() { unshare --mount --propagation private -- "$SELF" --pivot "$root" "$1"; }
 
   inside 'update-ca-certificates >/dev/null 2>&1 || true'
   status=0
@@ -71,7 +88,7 @@ fi
 
 # ---- outside: the root, the clone, the configuration, then the namespace -------------------------
 [ "$(id -u)" = 0 ] || die "needs root (chroot, mounts, kernel audit for the host tests)"
-for tool in mmdebstrap unshare chroot zstd git flock; do
+for tool in mmdebstrap unshare pivot_root zstd git flock; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found: make apt-deps installs it"
 done
 git -C "$REPO" rev-parse --verify -q HEAD >/dev/null || die "$REPO is not a git clone with a commit"
@@ -99,27 +116,63 @@ logs=$REPO/out/fresh-check
 mkdir -p "$root" "$logs"
 rm -f "$logs"/*.log "$logs"/*.rc
 
+# Everything the run starts (auditd a host test leaked included) is in this cgroup: seen from here, a
+# process under pivot_root has "/" as its root, so only the cgroup finds them all.
+cgroup=""
+for hierarchy in /sys/fs/cgroup/pids /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  if [ -w "$hierarchy" ] && mkdir "$hierarchy/${workdir##*/}" 2>/dev/null; then
+    cgroup=$hierarchy/${workdir##*/}
+    break
+  fi
+done
 # shellcheck disable=SC2317 # called by cleanup, the EXIT trap
-processes_in_root() { # PIDs whose root directory is the fresh root (started by this check)
+started_here() { # PIDs of the run (cgroup), or, without one, those whose root is below the fresh root
   local p
+  if [ -n "$cgroup" ]; then
+    cat "$cgroup/cgroup.procs" 2>/dev/null || true
+    return 0
+  fi
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && echo "${p#/proc/}"
+    case "$(readlink "$p/root" 2>/dev/null)" in "$root" | "$root"/*) echo "${p#/proc/}" ;; esac
   done
   return 0
 }
+# shellcheck disable=SC2317 # called by cleanup
+release_dead_audit_daemon() {
+  # An audit daemon killed above stays registered with the kernel until someone asks: the next host
+  # test anywhere on the machine would refuse to start. The kernel tests the registered connection
+  # first and only lets go of a dead one; a live daemon cannot be unregistered this way.
+  PYTHONPATH="$REPO/operator" flock -w 900 /run/lock/nodeaudit-kernel-audit.lock python3 - <<'PY' || true
+import os
+from nodeaudit.hostaudit.netlink import STATUS_PID, AuditSocket
+
+sock = AuditSocket()
+try:
+    pid = sock.status()["pid"]
+    if pid and not os.path.exists(f"/proc/{pid}"):
+        sock.set_status(STATUS_PID, pid=0)
+        print(f"fresh-check: released the kernel's registration of the dead audit daemon {pid}")
+finally:
+    sock.close()
+PY
+}
 # shellcheck disable=SC2317 # the EXIT trap
 cleanup() {
-  local pids tries=0 signal
-  pids=$(processes_in_root)
+  local pids tries=0 signal killed=""
+  pids=$(started_here)
+  [ -z "$pids" ] || killed=yes
   while [ -n "$pids" ] && [ "$tries" -lt 10 ]; do
     signal=-TERM
     [ "$tries" -lt 5 ] || signal=-KILL
+    echo "fresh-check: stopping what the run left behind: $(echo "$pids" | tr '\n' ' ')" >&2
     # shellcheck disable=SC2086 # a list of PIDs
     kill "$signal" $pids 2>/dev/null || true
     sleep 1
     tries=$((tries + 1))
-    pids=$(processes_in_root)
+    pids=$(started_here)
   done
+  [ -z "$killed" ] || release_dead_audit_daemon
+  [ -z "$cgroup" ] || rmdir "$cgroup" 2>/dev/null || echo "fresh-check: could not remove $cgroup" >&2
   if grep -q " $root/" /proc/self/mountinfo; then # never delete through a mount
     echo "fresh-check: mounts left under $root; not deleting it" >&2
     return
@@ -165,7 +218,9 @@ env | grep -E '^(PIP_[A-Z_]+|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE|https
 echo "fresh-check: Debian 12 root ready at $root ($((SECONDS - t0)) s), clone of $head"
 
 status=0
-unshare --mount --propagation private -- "$REPO/tools/fresh-check.sh" --inside "$root" "$logs" || status=$?
+# shellcheck disable=SC2016 # $$ is the inner shell's, expanded there
+sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$cgroup" \
+  unshare --mount --propagation private -- "$SELF" --inside "$root" "$logs" || status=$?
 
 summary() { grep -E '^=+ .*[0-9]+ (passed|failed|error)' "$logs/test.log" 2>/dev/null | tail -n 1 | sed 's/^=* //; s/ =*$//'; }
 read -r demo_rc demo_s <"$logs/demo.rc" 2>/dev/null || { demo_rc=none demo_s=0; }
@@ -177,3 +232,4 @@ echo "fresh-check: make demo: exit $demo_rc after $demo_s s: ${demo_outcome:-no 
 echo "fresh-check: make test: exit $test_rc after $test_s s: ${pytest_summary:-no pytest summary (see $logs/test.log)}"
 echo "fresh-check: skip reasons: $(grep -cE '^SKIPPED' "$logs/test.log" 2>/dev/null || true) SKIPPED lines in $logs/test.log"
 exit "$status"
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 import yaml
@@ -57,8 +58,8 @@ def test_unreachable_endpoint_names_the_error_and_the_endpoint(arm, aloop, token
     assert s.state == "Error"
     assert "Cannot connect to host 127.0.0.1:9" in s.message and "https://127.0.0.1:9" in s.message
     assert "retried" not in s.message  # the one-shot caller passes no retry note
-    s = check(arm, str(token_file), aloop, endpoint="https://127.0.0.1:9", retry_note="; retried next interval")
-    assert s.scale_sets[0].message.endswith("; retried next interval")
+    report = check(arm, str(token_file), aloop, endpoint="https://127.0.0.1:9", retry_note="; retried next interval")
+    assert report.scale_sets[0].message.endswith("; retried next interval")
 
 
 def test_every_endpoint_is_https_only(token_file):
@@ -70,7 +71,7 @@ def test_every_endpoint_is_https_only(token_file):
 def test_describe_error_keeps_the_cause():
     kw = {"what": "listing extensions", "permission": "p", "scope": "s", "endpoint": "https://arm.example"}
     msg = Z.describe_error(ClientAuthenticationError("DefaultAzureCredential failed\n  WorkloadIdentity: no file"), **kw)
-    assert msg == "listing extensions: cannot get a token: DefaultAzureCredential failed WorkloadIdentity: no file"
+    assert msg == f"listing extensions: {Z.NO_CREDENTIAL}"
     msg = Z.describe_error(ServiceRequestError("Bearer token authentication is not permitted for non-TLS\nmore"), **kw)
     assert "ServiceRequestError: Bearer token authentication is not permitted for non-TLS" in msg
     assert "more" not in msg and "https://arm.example" in msg
@@ -168,3 +169,32 @@ def test_cluster_without_kubeconfig_or_cluster_says_both(env, tmp_path, monkeypa
     assert r.exit_code == 2
     text = " ".join(r.output.split())
     assert f"no kubeconfig at {missing}" in text and "not running in a cluster" in text
+
+
+def test_a_credential_chain_dump_becomes_one_sentence(aloop, monkeypatch):
+    """The real DefaultAzureCredential without its managed-identity step (the one that calls the
+    instance metadata address): every other step fails here on local facts (no AZURE_* variables,
+    no az, pwsh or azd), so its real multi-paragraph message is made with no network at all."""
+    import socket
+
+    from azure.identity.aio import DefaultAzureCredential
+
+    for var in [v for v in os.environ if v.startswith("AZURE_")]:
+        monkeypatch.delenv(var)
+
+    def refuse(self, address):  # belt and braces: this test never connects anywhere
+        raise AssertionError(f"connect to {address} attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    cred = DefaultAzureCredential(exclude_managed_identity_credential=True)
+    with pytest.raises(ClientAuthenticationError) as raised:
+        aloop.run_until_complete(cred.get_token("https://management.azure.com/.default"))
+    aloop.run_until_complete(cred.close())
+    dump = str(raised.value)
+    assert "EnvironmentCredential" in dump and "\n" in dump and len(dump) > 400  # what used to be pasted
+    assert Z.credential_message(raised.value) == Z.NO_CREDENTIAL
+    msg = Z.describe_error(raised.value, what="listing extensions", permission="p", scope="s")
+    assert msg == f"listing extensions: {Z.NO_CREDENTIAL}" and len(msg) < 200 and "\n" not in msg
+    # The token-file credential's own line names the file: kept.
+    assert Z.credential_message(ClientAuthenticationError("the ARM token file /t is empty")) == (
+        "the ARM token file /t is empty")

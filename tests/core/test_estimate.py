@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nodeaudit.core import estimate as est
@@ -102,7 +104,7 @@ def test_delete_args_undo_what_was_added():
 
 
 def test_session_refuses_non_root_before_touching_anything(monkeypatch):
-    monkeypatch.setattr(auditnl.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # what netlink calls: os.geteuid
     session = auditnl.KernelAuditSession(rules=[], lock_path=None)
     with pytest.raises(auditnl.EstimateError, match="must run as root"):
         session.open()

@@ -258,6 +258,7 @@ def write_bundle(directory: Path, policy: str, rules: list[str], expected: list[
     files: dict[str, bytes] = {
         "apply.sh": (HOST_SCRIPTS / "apply.sh").read_bytes(),
         "job-entry.sh": (HOST_SCRIPTS / "job-entry.sh").read_bytes(),
+        "lib.sh": (HOST_SCRIPTS / "lib.sh").read_bytes(),
         rules_name: ("## test bundle\n" + "".join(r + "\n" for r in rules)).encode(),
         "expected.rules": "".join(e + "\n" for e in expected).encode(),
         "syslog-v3.conf": plugin_config(3),

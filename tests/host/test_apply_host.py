@@ -11,6 +11,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 from tests.host import costlib, hostlib
 from tests.host.costlib import find_exec_record
@@ -45,7 +46,7 @@ def assert_record_reaches_syslog(root: Rootfs, devlog: hostlib.DevLog) -> None:
     marker = costlib.run_marker(root)
     found = devlog.wait_for(lambda msgs: find_exec_record(msgs, marker), timeout=10)
     assert found, f"no EXECVE record with {marker} reached /dev/log; got {len(devlog.messages)} datagrams"
-    execve, syscall = found  # type: ignore[misc]
+    execve, syscall = cast(tuple[str, str], found)
     assert execve.startswith("<86>"), execve
     assert syscall.startswith("<86>"), syscall
     assert 'key="procmon"' in syscall

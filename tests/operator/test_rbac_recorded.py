@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator.operator_harness import NAMESPACE, REPO, Cluster, policy, wait_for
+from tests import REPO
+from tests.operator.operator_harness import NAMESPACE, Cluster, policy, wait_for
 from tests.rbac import Request, allowed_by, grants_for, unused_rules
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")

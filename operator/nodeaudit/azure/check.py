@@ -406,6 +406,22 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(e).__name__
 
 
+#: What to configure when the credential chain yields no token: one sentence, never the chain's dump.
+NO_CREDENTIAL = (f"no Azure credential: give the operator a workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, "
+                 f"AZURE_FEDERATED_TOKEN_FILE) or set {ENV_TOKEN_FILE}")
+
+
+def credential_message(e: BaseException) -> str:
+    """One line for a credential that gave no token. DefaultAzureCredential's message lists every
+    credential it tried, one paragraph each (kilobytes): it becomes NO_CREDENTIAL. The token-file
+    credential's own line (which file, what is wrong with it) is kept."""
+    raw = str(getattr(e, "message", None) or e).strip()
+    unavailable = any(c.__name__ == "CredentialUnavailableError" for c in type(e).__mro__)
+    if unavailable or "DefaultAzureCredential" in raw or "\n" in raw:
+        return NO_CREDENTIAL
+    return " ".join(raw.split())[:200] or type(e).__name__
+
+
 def describe_error(
     e: BaseException, *, what: str, permission: str, scope: str, endpoint: str = "", retry_note: str = ""
 ) -> str:
@@ -420,9 +436,9 @@ def describe_error(
     if isinstance(e, DecodeError | DeserializationError):
         return f"{what}: ARM sent a malformed response (not the expected JSON){retry_note}"
     if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None:
-        # raised by the credential itself, before any request: its message is the cause
-        text = " ".join(str(getattr(e, "message", None) or e).split())
-        return f"{what}: cannot get a token: {text[:600] or type(e).__name__}"
+        # raised by the credential itself, before any request
+        message = credential_message(e)
+        return f"{what}: {message}" if message == NO_CREDENTIAL else f"{what}: cannot get a token: {message}"
     if isinstance(e, ClientAuthenticationError) and e.status_code == 401:
         return f"{what}: ARM rejected the credential (401): check workload identity / {ENV_TOKEN_FILE}"
     if isinstance(e, HttpResponseError):

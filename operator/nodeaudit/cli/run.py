@@ -63,7 +63,7 @@ def credentials_problem() -> str | None:
     import kubernetes
 
     try:
-        kubernetes.config.load_incluster_config(client_configuration=kubernetes.client.Configuration())
+        kubernetes.config.load_incluster_config(client_configuration=kubernetes.client.Configuration())  # type: ignore[no-untyped-call]
         return None
     except kubernetes.config.ConfigException as e:
         in_cluster = (f"in-cluster: {e}" if os.environ.get("KUBERNETES_SERVICE_HOST")
@@ -73,7 +73,7 @@ def credentials_problem() -> str | None:
     if missing and len(missing) == len([p for p in path.split(os.pathsep) if p]):
         return f"no usable Kubernetes credentials: kubeconfig {path}: no such file; {in_cluster}"
     try:
-        kubernetes.config.load_kube_config(config_file=path, client_configuration=kubernetes.client.Configuration())
+        kubernetes.config.load_kube_config(config_file=path, client_configuration=kubernetes.client.Configuration())  # type: ignore[no-untyped-call]
     except Exception as e:  # noqa: BLE001 - any reason the kubeconfig is unusable is the message
         detail = " ".join(str(e).split()) or type(e).__name__
         return f"no usable Kubernetes credentials: kubeconfig {path}: {detail}; {in_cluster}"

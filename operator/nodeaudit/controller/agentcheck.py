@@ -193,6 +193,12 @@ class AgentCheck:
         nodes = [{"metadata": {"name": n.name, "labels": dict(n.labels)},
                   "spec": {"providerID": n.provider_id, "taints": self.view.raw_taints.get(n.name, [])}}
                  for n in matched]
+        if not state.scale_set_keys and not settings.data_collection_rule_id and not settings.workspace_resource_id:
+            # Nothing of this policy lives in Azure: no client, no credential (no chain started), no request.
+            report = agent_mod.AgentReport(check=settings.check,
+                                           not_checkable=dict(agent_mod.group_nodes(nodes).not_checkable))
+            self._report(name, entry.generation, report)
+            return
         if self.arm is None:
             try:  # NODEAUDIT_ARM_ENDPOINT is checked here (https only): a bad one is the verdict
                 verify = self.config.arm_ca_file or True
@@ -202,6 +208,14 @@ class AgentCheck:
                 log.error("agent check of policy %s cannot run: %s", name, e)
                 self._set(name, ("False", "ArmConfigInvalid", str(e)), None)
                 return
+        # ContainerInsights reads the cluster, not ARM, unless remediation or a DCR/workspace is asked for.
+        arm_calls = (settings.check != "ContainerInsights" or settings.remediate
+                     or settings.data_collection_rule_id or settings.workspace_resource_id)
+        problem = await _credential_problem(self.arm) if arm_calls else None
+        if problem is not None:  # once, not once per scale set, and never the chain's dump
+            log.warning("agent check of policy %s cannot run: %s", name, problem)
+            self._set(name, ("Unknown", "CredentialUnavailable", problem), None)
+            return
         if state.checker is None:
             state.checker = azure.AgentChecker(self.arm, ttl=azure.ttl_for_interval(settings.interval_seconds),
                                                retry_note="; retried next interval")
@@ -217,7 +231,10 @@ class AgentCheck:
         finally:
             if client is not None:
                 client.close()
-        cond = agent_mod.agent_condition(report, observed_generation=entry.generation)
+        self._report(name, entry.generation, report)
+
+    def _report(self, name: str, generation: int, report: agent_mod.AgentReport) -> None:
+        cond = agent_mod.agent_condition(report, observed_generation=generation)
         if name not in self.view.policies:
             return
         states: dict[str, int] = {}
@@ -227,3 +244,16 @@ class AgentCheck:
         log.info("agent check of policy %s: %s %s", name, cond["reason"], cond["message"])
         self._set(name, (str(cond["status"]), str(cond["reason"]), str(cond["message"])),
                   agent_mod.agent_status(report))
+
+
+async def _credential_problem(arm: ArmClients) -> str | None:
+    """One token request before a check: why the credential gives none (one sentence), or None."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from nodeaudit.azure import check as azure
+
+    try:
+        await arm.credential.get_token(f"{arm.endpoint}/.default")
+    except ClientAuthenticationError as e:
+        return azure.credential_message(e)
+    return None

@@ -74,6 +74,7 @@ class Writer:
         self.view.remember(node.name, entry.name, json.loads(text))
         ok = record["result"] == "ok"
         metrics.observe_apply(record["result"], record.get("distro"), record.get("auditVersion"))
+        metrics.observe_dispatcher(entry.name, node.name, record)
         if ok and noderecord.first_success_of_boot(previous, node) and node.ready_since:
             metrics.observe_ready_to_configured(entry.name, node.ready_since)
         if ok:

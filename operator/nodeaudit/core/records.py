@@ -346,6 +346,16 @@ def build_event(records: Sequence[Record], *, limits: Limits | None = None,
 
 
 TAG = "nodeaudit"
+# The facilities and levels a policy may choose (core/policy.py), as syslog(3) numbers them.
+FACILITIES: Mapping[str, int] = {"LOG_AUTH": 4, "LOG_AUTHPRIV": 10, "LOG_DAEMON": 3, "LOG_USER": 1, "LOG_SYSLOG": 5,
+                                 **{f"LOG_LOCAL{i}": 16 + i for i in range(8)}}
+PRIORITIES: Mapping[str, int] = {"LOG_EMERG": 0, "LOG_ALERT": 1, "LOG_CRIT": 2, "LOG_ERR": 3, "LOG_WARNING": 4,
+                                 "LOG_NOTICE": 5, "LOG_INFO": 6, "LOG_DEBUG": 7}
+
+
+def syslog_pri(facility: str, priority: str) -> int:
+    """`<PRI>` of a message: facility * 8 + level; KeyError names an unknown one."""
+    return FACILITIES[facility] * 8 + PRIORITIES[priority]
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 

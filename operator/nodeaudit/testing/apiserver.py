@@ -25,6 +25,7 @@ from ``kmock.resources``) and serves every resource request itself from a dict k
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import dataclasses
@@ -302,7 +303,7 @@ class ApiServer(kmock.KubernetesScaffold):
     def delete_object(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self._delete(res, namespace, name)
 
-    def writes(self, agent: str | None = None) -> list[LogEntry]:
+    def writes(self, agent: str | None = None) -> builtins.list[LogEntry]:  # list: the method above
         return [e for e in self.log if e.verb in ("create", "update", "patch", "delete")
                 and (agent is None or e.agent == agent)]
 

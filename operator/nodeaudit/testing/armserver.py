@@ -98,7 +98,7 @@ SPEC_MAXIMUM = {
          "properties": {"publisher": "aaaaaaaaaaa", "type": "aaaaaaaaaa", "provisioningState": "aaaaaaa"}},
     ],
 }
-SPEC_MINIMUM = {"value": [{}]}
+SPEC_MINIMUM: dict[str, Any] = {"value": [{}]}
 
 
 def dcr_body(facilities: list[str], levels: list[str], *, flow: bool = True, name: str = "sysLogsDataSource") -> dict[str, Any]:

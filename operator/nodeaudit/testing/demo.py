@@ -7,6 +7,13 @@ one pool gated by the ``nodeaudit.io/unconfigured`` taint), runs the real operat
 handlers ``nodeaudit run`` uses), applies the example policy, plays kubelet and the Job controller,
 shows progress until every node is configured, then prints a per-node table. With ``--real-host``
 one node's Job runs for real on a Debian root filesystem (see ``realhost.py``).
+
+The monitoring-agent check is real too: the operator's Azure SDK clients talk to a local https ARM
+endpoint on 127.0.0.1 (``armserver.py``, a trustme test CA the clients trust, a bearer token in a
+file), seeded from the demo's own scale sets, one user pool without a monitoring agent: the demo
+shows ``AgentReady=False`` and why. The operator's ARM settings are pointed there for the whole
+run, so no policy applied during the demo (the example, or another one with kubectl) reaches past
+loopback: no DefaultAzureCredential chain, no instance metadata address, no management.azure.com.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +66,52 @@ def _policy(path: str | None) -> dict[str, Any]:
             except loader.LoadError as e:
                 print(f"nodeaudit demo: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
-            # Azure is not reachable from the demo: skip the agent check, keep everything else.
-            doc.setdefault("spec", {})["monitoringAgent"] = {"check": "None"}
             return dict(doc)
     print(f"nodeaudit demo: policy file not found: {candidates[0]}", file=sys.stderr)
     raise SystemExit(2)
+
+
+#: The demo's scale sets and the extensions the local ARM endpoint gives each: the system and user1
+#: pools carry the Azure Monitor Agent, user2 none (what an AKS pool has without monitoring).
+AGENT_BY_POOL = {"system": True, "user1": True, "user2": False}
+ARM_ENV = ("NODEAUDIT_ARM_ENDPOINT", "NODEAUDIT_ARM_TOKEN_FILE", "NODEAUDIT_ARM_CA_FILE")
+
+
+@contextmanager
+def local_arm() -> Iterator[Any]:
+    """The local https ARM endpoint, seeded from POOLS, with the operator's ARM settings
+    (endpoint, token file, CA) pointed at it for as long as the demo runs, then put back."""
+    try:
+        from nodeaudit.testing import armserver
+    except ImportError as e:  # trustme is a test/demo dependency, not the operator's
+        print(f"nodeaudit demo: needs {e.name} for its local ARM endpoint (pip install trustme)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    old = {k: os.environ.get(k) for k in ARM_ENV}
+    with tempfile.TemporaryDirectory(prefix="nodeaudit-demo-arm-") as tmp, armserver.running_arm_server(tmp) as arm:
+        for pool, _mode, _taints, suffix in POOLS:
+            vmss = f"aks-{pool}-{suffix}-vmss"
+            arm.extensions[vmss] = armserver.aks_extensions() + ([armserver.ama()] if AGENT_BY_POOL[pool] else [])
+        token = Path(tmp) / "arm-token"
+        token.write_text(arm.token + "\n")
+        os.environ.update({"NODEAUDIT_ARM_ENDPOINT": arm.endpoint, "NODEAUDIT_ARM_TOKEN_FILE": str(token),
+                           "NODEAUDIT_ARM_CA_FILE": arm.ca_file})
+        try:
+            yield arm
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _agent_line(policy: dict[str, Any]) -> str | None:
+    conds = {c["type"]: c for c in (policy.get("status") or {}).get("conditions") or []}
+    agent = conds.get("AgentReady")
+    if not agent or agent.get("reason") == "Checking":
+        return None
+    return f"  AgentReady={agent.get('status')} ({agent.get('reason', '')}): {agent.get('message', '')}"
 
 
 def _status_line(policy: dict[str, Any]) -> str:
@@ -167,8 +218,18 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
          port: int | None, timeout: float, metrics_port: int | None,
          real: tuple[Any, str] | None = None) -> int:
     policy = _policy(policy_path)
-    name = policy["metadata"]["name"]
     print("nodeaudit demo: local API server on 127.0.0.1, simulated AKS cluster, the real operator")
+    with local_arm() as arm:
+        without = ", ".join(f"aks-{p}-{sfx}-vmss" for p, _m, _t, sfx in POOLS if not AGENT_BY_POOL[p])
+        print(f"  ARM endpoint {arm.endpoint} (local https, test CA; no monitoring agent on {without})")
+        return _run_cluster(policy, nodes_per_pool=nodes_per_pool, fail_nodes=fail_nodes,
+                            keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
+                            real=real)
+
+
+def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set[str] | None, keep_running: bool,
+                 port: int | None, timeout: float, metrics_port: int | None, real: tuple[Any, str] | None) -> int:
+    name = policy["metadata"]["name"]
     server = ServerThread([_crd()], port=port).start()
     operator: OperatorThread | None = None
     metrics_server: Any = None
@@ -213,6 +274,13 @@ def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] |
             if ready or conds.get("Stalled", {}).get("status") == "True":
                 break
             time.sleep(0.3)
+        # AgentReady comes from its own loop (ARM calls): show its verdict once it has one.
+        agent_line = _agent_line(obj)
+        while agent_line is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            obj = custom.get_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", name)
+            agent_line = _agent_line(obj)
+        print(agent_line or "  AgentReady: no verdict yet")
         print()
         print(_table(core, api, name, policy["spec"].get("nodeSelector") or {}))
         print()
