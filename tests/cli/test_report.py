@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -23,7 +24,7 @@ from nodeaudit.testing import demo
 from nodeaudit.testing import simulator as sim
 
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
-POLICY = {"apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "pci"},
+POLICY: dict[str, Any] = {"apiVersion": "nodeaudit.io/v1alpha1", "kind": "NodeAuditPolicy", "metadata": {"name": "pci"},
           "spec": {"presets": ["pci-dss"], "nodeSelector": {"matchLabels": {"kubernetes.azure.com/mode": "user"}},
                    "verifyInterval": "6h"}}
 MISSING_REQ = "10.2.5.c"

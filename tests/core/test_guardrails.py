@@ -39,7 +39,7 @@ def doc(name: str = "p", **spec: object) -> dict[str, object]:
 
 def problems(**spec: object) -> list[str]:
     try:
-        parse_policy(doc(**spec))
+        parse_policy(doc("p", **spec))
     except PolicyError as error:
         return error.problems
     return []

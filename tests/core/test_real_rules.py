@@ -87,7 +87,7 @@ def test_every_rule_auditctl_accepts_is_accepted_with_its_listing():
 
 
 def test_without_opt_ins_only_node_wide_switches_are_refused_and_they_name_their_opt_in():
-    gated = Counter()
+    gated: Counter[str] = Counter()
     for entry in entries("rule", verdict_is="accept"):
         result = verdict(entry["rule"], Unsafe())
         if isinstance(result, RuleError):

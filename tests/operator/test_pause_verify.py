@@ -117,7 +117,11 @@ def test_verify_interval_reverifies_a_node_when_its_interval_is_over_and_not_bef
         assert [r for _, _, r in seen.values() if r == "verify"] == []
         # 5m10s ago: one verify Job for that node, none for the other.
         _backdate_record(cluster, nodes[0], 310)
-        wait_for(lambda: (poll(), any(r == "verify" for _, _, r in seen.values()))[1], what="a verify Job")
+        def verified() -> bool:
+            poll()
+            return any(r == "verify" for _, _, r in seen.values())
+
+        wait_for(verified, what="a verify Job")
         watch(2.0)
     verifies = sorted(n for _, n, reason in seen.values() if reason == "verify")
     assert verifies == [nodes[0]], seen

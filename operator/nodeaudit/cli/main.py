@@ -24,6 +24,7 @@ from nodeaudit.cli.report import report
 from nodeaudit.cli.run import run
 from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import bundle as bundle_mod
+from nodeaudit.core import packs as packs_mod
 from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.loader import LoadedPolicy, load_documents
@@ -214,7 +215,7 @@ def _show_preset(name: str, containers: bool, as_json: bool) -> None:
                                  param_hint="--show")
     groups = [(r.id, r.title, r.rules) for r in preset.requirements] or [("", preset.title, preset.rules)]
     if containers:
-        groups = [(rid, title, presets_mod.packs_mod.container_variant(rules)) for rid, title, rules in groups]
+        groups = [(rid, title, packs_mod.container_variant(rules)) for rid, title, rules in groups]
     if as_json:
         click.echo(json.dumps({"name": preset.name, "benchmark": preset.benchmark, "containers": containers,
                                "requirements": [{"id": rid, "title": title, "rules": list(rules)}

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -21,13 +21,15 @@ def _read_cluster(context: str | None) -> dict[str, Any]:
 
     try:
         try:
-            kubernetes.config.load_kube_config(context=context)
+            kubernetes.config.load_kube_config(context=context)  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_incluster_config()
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         api = kubernetes.client.ApiClient()
         custom = kubernetes.client.CustomObjectsApi(api)
-        policies = custom.list_cluster_custom_object(policy_mod.API_GROUP, policy_mod.API_VERSION, policy_mod.PLURAL)
-        nodes = api.sanitize_for_serialization(kubernetes.client.CoreV1Api(api).list_node())
+        policies = cast("dict[str, Any]", custom.list_cluster_custom_object(
+            policy_mod.API_GROUP, policy_mod.API_VERSION, policy_mod.PLURAL))
+        nodes: dict[str, Any] = api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            kubernetes.client.CoreV1Api(api).list_node())
     except kubernetes.config.ConfigException as error:
         raise click.ClickException(f"no cluster to read ({error}); or give a saved file with --from") from None
     except kubernetes.client.ApiException as error:

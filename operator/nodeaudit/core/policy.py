@@ -709,8 +709,6 @@ def cross_policy_warnings(
     policies loaded after it, and an exclude of SYSCALL or `-a never,task` mutes every policy.
     `shared_nodes(a, b)` says whether two policies select a common node (the operator knows the
     nodes); without it, selectors decide whether they may."""
-    from nodeaudit.core.bundle import rules_file_name  # bundle imports this module
-
     chosen = sorted(policies, key=lambda p: p.name)
     out: dict[str, list[str]] = {p.name: [] for p in chosen}
     for source in chosen:
@@ -734,6 +732,11 @@ def cross_policy_warnings(
                     "matches on the nodes both select"
                 )
     return out
+
+
+def rules_file_name(policy_name: str) -> str:
+    """The one file in /etc/audit/rules.d/ a policy owns (augenrules loads them in name order)."""
+    return f"60-nodeaudit-{policy_name}.rules"
 
 
 def load_yaml_documents(text: str) -> list[Any]:
