@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeaudit.azure.check import extension_fact
+from nodeaudit.azure.facts import extension_fact
 from nodeaudit.testing.armserver import ama
 from tests import REPO
 

@@ -170,9 +170,10 @@ def test_validate_prints_warnings_and_fails_only_with_strict(tmp_path: Path) -> 
     runner = CliRunner()
     loose = runner.invoke(main, ["validate", str(path)])
     assert loose.exit_code == 0, loose.output
-    lines = [line for line in loose.stdout.splitlines() if ": warning: " in line]
-    assert [line.split(": warning: ")[0] for line in lines] == [f"{path}: a-quiet", f"{path}: b-procmon"]
-    assert "2 valid, 0 problem(s), 2 warning(s)" in loose.stderr
+    lines = loose.stdout.splitlines()
+    assert lines[0].startswith(f"{path}:1: a-quiet: spec.rules[0]: `-a never,exit")
+    assert lines[1].startswith(f"{path}:") and ": b-procmon: policy a-quiet (spec.rules[0]" in lines[1]
+    assert lines[2] == "2 valid, 0 problem(s), 2 warning(s)"
     strict = runner.invoke(main, ["validate", "--strict", str(path)])
     assert strict.exit_code == 1 and strict.stdout == loose.stdout
 
@@ -257,5 +258,5 @@ def test_validate_refuses_a_duplicate_key(tmp_path: Path) -> None:
                     "spec:\n  presets: [procmon]\n  verifyInterval: 6h\n  verifyInterval: 1m\n")
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 1
-    assert result.stdout.strip() == (f"{path}: line 7: invalid YAML: duplicate key 'verifyInterval' "
-                                     "(first on line 6); YAML would keep only the last")
+    assert result.stdout.splitlines()[0] == (f"{path}:7: invalid YAML: duplicate key 'verifyInterval' "
+                                             "(first on line 6); YAML would keep only the last")

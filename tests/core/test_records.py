@@ -221,3 +221,15 @@ def test_validate_refuses_a_bad_redact_pattern_with_its_position(tmp_path):
     assert proc.returncode == 1
     assert "spec.redact[1]: bad regular expression at position 8: missing ), unterminated subpattern" in \
         proc.stdout + proc.stderr
+
+
+def test_a_user_message_keeps_its_quoted_words_and_inner_fields():
+    """auditctl -m (the canary), sudo and sshd write msg='...' with spaces: read whole, and the
+    fields inside it (exe, res) read too."""
+    line = ("type=USER msg=audit(1800000000.120:77): pid=4242 uid=0 auid=4294967295 ses=4294967295 "
+            "subj=unconfined msg='text=nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon "
+            "exe=\"/usr/sbin/auditctl\" hostname=? addr=? terminal=? res=success'")
+    (event,) = records.events([line])
+    assert isinstance(event, dict)
+    assert event["msg"].startswith("text=nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon exe=")
+    assert event["exe"] == "/usr/sbin/auditctl" and event["type"] == "USER"

@@ -27,11 +27,17 @@ NODEAUDIT = str(Path(sys.executable).parent / "nodeaudit")
 REAL_NODE = "aks-user1-20000002-vmss000000"
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A background job (CI, nohup, `cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: the test's Ctrl-C must reach the demo as it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([NODEAUDIT, "demo", "--real-host", "--nodes-per-pool", "2", "--metrics-port", "-1",
                              *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_sigint_as_in_a_terminal)
 
 
 def _skip_if_unavailable(rc: int, out: str) -> None:
@@ -103,7 +109,13 @@ def test_demo_real_host_interrupted_restores_kernel_audit(ctl_root: hostlib.Root
     root = Path(re.search(r"runs job-entry\.sh in (\S+) ", out).group(1))
     assert any(hostlib.comm(p) == "auditd" for p in hostlib.processes_rooted_in(root)), out
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    rest, _ = proc.communicate(timeout=60)
+    try:
+        rest, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Never leave it holding the kernel-audit lock: SIGTERM restores kernel audit like Ctrl-C.
+        proc.terminate()
+        proc.communicate(timeout=60)
+        raise
     assert proc.returncode == 130, out + rest
     assert "kernel audit restored" in rest, rest
     assert not hostlib.processes_rooted_in(root)

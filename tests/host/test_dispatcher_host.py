@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from nodeaudit.testing import realhost
+from nodeaudit.hostaudit import guard as kernel_guard
 from tests.host import costlib, hostlib
 from tests.host.hostlib import Rootfs
 from tests.host.podlib import CgroupUnavailable, KubeletCgroup, write_task_state
@@ -37,9 +37,9 @@ def json_events(messages: list[str]) -> list[tuple[str, dict]]:
     """(PRI, event) of every nodeaudit JSON datagram."""
     out = []
     for message in messages:
-        head, sep, body = message.partition(" nodeaudit: ")
+        head, sep, body = message.partition(">nodeaudit: ")
         if sep and body.startswith("{"):
-            out.append((head.split(">", 1)[0] + ">", json.loads(body)))
+            out.append((head + ">", json.loads(body)))
     return out
 
 
@@ -94,7 +94,7 @@ def wait_for(predicate, timeout: float = 10.0):
 def in_root(root: Rootfs, *argv: str, preexec=None) -> subprocess.Popen[bytes]:
     """A process in the root without any wrapper that carries the marker (chroot only)."""
     return subprocess.Popen(["chroot", str(root.path), *argv], preexec_fn=preexec,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=realhost.root_env())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=kernel_guard.root_env())
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, fmt, auditc
 
 def json_execs(messages: list[str], marker: str) -> list[str]:
     """The dispatcher's datagrams for the marker's execs of /usr/bin/true."""
-    return [m for m in messages if " nodeaudit: {" in m and f'"exe":"{TRUE}"' in m and f'"{marker}"' in m]
+    return [m for m in messages if ">nodeaudit: {" in m and f'"exe":"{TRUE}"' in m and f'"{marker}"' in m]
 
 
 def test_estimate_restores_foreign_rules_enabled_flag_and_limits_and_reports_losses(host, auditctl):

@@ -39,9 +39,10 @@ def policy(name: str = "procmon", **spec: Any) -> dict[str, Any]:
     return policy_doc(name, **{**defaults, **spec})
 
 
-def wait_for(predicate: Callable[[], T | Literal[False] | None], timeout: float = 20, interval: float = 0.1,
+def wait_for(predicate: Callable[..., T | Literal[False] | None], timeout: float = 20, interval: float = 0.1,
              what: str = "") -> T:
-    """The predicate's first truthy value (``x or False`` reads as "x once it is there")."""
+    """The predicate's first truthy value (``x or False`` reads as "x once it is there"). It is
+    called without arguments; ``...``: a lambda may bind a loop variable as a default."""
     deadline = time.monotonic() + timeout
     last: T | Literal[False] | None = None
     while time.monotonic() < deadline:

@@ -88,6 +88,12 @@ SECOND = textwrap.dedent("""\
 """)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A background job (CI, nohup, `cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: the Ctrl-C below must reach the demo as it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _attempts(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -162,7 +168,8 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(["unshare", "--net", "--", sys.executable, str(guard), str(log), "demo",
                              "--keep-running", "--nodes-per-pool", "2", "--metrics-port", "-1"],
-                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_sigint_as_in_a_terminal)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -179,7 +186,10 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
                 break
         out = "".join(lines)
         assert "still serving" in out, out
-        assert "AgentReady=False (AgentMissing)" in out and "aks-user2-30000003-vmss" in out, out
+        # the three layers against the local emulators: the add-on and its DCR ship authpriv.info,
+        # and the one node whose agent ships nothing is named by Delivered
+        assert "AgentReady=True (ContainerInsights)" in out and "MSCI-westeurope-aks-demo" in out, out
+        assert "Delivered=False (CanariesMissing)" in out and "aks-user1-20000002-vmss000000" in out, out
 
         created = _kubectl(proc.pid, kubeconfig, "create", str(second))
         assert created.returncode == 0, created.stderr
@@ -189,9 +199,10 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
             time.sleep(0.5)
             agent = _agent_ready(proc.pid, kubeconfig, "second")
         assert agent is not None, "the second policy got no AgentReady verdict"
-        # The default check ran against the local endpoint: a verdict about the scale sets, no token dump.
-        assert (agent["status"], agent["reason"]) == ("False", "AgentMissing"), agent
-        assert "aks-user2-30000003-vmss" in agent["message"] and "aks-system" not in agent["message"], agent
+        # The default check (Auto) ran against the local endpoint: a verdict about the cluster's
+        # add-on and its DCR, no token dump.
+        assert (agent["status"], agent["reason"]) == ("True", "ContainerInsights"), agent
+        assert "aks-demo" in agent["message"] and "Traceback" not in agent["message"], agent
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

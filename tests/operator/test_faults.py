@@ -12,10 +12,11 @@ import os
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import kubernetes
 import pytest
 import yaml
@@ -65,6 +66,10 @@ class JobsSeen:
         return [j["metadata"]["name"] for j in self.created
                 if action is None or j["metadata"]["labels"].get("nodeaudit.io/action") == action]
 
+    def at_least(self, action: str, count: int) -> Callable[[], bool]:
+        """A wait_for predicate: ``count`` Jobs of ``action`` were created."""
+        return lambda: len(self.names(action)) >= count
+
     def nodes(self, action: str) -> list[str]:
         return [j["spec"]["template"]["spec"]["nodeName"] for j in self.created
                 if j["metadata"]["labels"].get("nodeaudit.io/action") == action]
@@ -110,6 +115,19 @@ def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) ->
         assert json.loads(rsp.readline())["object"]["code"] == 410
     assert [c.verb for c in proxy.calls("gone")] == ["watch"]
 
+    # A cut ends an open watch abruptly; a held watch is not answered until released.
+    with urllib.request.urlopen(f"{proxy.url}/api/v1/nodes?watch=true&timeoutSeconds=30", timeout=10) as rsp:
+        assert json.loads(rsp.readline())["type"] == "ADDED"
+        proxy.cut_watches("nodes")
+        with pytest.raises(Exception):  # noqa: B017 - http.client's IncompleteRead or a reset
+            rsp.read()
+    proxy.hold_watches("nodes")
+    held = cluster.st.submit(_watch_first_line(proxy.url))
+    with pytest.raises(TimeoutError):
+        held.result(0.5)
+    proxy.release_watches()
+    assert json.loads(held.result(5))["type"] == "ADDED"
+
     proxy.latency = 0.2
     started = time.monotonic()
     core.read_node(name)
@@ -122,6 +140,12 @@ def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) ->
     core.api_client.rest_client.pool_manager.clear()  # its kept-alive connection was dropped
     core.read_node(name)
     assert proxy.seed == faults.seed_from_env()
+
+
+async def _watch_first_line(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{url}/api/v1/nodes?watch=true&timeoutSeconds=5") as rsp:
+        return await rsp.content.readline()
 
 
 def _connects(port: int) -> bool:
@@ -377,7 +401,7 @@ def test_operator_killed_three_times_under_faults(cluster: Cluster, proxy: fault
     deleted = ""
     for round_ in range(3):
         with operator_process(cluster, kubeconfig) as proc:
-            wait_for(lambda r=round_: len(seen.names("apply")) >= 8 * (r + 1), timeout=40, interval=0.2,
+            wait_for(seen.at_least("apply", 8 * (round_ + 1)), timeout=40, interval=0.2,
                      what=f"progress in round {round_}")
             if round_ == 0:  # a node deleted while its Job runs (a scale-down mid-Job)
                 running = [j for j in cluster.jobs() if not (j.get("status") or {}).get("conditions")]

@@ -20,7 +20,9 @@ from nodeaudit.core.rollout import parse_time
 
 RESULT_KEYS = ("distro", "auditVersion", "rulesLoaded", "lost", "lostGrowth", "enabled", "backlog",
                # the syslog form the node runs, why it fell back to raw, the dispatcher's counters
-               "syslogFormat", "fallback", "dispatcher")
+               "syslogFormat", "fallback", "dispatcher",
+               # the canary the apply sent (the Delivered check looks for it)
+               "canaryId", "canaryAt", "canarySeen")
 ERROR_LIMIT = 512
 
 

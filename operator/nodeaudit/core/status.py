@@ -54,6 +54,8 @@ class Summary:
     """``status.agent``: the per-scale-set verdicts of the last agent check (None: leave it alone)."""
     warnings: Sequence[str] = ()
     """policy.policy_warnings and the cross-policy warnings this policy suffers (the Warnings condition)."""
+    delivered: tuple[str, str, str] | None = None
+    """Delivered (status, reason, message): did every node's canary reach the workspace; None: not written."""
 
 
 def _cond(type_: str, status: str, reason: str, message: str, generation: int, now: str,
@@ -154,6 +156,9 @@ def build_status(summary: Summary, now: str,
         conditions.append(c("Warnings", TRUE, reason, "; ".join(warnings)[:WARNINGS_MESSAGE_LIMIT]))
     elif "Warnings" in prev:
         conditions.append(c("Warnings", FALSE, "NoWarnings", ""))
+    # Delivered, like AgentReady, informs and never changes Ready: the workspace is not the operator's
+    if summary.delivered is not None:
+        conditions.append(c("Delivered", *summary.delivered))
     out: dict[str, Any] = {"observedGeneration": g, "conditions": conditions, "nodes": counts,
                            "bundle": summary.bundle}
     if summary.agent_scale_sets is not None:

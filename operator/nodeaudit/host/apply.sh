@@ -60,6 +60,9 @@ LOST_GROWTH=0   # growth of the kernel's lost counter since this policy's last r
 BACKLOG=0
 SYSLOG_FORMAT=raw  # json: the nodeaudit dispatcher forwards events; raw: audisp-syslog, as before
 FALLBACK=""        # why a json bundle runs the raw path on this host (said in the result line)
+CANARY_ID=""       # the canary this apply sent (node:bundle:time-pid), empty when none was sent
+CANARY_AT=0        # its time, seconds since the epoch
+CANARY_SEEN=none   # where this node saw it after the kernel: dispatcher | journal | syslog | auditd | none
 
 TX=""            # backup directory while host files are being changed; empty otherwise
 PLUGIN_FILE=""   # host path of the syslog plugin config for this audit version
@@ -99,10 +102,11 @@ poll() { # seconds command...
 }
 
 emit() { # ok message
-	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "lostGrowth": %d, "enabled": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "message": "%s"}' \
+	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "lostGrowth": %d, "enabled": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "canaryId": "%s", "canaryAt": %d, "canarySeen": "%s", "message": "%s"}' \
 		"$1" "$(json_str "$BUNDLE")" "$(json_str "$POLICY")" "$ACTION" "$(json_str "$DISTRO")" \
 		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$LOST_GROWTH" "${ENABLED:-0}" "$BACKLOG" \
-		"$SYSLOG_FORMAT" "$(json_str "$FALLBACK")" "$(dispatcher_counters)" "$(json_str "$2")")
+		"$SYSLOG_FORMAT" "$(json_str "$FALLBACK")" "$(dispatcher_counters)" \
+		"$(json_str "$CANARY_ID")" "$CANARY_AT" "$CANARY_SEEN" "$(json_str "$2")")
 	if [ -e "$R/dev/termination-log" ]; then
 		printf '%s\n' "$line" >"$R/dev/termination-log" 2>/dev/null || true
 	fi
@@ -778,6 +782,7 @@ apply() {
 	apply_queue_settings || fail "the kernel refused the policy's queue settings (-b/-r/--backlog_wait_time)"
 	verify
 	end_tx
+	canary_send
 	if [ "$load_needed" = no ] && [ "$plugin_ok" = yes ] && [ "$QUEUE_CHANGED" = no ] && [ "$RESTARTED" = false ] && [ "$INSTALLED" = false ]; then
 		emit true "already applied"
 	else
@@ -831,6 +836,85 @@ verify() {
 			wait_plugin 3 || fail "verification: $(forwarder_name) process not running under auditd"
 		fi
 	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Canary: one audit event per apply that travels the policy's own way (kernel -> auditd -> the
+# syslog plugin or the JSON dispatcher -> syslog -> the agent -> Log Analytics), so the operator
+# can ask the workspace whether it arrived. A user message (auditctl -m, record type USER) passes
+# the kernel's user filter and no volume level excludes USER; the marker names node, bundle and
+# time, so it is unique and never confused with other authpriv traffic.
+
+canary_node() { # the node's name: NODE_NAME (the Job sets it from spec.nodeName), else uname -n
+	n=${NODE_NAME:-$(uname -n 2>/dev/null)}
+	case $n in '' | *[!A-Za-z0-9._-]*) n=unknown ;; esac
+	printf '%s' "$n"
+}
+
+canary_send() {
+	CANARY_AT=$(date +%s)
+	hex=${BUNDLE#sha256:}
+	# node:bundle:time-pid: the pid keeps two applies in the same second apart
+	CANARY_ID="$(canary_node):$(printf '%.12s' "$hex"):$CANARY_AT-$$"
+	if ! auditctl -m "nodeaudit-canary id=$CANARY_ID policy=$POLICY" >/dev/null 2>&1 9>&-; then
+		log "canary: auditctl -m refused"
+		CANARY_ID=""
+		CANARY_AT=0
+		return 0
+	fi
+	canary_wait 3 || log "canary $CANARY_ID: not seen after the audit pipeline on this node (last seen: $CANARY_SEEN)"
+}
+
+# Where did the canary show up after the kernel? The dispatcher's event counter (JSON path), the
+# journal or a syslog file (it left the audit pipeline), else auditd's own log (it reached auditd
+# only). A canary that is not seen is reported, not fatal: the workspace check decides.
+canary_seen_at() {
+	# the JSON dispatcher's state file names the last canary it sent to /dev/log
+	if [ -r "$DISPATCHER_STATE" ] && grep -qF "\"lastCanary\": \"$CANARY_ID\"" "$DISPATCHER_STATE" 2>/dev/null; then
+		echo dispatcher; return 0
+	fi
+	if [ -z "$R" ] && command -v journalctl >/dev/null 2>&1 \
+		&& journalctl -q --no-pager -o cat --since "@$CANARY_AT" 2>/dev/null | grep -qF "$CANARY_ID"; then
+		echo journal; return 0
+	fi
+	for f in auth.log secure syslog messages; do
+		if [ -r "$R/var/log/$f" ] && tail -c 4000000 "$R/var/log/$f" 2>/dev/null | grep -qF "$CANARY_ID"; then
+			echo syslog; return 0
+		fi
+	done
+	if [ -r "$R/var/log/audit/audit.log" ] && tail -c 4000000 "$R/var/log/audit/audit.log" 2>/dev/null | grep -qF "$CANARY_ID"; then
+		echo auditd; return 0
+	fi
+	echo none
+}
+
+canary_left_audit() {
+	CANARY_SEEN=$(canary_seen_at)
+	case $CANARY_SEEN in dispatcher | journal | syslog) return 0 ;; esac
+	return 1
+}
+
+# Is there anything on this node that would show the canary after auditd? (journald, a syslog
+# file, the dispatcher's counter). Without one, waiting for it is pointless: auditd's log only.
+canary_sink() {
+	[ -e "$DISPATCHER_STATE" ] && return 0
+	[ -z "$R" ] && [ -d /run/systemd/journal ] && command -v journalctl >/dev/null 2>&1 && return 0
+	for f in auth.log secure syslog messages; do
+		[ -e "$R/var/log/$f" ] && return 0
+	done
+	return 1
+}
+
+canary_wait() { # seconds
+	n=$(($1 * 5))
+	canary_sink || n=5
+	while [ "$n" -gt 0 ]; do
+		canary_left_audit && return 0
+		canary_sink || { [ "$CANARY_SEEN" = auditd ] && return 1; }
+		sleep 0.2
+		n=$((n - 1))
+	done
+	return 1
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ auditd (3.x: plugins.d; 2.x: audispd's plugins.d) starts it as `python3 dispatch
 `format = string`: audit records arrive on stdin, one a line. Records of one event (same serial)
 become one JSON object (nodeaudit.core.records, shipped next to this file), attributed to its
 container through /proc/<pid>/cgroup and containerd's task state, and go to /dev/log as one
-datagram `<PRI>Mmm dd hh:mm:ss nodeaudit: {...}`.
+datagram `<PRI>nodeaudit: {...}`.
 
 Never blocks auditd: the socket is non-blocking; while syslog is behind, a bounded queue (4,096
 messages) holds what it cannot take yet, and beyond that, or with the socket gone, messages are
@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "pathsMax": records.PATHS_MAX,
     "sendQueue": 4096,
 }
+#: apply.sh's canary marker (nodeaudit.core.delivery.CANARY_RE; this file runs alone on the node)
+CANARY = re.compile(r"nodeaudit-canary id=([A-Za-z0-9._-]+:[0-9a-f]{1,64}:[0-9]+(?:-[0-9]+)?) policy=")
 _CONTAINER = re.compile(r"(?:cri-containerd-|crio-|docker-|containerd-)?([0-9a-f]{64})(?:\.scope)?$")
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 _ANNOTATIONS = {
@@ -119,7 +121,12 @@ class Attributor:
         except OSError:
             return None
         try:
-            return int(data[data.rindex(b")") + 2:].split()[19])
+            fields = data[data.rindex(b")") + 2:].split()
+            # Exited (a zombie) or exiting (PF_EXITING): its cgroup file may no longer name the
+            # container (a zombie's reads as the root), so the process counts as gone.
+            if fields[0] in (b"Z", b"X") or int(fields[6]) & 0x4:
+                return None
+            return int(fields[19])
         except (ValueError, IndexError):
             return None
 
@@ -246,19 +253,21 @@ class Syslog:
         self.bytes += len(data)
         return True
 
-    def send(self, message: str) -> None:
+    def send(self, message: str) -> bool:
+        """True: sent or queued; False: dropped."""
         data = records.syslog_datagram(self.pri, message)
         if not self.queue:
             outcome = self._try(data)
             if outcome:
-                return
+                return True
             if outcome is None:
                 self.dropped += 1
-                return
+                return False
         if len(self.queue) >= self.limit:
             self.dropped += 1
-            return
+            return False
         self.queue.append(data)
+        return True
 
     def flush(self) -> None:
         while self.queue:
@@ -283,6 +292,7 @@ class Dispatcher:
         self.reload()
         self.pending_attribution: dict[tuple[int, int, int], tuple[bool, dict[str, Any] | None]] = {}
         self.last_state = 0.0
+        self.last_canary = ""
 
     def reload(self) -> None:
         self.config = load_config(self.config_path)
@@ -297,8 +307,19 @@ class Dispatcher:
         self.excluded = tuple(self.config["excludedTypes"])
         self.coalescer = records.Coalescer(idle=float(self.config["idleSeconds"]), excluded_types=self.excluded)
 
-    def emit(self, message: str) -> None:
-        self.syslog.send(message)
+    def emit(self, message: str) -> bool:
+        """True when the message is on its way to /dev/log (sent or queued), False when dropped."""
+        return self.syslog.send(message)
+
+    def note_canary(self, group: list[Any]) -> None:
+        """apply.sh's canary (an audit user message) is on its way to syslog: name it in the state
+        file at once, so that apply.sh can confirm it on the node (``lastCanary``)."""
+        for record in group:
+            found = CANARY.search(record.raw)
+            if found:
+                self.last_canary = found.group(1)
+                self.write_state()
+                return
 
     def handle(self, items: list[Any]) -> None:
         for item in items:
@@ -334,7 +355,8 @@ class Dispatcher:
             event["container"] = {"id": None, "unresolved": True}
             self.counters["containersUnresolved"] += 1
         self.counters["events"] += 1
-        self.emit(records.json_message(event))
+        if self.emit(records.json_message(event)):
+            self.note_canary(group)
 
     def feed(self, line: str, now: float) -> None:
         items = self.coalescer.feed(line, now)
@@ -351,7 +373,8 @@ class Dispatcher:
         state: dict[str, Any] = {
             **self.counters, "sent": self.syslog.sent, "dropped": self.syslog.dropped, "bytes": self.syslog.bytes,
             "queued": len(self.syslog.queue), "cpuSeconds": round(sum(os.times()[:2]), 3),
-            "pid": os.getpid(), "startedAt": int(self.started), "updatedAt": int(time.time()), "running": not final}
+            "pid": os.getpid(), "startedAt": int(self.started), "updatedAt": int(time.time()), "running": not final,
+            "lastCanary": self.last_canary}
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
