@@ -375,6 +375,6 @@ def test_each_apply_sends_a_canary_that_reaches_dev_log(host, fmt, kind, seen):
     if fmt == "raw":
         assert "type=USER" in line, line
     else:
-        event = json.loads(line.split(" nodeaudit: ", 1)[1])
+        event = json.loads(line.split("nodeaudit: ", 1)[1])
         assert event["type"] == "USER" and f"nodeaudit-canary id={canary} policy=procmon" in event["msg"], event
     assert again["canaryId"] != canary  # one canary per apply

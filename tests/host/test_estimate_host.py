@@ -139,8 +139,10 @@ def test_estimate_refuses_while_an_audit_daemon_runs(host, auditctl):
     assert (host.audit.status()["pid"], host.audit.rules()) == (before[0]["pid"], before[1])
 
 
-def test_estimate_command_end_to_end(ctl_root, auditctl, tmp_path):
-    """The real command in its own process, taking the kernel-audit lock itself."""
+@pytest.mark.parametrize("fmt, per_exec, size_range", [("raw", 2.0, (400, 700)), ("json", 1.0, (150, 520))])
+def test_estimate_command_end_to_end(ctl_root, auditctl, tmp_path, fmt, per_exec, size_range):
+    """The real command in its own process, taking the kernel-audit lock itself: raw ships SYSCALL and
+    EXECVE as two messages an exec at lean, the JSON dispatcher one message of at most 520 bytes."""
     audit = hostlib.KernelAudit(ctl=ctl_root)
     try:
         audit.open()
@@ -150,7 +152,7 @@ def test_estimate_command_end_to_end(ctl_root, auditctl, tmp_path):
     audit.close()
     doc = tmp_path / "p.yaml"
     doc.write_text(json.dumps(policy_doc("procmon", [], presets=["procmon"], volume="lean",
-                                         exclude={"aksNoise": True})))
+                                         exclude={"aksNoise": True}, syslog={"format": fmt})))
     try:
         proc = subprocess.run(
             [sys.executable, "-c", "from nodeaudit.cli.estimate import estimate; estimate()", str(doc),
@@ -169,8 +171,9 @@ def test_estimate_command_end_to_end(ctl_root, auditctl, tmp_path):
         {k: before[k] for k in ("enabled", "pid", "rate_limit", "backlog_limit")}
     assert problems == []
     s = data["sample"]
-    assert s["execs"] == 400 and s["recordsPerExec"] == 2.0, s
-    assert 400 < s["bytesPerExec"] < 700, s
+    assert data["format"] == fmt
+    assert s["execs"] == 400 and s["recordsPerExec"] == per_exec, s
+    assert size_range[0] < s["bytesPerExec"] < size_range[1], s
     row = data["projections"][1]  # 10 execs/s
     assert row["bytesPerSecond"] >= 10 * s["bytesPerExec"] * 0.999
     assert row["gbPerDayPerNode"] == pytest.approx(row["bytesPerSecond"] * 86400 / 1e9, rel=1e-3)

@@ -188,6 +188,7 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
         assert "still serving" in out, out
         # the three layers against the local emulators: the add-on and its DCR ship authpriv.info,
         # and the one node whose agent ships nothing is named by Delivered
+        assert "aks-user2-30000003-vmss Missing" in out, out  # the agent layer: no extension there
         assert "AgentReady=True (ContainerInsights)" in out and "MSCI-westeurope-aks-demo" in out, out
         assert "Delivered=False (CanariesMissing)" in out and "aks-user1-20000002-vmss000000" in out, out
 

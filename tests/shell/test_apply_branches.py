@@ -529,3 +529,25 @@ def test_job_entry_passes_term_on_to_apply_and_waits_for_its_rollback(tmp_path, 
     assert json.loads(last)["message"] == "interrupted by a signal (previous rules restored)"
     assert termlog.read_text() == last + "\n"
     assert "SIGTERM: passing TERM on to apply.sh" in err
+
+
+@pytest.mark.parametrize(("auth_log", "syslog_down", "seen", "slow"), [
+    (False, False, "auditd", False),  # nothing on the host shows syslog: auditd's log, no wait
+    (True, False, "syslog", False),   # the syslog daemon wrote it to auth.log: it left the pipeline
+    (True, True, "auditd", True),     # a syslog daemon that never gets it: waited for, then said
+])
+def test_the_canary_is_confirmed_where_the_host_shows_it(fake, auth_log, syslog_down, seen, slow):
+    host = fake("ubuntu-22.04")
+    host.install_audit()
+    if auth_log:
+        (host.root / "var/log").mkdir(parents=True, exist_ok=True)
+        (host.root / "var/log/auth.log").write_text("")
+    if syslog_down:
+        (host.root / "syslog-down").write_text("")
+    started = time.monotonic()
+    rc, result, err = host.apply(host.bundle("canary"))
+    took = time.monotonic() - started
+    assert rc == 0 and result["canarySeen"] == seen, (result, err)
+    assert f"auditctl -m nodeaudit-canary id={result['canaryId']} policy=procmon" in host.calls()
+    assert (took > 2.5) == slow, took
+    assert ("not seen after the audit pipeline" in err) == (seen == "auditd"), err

@@ -161,7 +161,9 @@ class AgentChecker:
         if key not in self._cluster_ids:
             from azure.core.rest import HttpRequest
 
-            client = self.clients.compute(ref.subscription)
+            # a plain ARM GET; the containerservice client sends it (its pinned version has the public
+            # send_request, which azure-mgmt-compute 37.x lacks) through the same pipeline and policies
+            client = self.clients.containerservice(ref.subscription)
             request = HttpRequest("GET", f"/subscriptions/{ref.subscription}/resourcegroups/{ref.resource_group}",
                                   params={"api-version": "2021-04-01"})
             response = await self._bounded(client.send_request(request))

@@ -862,7 +862,8 @@ canary_send() {
 		CANARY_AT=0
 		return 0
 	fi
-	canary_wait 3 || log "canary $CANARY_ID: not seen after the audit pipeline on this node (last seen: $CANARY_SEEN)"
+	poll 3 canary_settled
+	canary_left_audit || log "canary $CANARY_ID: not seen after the audit pipeline on this node (last seen: $CANARY_SEEN)"
 }
 
 # Where did the canary show up after the kernel? The dispatcher's event counter (JSON path), the
@@ -896,6 +897,7 @@ canary_left_audit() {
 
 # Is there anything on this node that would show the canary after auditd? (journald, a syslog
 # file, the dispatcher's counter). Without one, waiting for it is pointless: auditd's log only.
+# shellcheck disable=SC2317 # called by canary_settled, which poll calls
 canary_sink() {
 	[ -e "$DISPATCHER_STATE" ] && return 0
 	[ -z "$R" ] && [ -d /run/systemd/journal ] && command -v journalctl >/dev/null 2>&1 && return 0
@@ -905,16 +907,12 @@ canary_sink() {
 	return 1
 }
 
-canary_wait() { # seconds
-	n=$(($1 * 5))
-	canary_sink || n=5
-	while [ "$n" -gt 0 ]; do
-		canary_left_audit && return 0
-		canary_sink || { [ "$CANARY_SEEN" = auditd ] && return 1; }
-		sleep 0.2
-		n=$((n - 1))
-	done
-	return 1
+# Done waiting: the canary showed up after auditd, or nothing on this node could show it and
+# auditd's own log already has it.
+# shellcheck disable=SC2317 # called by poll
+canary_settled() {
+	canary_left_audit && return 0
+	! canary_sink && [ "$CANARY_SEEN" = auditd ]
 }
 
 # ---------------------------------------------------------------------------------------------

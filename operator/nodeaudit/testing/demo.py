@@ -342,6 +342,10 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
             time.sleep(0.3)
             obj = custom.get_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", name)
             agent_line = _agent_line(obj)
+        scale_sets = (obj.get("status") or {}).get("agent") or []
+        if scale_sets:  # the agent layer: what each scale set carries
+            print("  scale sets: " + "; ".join(f"{s.get('scaleSet')} {s.get('state')}"
+                                               f"{' (' + s['agent'] + ')' if s.get('agent') else ''}" for s in scale_sets))
         print(agent_line or "  AgentReady: no verdict yet")
         # Delivered: the canaries in the workspace, once the grace period has passed
         delivered = None
