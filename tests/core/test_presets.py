@@ -136,7 +136,7 @@ def test_expand_without_aks_noise_has_no_never_rules() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"presets": ["procmon", "nope"]}, 'unknown preset "nope" (one of procmon, identity, modules)'),
+        ({"presets": ["procmon", "nope"]}, 'unknown preset "nope" (one of procmon, identity, modules, stig, pci-dss, ospp, cis)'),
         ({"volume": "tiny"}, 'unknown volume "tiny" (one of lean, standard, forensic)'),
         ({"rules": ["-e 2"]}, "-e 2 locks audit rules until reboot"),
         ({"rules": ["-a always,exit -S execve"]}, "-S execve needs -F arch="),

@@ -7,6 +7,8 @@ more often, and must not make the policy look unready to Flux/Argo CD every time
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import time
 
 from tests.operator.operator_harness import GROUP, PLURAL, VERSION, Cluster, policy, wait_for
@@ -70,10 +72,19 @@ def test_paused_rollout_starts_nothing_until_unpaused(cluster: Cluster) -> None:
         assert all((cluster.record(n) or {}).get("result") == "ok" for n in nodes)
 
 
-def test_verify_interval_reverifies_each_node_once_per_interval(cluster: Cluster) -> None:
-    interval = 2.0
+def _backdate_record(cluster: Cluster, node: str, seconds: float, policy_name: str = "procmon") -> None:
+    """Make a node's record say its last Job ran `seconds` ago: the interval is at least 5 minutes,
+    so the test moves the record back instead of waiting."""
+    record = cluster.record(node, policy_name)
+    assert record is not None
+    then = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+    record["time"] = then.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    cluster.core.patch_node(node, {"metadata": {"annotations": {f"nodeaudit.io/{policy_name}": json.dumps(record)}}})
+
+
+def test_verify_interval_reverifies_a_node_when_its_interval_is_over_and_not_before(cluster: Cluster) -> None:
     nodes = cluster.add_nodes("user1", 2)
-    cluster.apply_policy(policy(verifyInterval="2s"))
+    cluster.apply_policy(policy(verifyInterval="5m"))
     seen: dict[str, tuple[float, str, str]] = {}  # Job name -> (first seen, node, reason)
     ready_samples: list[str] = []
 
@@ -85,29 +96,39 @@ def test_verify_interval_reverifies_each_node_once_per_interval(cluster: Cluster
                 seen[name] = (now, job["spec"]["template"]["spec"]["nodeName"],
                               job["metadata"]["annotations"]["nodeaudit.io/reason"])
 
-    with cluster.operator():
-        wait_for(lambda: (cluster.condition("Ready") or {}).get("status") == "True", what="Ready")
-        poll()
-        assert sorted(reason for _, _, reason in seen.values()) == ["new", "new"]
-        first_records = {n: cluster.record(n) for n in nodes}
-        window = 7.5
-        end = time.monotonic() + window
+    def watch(seconds: float) -> None:
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             poll()
             ready_samples.append(_reason(cluster, "Ready")[0])
             time.sleep(0.05)
         poll()
-    for node in nodes:
-        runs = sorted((t, reason) for t, n, reason in seen.values() if n == node)
-        verifies = [t for t, reason in runs if reason == "verify"]
-        # Every ~2 s (plus a Job's run and the debounce): 3 in 7.5 s, at least 2, never 5.
-        assert 2 <= len(verifies) <= 4, runs
-        gaps = [b - a for a, b in zip([runs[0][0], *verifies], verifies, strict=False)]
-        assert all(g >= interval - 0.15 for g in gaps), f"verify sooner than the interval on {node}: {gaps}"
-        record = cluster.record(node)
-        assert record is not None and record["result"] == "ok"
-        assert record["job"] != first_records[node]["job"]
-        assert record["lastSuccess"] > first_records[node]["lastSuccess"]
+
+    with cluster.operator():
+        wait_for(lambda: (cluster.condition("Ready") or {}).get("status") == "True", what="Ready")
+        poll()
+        assert sorted(reason for _, _, reason in seen.values()) == ["new", "new"]
+        first_records = {n: cluster.record(n) for n in nodes}
+        watch(2.0)  # 5 minutes are not over: nothing
+        assert sorted(reason for _, _, reason in seen.values()) == ["new", "new"]
+        # 4m50s ago: still not due.
+        _backdate_record(cluster, nodes[0], 290)
+        watch(1.5)
+        assert [r for _, _, r in seen.values() if r == "verify"] == []
+        # 5m10s ago: one verify Job for that node, none for the other.
+        _backdate_record(cluster, nodes[0], 310)
+        def verified() -> bool:
+            poll()
+            return any(r == "verify" for _, _, r in seen.values())
+
+        wait_for(verified, what="a verify Job")
+        watch(2.0)
+    verifies = sorted(n for _, n, reason in seen.values() if reason == "verify")
+    assert verifies == [nodes[0]], seen
+    record = cluster.record(nodes[0])
+    assert record is not None and record["result"] == "ok"
+    assert record["job"] != first_records[nodes[0]]["job"]
+    assert cluster.record(nodes[1]) == first_records[nodes[1]]
     # Re-verifying a configured node is not a rollout: the policy stays Ready throughout.
     assert ready_samples and set(ready_samples) == {"True"}, sorted(set(ready_samples))
     assert cluster.counts() == {"matched": 2, "configured": 2, "applying": 0, "failed": 0}

@@ -22,10 +22,13 @@ from nodeaudit.cli.check_agent import check_agent
 from nodeaudit.cli.common import single_policy
 from nodeaudit.cli.estimate import estimate
 from nodeaudit.cli.params import DATA_FORMATS, check_namespace, print_data
+from nodeaudit.cli.report import report
 from nodeaudit.cli.run import demo, run
 from nodeaudit.controller.config import DEFAULT_NAMESPACE
 from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import documents as loader
+from nodeaudit.core import packs as packs_mod
+from nodeaudit.core import policy as policy_mod
 from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.documents import LoadedPolicy, load_documents
 
@@ -45,7 +48,7 @@ def main() -> None:
     """
 
 
-for _command in (run, demo, check_agent, estimate):  # the command families in their own modules
+for _command in (run, demo, check_agent, estimate, report):  # the command families in their own modules
     main.add_command(_command)
 
 
@@ -63,8 +66,9 @@ OUTPUT_FORMATS = ("text", "json", "yaml", "github")
 @click.option("--max-size", "max_mib", type=click.FloatRange(min=0.001, max=4096), default=loader.DEFAULT_MAX_MIB,
               show_default=True, metavar="MiB", help="Refuse an input (a file or stdin) larger than this.")
 @click.option("--quiet", "-q", is_flag=True, help="Print problems only, no summary line.")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (rules that reach beyond their policy).")
 def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output: str, max_mib: float,
-             quiet: bool) -> None:
+             quiet: bool, strict: bool) -> None:
     """Check NodeAuditPolicy files without a cluster.
 
     Reads multi-document YAML and JSON, `kind: List` and NodeAuditPolicyList (what `kubectl get nap
@@ -73,7 +77,9 @@ def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output:
 
     Everything validate reports goes to stdout (problems, then the summary; or one json/yaml
     document); stderr is only for usage errors. Exit 0 when all are valid, 1 when there is a
-    problem or no policy at all (unless --allow-empty), 2 on a usage error.
+    problem or no policy at all (unless --allow-empty), 2 on a usage error. Warnings (valid rules
+    that reach beyond their policy: node-wide settings, rules that mute other policies) are printed
+    and fail only with --strict.
 
     \b
     Example:
@@ -97,14 +103,20 @@ def validate(files: tuple[str, ...], recursive: bool, allow_empty: bool, output:
             else:
                 seen[name] = item.source
                 valid.append(item)
+            problems.extend(item.locate(w, "warning") for w in policy_mod.policy_warnings(item.policy))
+    suffering = policy_mod.cross_policy_warnings(v.policy for v in valid if v.policy is not None)
+    for v in valid:
+        assert v.policy is not None
+        problems.extend(v.locate(w, "warning") for w in suffering.get(v.policy.name, []))
     errors = [p for p in problems if p.severity == "error"]
+    warned = len(problems) - len(errors)
     empty = not problems and not seen
     if empty:
         summary = "no NodeAuditPolicy found in " + ", ".join(files) + (" (allowed)" if allow_empty else "")
     else:
-        summary = f"{len(valid)} valid, {len(errors)} problem(s)"
+        summary = f"{len(valid)} valid, {len(errors)} problem(s)" + (f", {warned} warning(s)" if warned else "")
     _print_validation(output, problems, valid, summary, quiet and not empty)
-    sys.exit(1 if errors or (empty and not allow_empty) else 0)
+    sys.exit(1 if errors or (strict and warned) or (empty and not allow_empty) else 0)
 
 
 def _print_validation(output: str, problems: list[loader.Problem], valid: list[LoadedPolicy], summary: str,
@@ -313,14 +325,21 @@ def crd(reference: bool, output: str) -> None:
 @main.command("presets")
 @click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="The same as -o json.")
-def presets_command(output: str, as_json: bool) -> None:
+@click.option("--show", "show", metavar="NAME", help="Print one preset's rules, by requirement for a compliance pack.")
+@click.option("--containers", is_flag=True, help="With --show: the rules as `containers: true` expands them.")
+def presets_command(output: str, as_json: bool, show: str | None, containers: bool) -> None:
     """List the named rule sets, volume levels and the AKS noise list, with what each records.
 
     \b
     Example:
       nodeaudit presets
       nodeaudit presets -o json | jq '.presets[].name'
+      nodeaudit presets --show pci-dss
+      nodeaudit presets --show cis --containers
     """
+    if show is not None:
+        _show_preset(show, containers, as_json or output == "json")
+        return
     if as_json or output != "text":
         print_data("json" if as_json else output, _presets_document(), "")
         return
@@ -338,6 +357,26 @@ def presets_command(output: str, as_json: bool) -> None:
     click.echo("\nexclude.aksNoise: true excludes these executables (as -a never,exit rules, placed first):")
     for noise in doc["aksNoise"]:
         click.echo(f"  {noise['path']}\n    {noise['why']}")
+
+
+def _show_preset(name: str, containers: bool, as_json: bool) -> None:
+    preset = presets_mod.PRESETS.get(name)
+    if preset is None:
+        raise click.BadParameter(f'unknown preset "{name}" (one of {", ".join(presets_mod.PRESETS)})',
+                                 param_hint="--show")
+    groups = [(r.id, r.title, r.rules) for r in preset.requirements] or [("", preset.title, preset.rules)]
+    if containers:
+        groups = [(rid, title, packs_mod.container_variant(rules)) for rid, title, rules in groups]
+    if as_json:
+        click.echo(json.dumps({"name": preset.name, "benchmark": preset.benchmark, "containers": containers,
+                               "requirements": [{"id": rid, "title": title, "rules": list(rules)}
+                                                for rid, title, rules in groups]}, indent=2))
+        return
+    click.echo(f"preset {preset.name}: {preset.title}" + (f" ({preset.benchmark})" if preset.benchmark else ""))
+    for rid, title, rules in groups:
+        click.echo(f"\n{rid}  {title}" if rid else f"\n{title}")
+        for rule in rules:
+            click.echo(f"  {rule}")
 
 
 def _presets_document() -> dict[str, list[dict[str, Any]]]:

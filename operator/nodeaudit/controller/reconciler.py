@@ -26,6 +26,8 @@ from nodeaudit.controller.view import PolicyEntry, View
 from nodeaudit.controller.writer import Writer
 from nodeaudit.core import events, noderecord, removal, rollout, status
 from nodeaudit.core import jobs as jobs_mod
+from nodeaudit.core import policy as policy_mod
+from nodeaudit.core.nodes import NodeFacts
 from nodeaudit.core.policy import parse_duration
 
 log = logging.getLogger("nodeaudit.controller.reconciler")
@@ -266,6 +268,7 @@ class Controller:
         if view.unrecorded(entry.name):
             entry.requeue_at = min(entry.requeue_at or 1e18, time.monotonic() + RESULT_POLL_SECONDS)
         agent, agent_scale_sets = self.agent.verdict(entry.name)
+        warnings = self.warnings(entry, matched)
         delivered = self.agent.delivered(entry.name)
         summary = status.Summary(
             generation=entry.generation, bundle=entry.bundle.hash, matched=plan.matched,
@@ -274,9 +277,16 @@ class Controller:
             failed=plan.count("failed"), failed_nodes=plan.failed_nodes,
             retrying_nodes=[n for n, state in plan.states.items() if state == "retrying"], stalled=plan.stalled,
             paused=plan.paused, conflicts=conflicts, create_failed=create_error,
-            agent=agent, agent_scale_sets=agent_scale_sets, delivered=delivered,
+            agent=agent, agent_scale_sets=agent_scale_sets, warnings=warnings, delivered=delivered,
         )
         await self.writer.write_status(entry, summary)
+        said = (("no-match",) if not matched else ()) + tuple(warnings)
+        if said != entry.warnings_reported:
+            entry.warnings_reported = said
+            if not matched:
+                await self.writer.event(entry, *events.no_matching_nodes())
+            if warnings:
+                await self.writer.event(entry, *events.policy_warnings(warnings))
         if _ready_for(entry.status or {}, entry.bundle.hash) and not _ready_for(before, entry.bundle.hash):
             ready = next(c for c in (entry.status or {}).get("conditions") or () if c.get("type") == "Ready")
             self.writer.note(entry, entry.bundle.hash, *events.rollout_finished(entry.bundle.hash, ready["message"]))
@@ -289,6 +299,16 @@ class Controller:
             await self.writer.event(entry, *events.rollout_stalled(plan.failed_nodes))
         elif not plan.stalled:
             entry.stalled_reported = frozenset()
+
+    def warnings(self, entry: PolicyEntry, matched: list[NodeFacts]) -> list[str]:
+        """This policy's own warnings and those other active policies cause it on shared nodes."""
+        assert entry.policy is not None
+        active = [e for e in self.view.policies.values() if e.active and e.policy is not None]
+        nodes = {e.name: {n.name for n in (matched if e is entry else self.view.matched_nodes(e))} for e in active}
+        suffering = policy_mod.cross_policy_warnings(
+            [e.policy for e in active if e.policy is not None],
+            shared_nodes=lambda a, b: bool(nodes.get(a, set()) & nodes.get(b, set())))
+        return policy_mod.policy_warnings(entry.policy) + suffering.get(entry.name, [])
 
     async def record_finished(self, entry: PolicyEntry) -> None:
         """Write the result of each finished apply Job the node records still lack."""

@@ -46,6 +46,7 @@ class PolicyEntry:
     stalled_reported: frozenset[str] = frozenset()
     failures_reported: set[str] = field(default_factory=set)
     create_error_reported: str | None = None
+    warnings_reported: tuple[str, ...] = ()
     invalid_reported: str | None = None
     # A deletion's progress, for its RemovalFinished Event: nodes cleaned up, nodes let go.
     removed: set[str] = field(default_factory=set)

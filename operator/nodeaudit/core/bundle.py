@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.policy import NodeAuditPolicy
+from nodeaudit.core.policy import rules_file_name as rules_file_name  # its home is the model; re-exported
 from nodeaudit.core.rules import grammar as rules_mod
 
 BUNDLE_SCHEMA = 1
@@ -33,10 +34,6 @@ DISPATCHER_FILES = ("dispatcher.py", "records.py")
 DISPATCHER_DIR = "/var/lib/nodeaudit/dispatcher"
 DISPATCHER_STATE = "/var/lib/nodeaudit/state/dispatcher.json"
 
-
-def rules_file_name(policy_name: str) -> str:
-    """The one file in /etc/audit/rules.d/ a policy owns."""
-    return f"60-nodeaudit-{policy_name}.rules"
 
 
 @dataclass(frozen=True)
@@ -189,6 +186,7 @@ def render_bundle(policy: NodeAuditPolicy) -> Bundle:
         "NODEAUDIT_SYSLOG": "yes" if spec.syslog.enabled else "no",
         "NODEAUDIT_ALLOW_IMMUTABLE": "yes" if spec.unsafe.allow_immutable else "no",
         "NODEAUDIT_ALLOW_PANIC": "yes" if spec.unsafe.allow_panic else "no",
+        "NODEAUDIT_ALLOW_AUDIT_OFF": "yes" if spec.unsafe.allow_audit_off else "no",
         "NODEAUDIT_INSTALL_TIMEOUT": str(INSTALL_TIMEOUT_SECONDS),
     }
     if json_format:

@@ -23,7 +23,7 @@ from nodeaudit.core import bundle as bundle_mod
 from nodeaudit.core import policy as policy_mod
 
 # libyaml's loader is ~10x faster than the pure-Python one and parses the same documents.
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_LOADER = policy_mod.UniqueKeyLoader  # the safe loader (libyaml's); duplicate keys refused
 DEFAULT_MAX_MIB = 16.0
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 LIST_KINDS = ("List", policy_mod.KIND + "List")

@@ -43,6 +43,15 @@ def create_failed(description: str) -> tuple[str, str, str]:
     return "Warning", "CreateFailed", description
 
 
+def policy_warnings(warnings: Sequence[str]) -> tuple[str, str, str]:
+    """Posted when a policy's warnings change (core.policy.policy_warnings, cross_policy_warnings)."""
+    return "Warning", "PolicyWarnings", "; ".join(warnings)
+
+
+def no_matching_nodes() -> tuple[str, str, str]:
+    return "Warning", "NoMatchingNodes", "the node selector matches no Linux node: the policy audits nothing"
+
+
 def rollout_stalled(failed_nodes: Sequence[str]) -> tuple[str, str, str]:
     return ("Warning", "RolloutStalled",
             f"rollout stopped: {len(failed_nodes)} node(s) failed after retries: " + ", ".join(failed_nodes[:20]))

@@ -9,10 +9,11 @@ the rest (audit-rule grammar, cross-field rules) with messages that name the fie
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     AliasGenerator,
     BaseModel,
@@ -50,6 +51,25 @@ SYSLOG_PRIORITIES = (
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
+# Every verification is a privileged Job on every configured node: `verifyInterval: 0s` once meant
+# 780 Jobs in 90 s on 6 nodes. The CRD's pattern admits only durations of at least 5 minutes (a
+# leading day/hour part of at least 1, a leading minute part of at least 5, or at least 300 s);
+# the model checks the same and the rollout planner never re-verifies sooner (rollout.py).
+MIN_VERIFY_INTERVAL = timedelta(minutes=5)
+_DURATION_PART = r"[0-9]+(\.[0-9]+)?(ms|s|m|h|d)"
+VERIFY_INTERVAL_PATTERN = (
+    r"^([1-9][0-9]*(\.[0-9]+)?(d|h)|([5-9]|[1-9][0-9]+)(\.[0-9]+)?m|"
+    r"(30[0-9]|3[1-9][0-9]|[4-9][0-9]{2}|[1-9][0-9]{3,})(\.[0-9]+)?s)"
+    rf"({_DURATION_PART})*$"
+)
+# metav1 label syntax: a name part of at most 63 characters, an optional DNS-subdomain prefix.
+LABEL_NAME_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
 
 class PolicyError(ValueError):
     """A policy that cannot be used; the message names the place (`spec.rules[1]: ...`)."""
@@ -70,7 +90,10 @@ def parse_duration(text: str) -> timedelta:
 
 
 class _Model(BaseModel):
-    """Shared config: camelCase in YAML, snake_case in Python, unknown fields refused."""
+    """Shared config: camelCase in YAML, snake_case in Python, unknown fields refused.
+
+    strict: no coercion, as the API server's schema validation has none (`maxFailures: "3"` and
+    `maxUnavailable: true` are refused there, so the offline check refuses them too)."""
 
     model_config = ConfigDict(
         alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
@@ -78,18 +101,63 @@ class _Model(BaseModel):
         extra="forbid",
         frozen=True,
         use_attribute_docstrings=True,
+        strict=True,
     )
+
+
+def check_label_key(key: str) -> str:
+    """A label key as metav1 validates it (IsQualifiedName): `[prefix/]name`."""
+    if not key:
+        raise ValueError("label key must not be empty")
+    prefix, slash, name = key.rpartition("/")
+    if slash and not prefix:
+        raise ValueError(f"label key {key!r}: the prefix before '/' must not be empty")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ValueError(
+            f"label key {key!r}: prefix {prefix!r} must be a DNS subdomain (lower case, digits, '-', '.'; "
+            "at most 253 characters)"
+        )
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"label key {key!r}: name {name!r} must be 1-63 characters, letters, digits, '-', '_' or '.', "
+            "beginning and ending with a letter or digit"
+        )
+    return key
+
+
+def check_label_value(value: str, where: str = "label value") -> str:
+    """A label value as metav1 validates it: empty, or at most 63 characters of the name alphabet."""
+    if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
+        raise ValueError(
+            f"{where} {value!r} must be at most 63 characters, letters, digits, '-', '_' or '.', "
+            "beginning and ending with a letter or digit (or empty)"
+        )
+    return value
 
 
 class LabelSelectorRequirement(_Model):
     """One matchExpressions entry, as in metav1.LabelSelectorRequirement."""
 
-    key: str = Field(min_length=1, max_length=317)
+    key: str = Field(min_length=1, max_length=317, json_schema_extra={"pattern": LABEL_KEY_PATTERN})
     """The label key the requirement applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key relates to the values."""
-    values: list[str] = Field(default_factory=list)
+    values: list[str] = Field(
+        default_factory=list, json_schema_extra={"items": {"type": "string", "maxLength": 63, "pattern": LABEL_NAME_PATTERN}}
+    )
     """Values for In/NotIn; must be empty for Exists/DoesNotExist."""
+
+    @field_validator("key")
+    @classmethod
+    def _key_is_a_label_key(cls, value: str) -> str:
+        return check_label_key(value)
+
+    @field_validator("values")
+    @classmethod
+    def _values_are_label_values(cls, value: list[str]) -> list[str]:
+        for index, item in enumerate(value):
+            check_label_value(item, f"values[{index}]")
+        return value
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
@@ -103,10 +171,21 @@ class LabelSelectorRequirement(_Model):
 class LabelSelector(_Model):
     """Which Linux nodes the policy covers (metav1.LabelSelector); empty selects every Linux node."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_labels: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_NAME_PATTERN}},
+    )
     """Labels a node must carry with exactly these values."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
     """Set-based requirements, all of which must hold."""
+
+    @field_validator("match_labels")
+    @classmethod
+    def _labels_are_metav1_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            check_label_key(key)
+            check_label_value(item, f"value of {key!r}")
+        return value
 
 
 class ExcludeSpec(_Model):
@@ -226,6 +305,13 @@ class RolloutSpec(_Model):
     paused: bool = False
     """Create no new Jobs (running ones finish)."""
 
+    @field_validator("max_unavailable", mode="before")
+    @classmethod
+    def _int_or_str(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"must be a count (an integer) or a percentage such as '25%', not {value!r}")
+        return value
+
     @field_validator("max_unavailable")
     @classmethod
     def _count_or_percent(cls, value: int | str) -> int | str:
@@ -260,9 +346,19 @@ class UnsafeSpec(_Model):
     """Allow `-f 2`: the kernel panics when auditing fails."""
     allow_delete_all: bool = False
     """Allow `-D`: deletes every rule on the node, including other tools' rules."""
+    allow_task_never: bool = False
+    """Allow `-a never,task` without fields: no process started afterwards is audited at all, so
+    every policy's syscall rules on the node stop matching (audit-userspace's 10-no-audit.rules)."""
+    allow_loginuid_immutable: bool = False
+    """Allow `--loginuid-immutable`: login uids cannot be changed again until reboot (nodeaudit
+    cannot undo it when the policy goes)."""
+    allow_audit_off: bool = False
+    """Allow `-e 0`: kernel auditing off on the node, for every policy (verification then
+    expects enabled 0)."""
 
 
-_ALLOW_ALL = rules_mod.Unsafe(allow_immutable=True, allow_panic=True, allow_delete_all=True)
+_ALLOW_ALL = rules_mod.Unsafe(allow_immutable=True, allow_panic=True, allow_delete_all=True, allow_task_never=True,
+                              allow_loginuid_immutable=True, allow_audit_off=True)
 
 
 class NodeAuditPolicySpec(_Model):
@@ -273,7 +369,12 @@ class NodeAuditPolicySpec(_Model):
     rules: list[str] = Field(default_factory=list, max_length=1024)
     """Audit rules in auditctl syntax, one rule an entry; `-F arch=` is required on syscall rules."""
     presets: list[Literal[tuple(presets_mod.PRESETS)]] = Field(default_factory=list)  # type: ignore[valid-type]
-    """Named rule sets shipped with nodeaudit (see `nodeaudit presets`)."""
+    """Named rule sets shipped with nodeaudit (see `nodeaudit presets`), among them the compliance
+    packs stig, pci-dss, ospp and cis (`nodeaudit presets --show NAME`)."""
+    containers: bool = False
+    """Compliance packs also record container processes: every pack rule limited to logged-in users
+    (auid>=1000) gets a twin for processes whose login uid is unset (4294967295), which is every
+    process in a pod and every `kubectl exec` session. Costs more records; see docs/cost.md."""
     volume: Literal["lean", "standard", "forensic"] = "standard"
     """Which record types reach syslog (node-wide: kernel exclude filters): lean keeps SYSCALL and
     EXECVE only (~2.7x fewer bytes per exec); standard drops only EOE and BPRM_FCAPS; forensic
@@ -286,8 +387,9 @@ class NodeAuditPolicySpec(_Model):
     """The Azure monitoring-agent check."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     """Rollout pacing and stop conditions."""
-    verify_interval: str = Field(default="6h", pattern=DURATION_PATTERN)
-    """How often a configured node is re-verified (drift detection)."""
+    verify_interval: str = Field(default="6h", json_schema_extra={"pattern": VERIFY_INTERVAL_PATTERN})
+    """How often a configured node is re-verified (drift detection); at least 5m (every
+    verification is a privileged Job on each node)."""
     remove_on_delete: bool = True
     """Deleting the policy removes its rules from the nodes."""
     auditd: AuditdSpec = Field(default_factory=AuditdSpec)
@@ -314,6 +416,16 @@ class NodeAuditPolicySpec(_Model):
                     problems.append(f"[{index}]: longer than 1024 characters")
         if problems:
             raise ValueError("\n".join(problems))
+        return value
+
+    @field_validator("verify_interval")
+    @classmethod
+    def _verify_interval_at_least_5m(cls, value: str) -> str:
+        if parse_duration(value) < MIN_VERIFY_INTERVAL or not re.fullmatch(VERIFY_INTERVAL_PATTERN, value):
+            raise ValueError(
+                f"{value!r} must be a duration of at least 5m written from its largest unit (e.g. 5m, 30m, 6h, "
+                "1h30m, 1d): every verification is a privileged Job on each node"
+            )
         return value
 
     @field_validator("rules")
@@ -351,6 +463,9 @@ class NodeAuditPolicySpec(_Model):
             allow_immutable=self.unsafe.allow_immutable,
             allow_panic=self.unsafe.allow_panic,
             allow_delete_all=self.unsafe.allow_delete_all,
+            allow_task_never=self.unsafe.allow_task_never,
+            allow_loginuid_immutable=self.unsafe.allow_loginuid_immutable,
+            allow_audit_off=self.unsafe.allow_audit_off,
         )
 
 
@@ -434,6 +549,7 @@ class NodeAuditPolicy(_Model):
             volume=spec.volume,
             exclude_executables=spec.exclude.executables,
             aks_noise=spec.exclude.aks_noise,
+            containers=spec.containers,
             rate_limit=spec.auditd.rate_limit,
             backlog_limit=spec.auditd.backlog_limit,
             backlog_wait_time=spec.auditd.backlog_wait_time,
@@ -461,6 +577,9 @@ def format_validation_error(error: ValidationError) -> list[str]:
         where = _location(tuple(item["loc"]))
         message = str(item["msg"])
         message = message.removeprefix("Value error, ")
+        if str(item["type"]).endswith("_type") and "input" in item:
+            # strict types: say what was found, e.g. maxFailures: "3" (a string, quoted in YAML)
+            message += f", not {type(item['input']).__name__} {item['input']!r}"
         for sub in message.split("\n"):
             # Rule problems carry their own `rules[i]:` prefix; put them under the field path.
             if sub.startswith("["):  # an item of the list at `where`
@@ -498,3 +617,156 @@ def iter_documents(docs: Iterable[Any]) -> Iterable[tuple[int, Any]]:
     for index, doc in enumerate(docs):
         if doc is not None:
             yield index, doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Warnings: valid policies that quietly change what other policies (or the node) record. They are
+# printed by `nodeaudit validate` (exit 0 unless --strict) and become a condition and an Event in
+# the cluster. Each warning is one line that names its place, like a problem.
+
+_AUDITD_CONTROL = {
+    "-b": ("backlog_limit", "backlogLimit"),
+    "-r": ("rate_limit", "rateLimit"),
+    "--backlog_wait_time": ("backlog_wait_time", "backlogWaitTime"),
+}
+
+
+def _drops_syscall_records(rule: rules_mod.AuditRule) -> bool:
+    """An exclude rule that drops SYSCALL records (msgtype=SYSCALL, or != another type)."""
+    if rule.list != "exclude" or rule.action != "always":
+        return False
+    msgtypes = [f for f in rule.fields if f.name == "msgtype"]
+    if not msgtypes:
+        return False
+    return all(
+        (f.op == "=" and f.value in ("SYSCALL", "1300")) or (f.op == "!=" and f.value not in ("SYSCALL", "1300"))
+        for f in msgtypes
+    )
+
+
+def policy_warnings(policy: NodeAuditPolicy) -> list[str]:
+    """What in this policy reaches beyond it: node-wide settings and rules that mute others."""
+    spec = policy.spec
+    unsafe = spec.unsafe_flags()
+    warnings = []
+    for index, text in enumerate(spec.rules):
+        rule = rules_mod.parse_rule(text, unsafe=unsafe)
+        where = f"spec.rules[{index}]"
+        if rule.option in _AUDITD_CONTROL:
+            attr, field = _AUDITD_CONTROL[rule.option]
+            chosen = getattr(spec.auditd, attr)
+            if chosen is None:
+                warnings.append(
+                    f"{where}: `{rule.text}` is node-wide and every rules file (other policies', the distro's) "
+                    f"may set it, the last one loaded winning; set spec.auditd.{field} instead (applied after "
+                    "every rules file)"
+                )
+            elif chosen != rule.value:
+                warnings.append(
+                    f"{where}: `{rule.text}` contradicts spec.auditd.{field}: {chosen}; spec.auditd wins "
+                    "(applied after the rules files), so this line has no lasting effect"
+                )
+            else:
+                warnings.append(f"{where}: `{rule.text}` repeats spec.auditd.{field}; drop it from rules")
+        elif rule.list == "exit" and rule.action == "never":
+            warnings.append(
+                f"{where}: `{rule.text}` applies to the whole node: the kernel stops at the first matching exit "
+                "rule across every rules file, so it also silences other policies' rules for these events"
+            )
+        elif _drops_syscall_records(rule):
+            warnings.append(
+                f"{where}: `{rule.text}` drops every SYSCALL record on the node: no syscall rule of any "
+                "policy reports anything"
+            )
+        elif rule.list == "task" and rule.action == "never" and not rule.fields:
+            warnings.append(
+                f"{where}: `{rule.text}`: processes started from now on are not audited at all, for every policy"
+            )
+        elif rule.option == "-e" and rule.value == 0:
+            warnings.append(f"{where}: `-e 0` switches kernel auditing off on the node, for every policy")
+    return warnings
+
+
+def _muting_rules(policy: NodeAuditPolicy) -> list[tuple[str, rules_mod.AuditRule]]:
+    """(where, rule) for every rule of `policy` that silences or drops records node-wide."""
+    out: list[tuple[str, rules_mod.AuditRule]] = []
+    unsafe = policy.spec.unsafe_flags()
+    user = set()
+    for index, text in enumerate(policy.spec.rules):
+        rule = rules_mod.parse_rule(text, unsafe=unsafe)
+        user.add(rule.text)
+        if (rule.list == "exit" and rule.action == "never") or _drops_syscall_records(rule) or (
+            rule.list == "task" and rule.action == "never" and not rule.fields
+        ):
+            out.append((f"spec.rules[{index}]", rule))
+    for text in presets_mod.exclusion_rules(policy.spec.exclude.executables):
+        out.append(("spec.exclude.executables", rules_mod.parse_rule(text)))
+    return out
+
+
+def selectors_may_overlap(a: LabelSelector, b: LabelSelector) -> bool:
+    """False only when no node can match both (a matchLabels key with two different values)."""
+    return all(b.match_labels.get(key, value) == value for key, value in a.match_labels.items())
+
+
+def cross_policy_warnings(
+    policies: Iterable[NodeAuditPolicy], shared_nodes: Callable[[str, str], bool] | None = None
+) -> dict[str, list[str]]:
+    """Warnings for the policies that suffer another policy's muting rules, by policy name.
+
+    Rules files load in name order (60-nodeaudit-<policy>.rules), the kernel's exit list keeps load
+    order (an -A rule goes to the front) and stops at the first match: a never rule mutes the
+    policies loaded after it, and an exclude of SYSCALL or `-a never,task` mutes every policy.
+    `shared_nodes(a, b)` says whether two policies select a common node (the operator knows the
+    nodes); without it, selectors decide whether they may."""
+    chosen = sorted(policies, key=lambda p: p.name)
+    out: dict[str, list[str]] = {p.name: [] for p in chosen}
+    for source in chosen:
+        muting = _muting_rules(source)
+        if not muting:
+            continue
+        for victim in chosen:
+            if victim.name == source.name:
+                continue
+            if shared_nodes is not None:
+                if not shared_nodes(source.name, victim.name):
+                    continue
+            elif not selectors_may_overlap(source.spec.node_selector, victim.spec.node_selector):
+                continue
+            for where, rule in muting:
+                node_wide = rule.list != "exit" or rule.prepend
+                if not node_wide and rules_file_name(source.name) > rules_file_name(victim.name):
+                    continue  # loaded after the victim's rules: they match first
+                out[victim.name].append(
+                    f"policy {source.name} ({where}: `{rule.text}`) mutes this policy's rules for the events it "
+                    "matches on the nodes both select"
+                )
+    return out
+
+
+def rules_file_name(policy_name: str) -> str:
+    """The one file in /etc/audit/rules.d/ a policy owns (augenrules loads them in name order)."""
+    return f"60-nodeaudit-{policy_name}.rules"
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """YAML documents, refusing a mapping that repeats a key (YAML would keep the last silently)."""
+    return list(yaml.load_all(text, Loader=UniqueKeyLoader))
+
+
+class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader with duplicate mapping keys refused; libyaml's parser when present (~10x
+    faster than the pure-Python one, same documents)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first on line {seen[key] + 1}); YAML would keep only the last",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from nodeaudit.core import packs as packs_mod
 from nodeaudit.core.rules.fields import FieldError, check_absolute_path
 from nodeaudit.core.rules.grammar import RuleError, Unsafe, parse_rule
 
@@ -27,6 +28,14 @@ class Preset:
     title: str
     description: str
     rules: tuple[str, ...]
+    benchmark: str = ""
+    """For a compliance pack: the benchmark and version its rules follow (core/packs.py)."""
+    requirements: tuple[packs_mod.Requirement, ...] = ()
+    """For a compliance pack: its requirements, each with the rules keyed by its id."""
+
+    def expanded(self, containers: bool = False) -> tuple[str, ...]:
+        """The rules, with each login-users-only pack rule's container twin when asked."""
+        return packs_mod.container_variant(self.rules) if containers and self.requirements else self.rules
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,22 @@ PRESETS: Mapping[str, Preset] = {
                 *_both_arches("init_module,finit_module", "-k module-load"),
                 *_both_arches("delete_module", "-k module-unload"),
             ),
+        ),
+        *(
+            Preset(
+                name=pack.name,
+                title=pack.title,
+                description=(
+                    f"Compliance pack: {pack.benchmark}. {len(pack.requirements)} requirements, "
+                    f"{len(pack.rules)} rules; each rule's key starts with its requirement id. "
+                    "Rules limited to logged-in users (auid>=1000) record nothing a container does: "
+                    "set containers: true to add their twins for unset login uids."
+                ),
+                rules=pack.rules,
+                benchmark=pack.benchmark,
+                requirements=pack.requirements,
+            )
+            for pack in packs_mod.PACKS
         ),
     )
 }
@@ -220,6 +245,7 @@ def expand(
     exclude_executables: Sequence[str] = (),
     aks_noise: bool = False,
     *,
+    containers: bool = False,
     rate_limit: int | None = None,
     backlog_limit: int | None = None,
     backlog_wait_time: int | None = None,
@@ -250,7 +276,7 @@ def expand(
         *user_control,
         *VOLUMES[volume].rules,
         *exclusion_rules([*noise, *exclude_executables]),
-        *(rule for preset in chosen for rule in preset.rules),
+        *(rule for preset in chosen for rule in preset.expanded(containers)),
         *(r.text for r in user if r.kind != "control"),
         *enable,
     ]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nodeaudit.core.nodes import NodeFacts
+from nodeaudit.core.policy import MIN_VERIFY_INTERVAL
 
 Reason = Literal["new", "reimaged", "rebooted", "update", "retry", "verify"]
 State = Literal["configured", "applying", "pending", "retrying", "failed", "waiting"]
@@ -126,7 +127,9 @@ def classify(node: NodeFacts, record: Mapping[str, Any] | None, settings: Settin
         return "pending", Start(node.name, reason, 0, f"{base}|0|"), None
     when = parse_time(record.get("time")) or now
     if record.get("result") == "ok":
-        due = when + settings.verify_interval
+        # Never sooner than the policy minimum, whatever reached the settings (an object stored
+        # under an older CRD, a caller's own Settings): every verification is a privileged Job.
+        due = when + max(settings.verify_interval, MIN_VERIFY_INTERVAL)
         if now >= due:
             return "configured", Start(node.name, "verify", 0, f"{base}|0|{record.get('time')}"), None
         return "configured", None, (due - now).total_seconds()

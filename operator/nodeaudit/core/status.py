@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TRUE, FALSE = "True", "False"
+WARNINGS_MESSAGE_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Summary:
     """AgentReady (status, reason, message); None: the condition is not written (yet)."""
     agent_scale_sets: Sequence[Mapping[str, Any]] | None = None
     """``status.agent``: the per-scale-set verdicts of the last agent check (None: leave it alone)."""
+    warnings: Sequence[str] = ()
+    """policy.policy_warnings and the cross-policy warnings this policy suffers (the Warnings condition)."""
     delivered: tuple[str, str, str] | None = None
     """Delivered (status, reason, message): did every node's canary reach the workspace; None: not written."""
 
@@ -103,6 +106,10 @@ def build_status(summary: Summary, now: str,
     elif progressing:
         ready = c("Ready", FALSE, "Progressing", progress)
         reconciling = c("Reconciling", TRUE, "Applying", progress)
+    elif summary.matched == 0:
+        # Nothing to do is not an error (kstatus Ready), but "0 of 0" must not read as success.
+        ready = c("Ready", TRUE, "NoMatchingNodes", "the node selector matches no Linux node: nothing is audited")
+        reconciling = c("Reconciling", FALSE, "NoMatchingNodes", "")
     elif summary.failed:
         ready = c("Ready", TRUE, "ConfiguredWithFailures",
                   f"{progress}; failed: {few_names(summary.failed_nodes)}")
@@ -139,6 +146,16 @@ def build_status(summary: Summary, now: str,
     # configuration, which the operator controls; the agent is the node pool's business.
     if summary.agent is not None:
         conditions.append(c("AgentReady", *summary.agent))
+    # Warnings: valid rules that reach beyond the policy, and a selector that matches nothing. Like
+    # AgentReady it never changes Ready; written once there is something to say (then kept, False).
+    warnings = list(summary.warnings)
+    if summary.matched == 0:
+        warnings.insert(0, "the node selector matches no Linux node")
+    if warnings:
+        reason = "NoMatchingNodes" if summary.matched == 0 else "PolicyWarnings"
+        conditions.append(c("Warnings", TRUE, reason, "; ".join(warnings)[:WARNINGS_MESSAGE_LIMIT]))
+    elif "Warnings" in prev:
+        conditions.append(c("Warnings", FALSE, "NoWarnings", ""))
     # Delivered, like AgentReady, informs and never changes Ready: the workspace is not the operator's
     if summary.delivered is not None:
         conditions.append(c("Delivered", *summary.delivered))

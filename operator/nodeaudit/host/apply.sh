@@ -48,6 +48,7 @@ RULES_FILE=""
 SYSLOG=yes
 ALLOW_IMMUTABLE=no
 ALLOW_PANIC=no
+ALLOW_AUDIT_OFF=no
 INSTALL_TIMEOUT=300
 DISTRO=unknown
 AUDIT_VERSION=""
@@ -55,6 +56,7 @@ RULES_LOADED=0
 INSTALLED=false
 RESTARTED=false
 LOST=0
+LOST_GROWTH=0   # growth of the kernel's lost counter since this policy's last run on this boot
 BACKLOG=0
 SYSLOG_FORMAT=raw  # json: the nodeaudit dispatcher forwards events; raw: audisp-syslog, as before
 FALLBACK=""        # why a json bundle runs the raw path on this host (said in the result line)
@@ -100,9 +102,9 @@ poll() { # seconds command...
 }
 
 emit() { # ok message
-	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "canaryId": "%s", "canaryAt": %d, "canarySeen": "%s", "message": "%s"}' \
+	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "lostGrowth": %d, "enabled": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "canaryId": "%s", "canaryAt": %d, "canarySeen": "%s", "message": "%s"}' \
 		"$1" "$(json_str "$BUNDLE")" "$(json_str "$POLICY")" "$ACTION" "$(json_str "$DISTRO")" \
-		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$BACKLOG" \
+		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$LOST_GROWTH" "${ENABLED:-0}" "$BACKLOG" \
 		"$SYSLOG_FORMAT" "$(json_str "$FALLBACK")" "$(dispatcher_counters)" \
 		"$(json_str "$CANARY_ID")" "$CANARY_AT" "$CANARY_SEEN" "$(json_str "$2")")
 	if [ -e "$R/dev/termination-log" ]; then
@@ -141,6 +143,7 @@ env_setting() { # key value: one line of bundle.env
 		NODEAUDIT_SYSLOG) SYSLOG=$v ;;
 		NODEAUDIT_ALLOW_IMMUTABLE) ALLOW_IMMUTABLE=$v ;;
 		NODEAUDIT_ALLOW_PANIC) ALLOW_PANIC=$v ;;
+		NODEAUDIT_ALLOW_AUDIT_OFF) ALLOW_AUDIT_OFF=$v ;;
 		NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
 		NODEAUDIT_SYSLOG_FORMAT) SYSLOG_FORMAT=$v ;;
 		*) ;; # newer keys are ignored by older scripts on purpose
@@ -157,6 +160,7 @@ read_env() {
 	case $SYSLOG in yes | no) ;; *) fail "bundle.env: NODEAUDIT_SYSLOG must be yes or no" ;; esac
 	case $ALLOW_IMMUTABLE in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_IMMUTABLE must be yes or no" ;; esac
 	case $ALLOW_PANIC in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_PANIC must be yes or no" ;; esac
+	case $ALLOW_AUDIT_OFF in yes | no) ;; *) fail "bundle.env: NODEAUDIT_ALLOW_AUDIT_OFF must be yes or no" ;; esac
 	case $INSTALL_TIMEOUT in '' | *[!0-9]*) fail "bundle.env: NODEAUDIT_INSTALL_TIMEOUT must be seconds" ;; esac
 	case $SYSLOG_FORMAT in json | raw) ;; *) fail "bundle.env: NODEAUDIT_SYSLOG_FORMAT must be json or raw" ;; esac
 	[ "$ACTION" = remove ] && return 0
@@ -307,6 +311,22 @@ detect_audit_version() {
 
 # ---------------------------------------------------------------------------------------------
 # Kernel and daemon state
+
+# The lost counter only grows until reboot; what matters is how much since the last look. The
+# last value is kept per policy with the boot it belongs to (a reboot resets the counter).
+lost_growth() {
+	boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)
+	file="$STATE_DIR/lost.$POLICY"
+	prev_boot="" prev_lost=""
+	[ -r "$file" ] && read -r prev_boot prev_lost <"$file"
+	LOST_GROWTH=0
+	case $prev_lost in '' | *[!0-9]*) prev_lost="" ;; esac
+	if [ "$prev_boot" = "$boot" ] && [ -n "$prev_lost" ] && [ "$LOST" -ge "$prev_lost" ]; then
+		LOST_GROWTH=$((LOST - prev_lost))
+	fi
+	{ mkdir -p "$STATE_DIR" && printf '%s %s\n' "$boot" "$LOST" >"$file.tmp" && mv "$file.tmp" "$file"; } 2>/dev/null ||
+		log "cannot record the lost counter in $file"
+}
 
 read_status() {
 	command -v auditctl >/dev/null 2>&1 || return 0
@@ -797,6 +817,15 @@ apply_queue_settings() {
 verify() {
 	read_status
 	[ "$AUDITD_PID" != 0 ] || fail "verification: auditd is not running"
+	lost_growth
+	# Rules in place mean nothing with kernel auditing off: `auditctl -e 0` (an intruder's, or
+	# another tool's) silences every policy and is otherwise invisible.
+	case $ENABLED in
+		1) ;;
+		2) [ "$ALLOW_IMMUTABLE" = yes ] || fail "verification: kernel audit is locked (enabled 2) but the policy does not allow -e 2" ;;
+		0) [ "$ALLOW_AUDIT_OFF" = yes ] || fail "verification: kernel auditing is off (enabled 0): nothing is recorded (auditctl -e 0 on the node?)" ;;
+		*) fail "verification: kernel audit enabled flag is $ENABLED" ;;
+	esac
 	count_loaded
 	[ -z "$MISSING" ] || fail "verification: rule not loaded: $MISSING"
 	file_right "$BUNDLE_DIR/$RULES_FILE" "$RULES_D/$RULES_FILE" || fail "verification: $RULES_FILE not in place"

@@ -57,7 +57,9 @@ FILE_TYPES = {
 FS_TYPES = frozenset({"debugfs", "tracefs"})
 ARCHES = {"b64": "b64", "x86_64": "b64", "b32": "b32", "i386": "b32", "i686": "b32"}
 
-KEY_MAX_BYTES = 31
+# AUDIT_MAX_KEY_LEN in the kernel and libaudit: auditctl 3.0.9 accepts the 35-40 byte keys public
+# rule sets use (the MITRE ATT&CK technique names of Neo23x0/auditd, bfuzzy/auditd-attack).
+KEY_MAX_BYTES = 256
 PATH_MAX = 4096
 UINT32 = 0xFFFFFFFF
 
@@ -65,6 +67,7 @@ UINT32 = 0xFFFFFFFF
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)\Z")
 _SIGNED_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)\Z")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]+\Z")
+_OCTAL = re.compile(r"0[0-7]+\Z")
 _KEY = re.compile(r"[A-Za-z0-9_.:+@/-]+\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_.:,-]+\Z")
 _ERRNO = re.compile(r"-?E[A-Z0-9]+\Z")
@@ -184,13 +187,17 @@ def _value(name: str, value: str) -> tuple[str, str]:
             raise FieldError(f'success value "{value}" must be 1 (yes) or 0 (no)')
         return truth, truth
     if name in ARG_FIELDS:
+        # libaudit reads syscall arguments with strtoul(v, NULL, 0): 0x is hex and a leading 0 is
+        # octal, which the open(2) flag masks of the STIG/OSPP rules use (`-F a1&0100` is O_CREAT).
         if _HEX.match(value):
             number = _bounded(name, value, int(value, 16))
+        elif _OCTAL.match(value):
+            number = _bounded(name, value, int(value, 8))
         elif _SIGNED_DECIMAL.match(value):
             number = _bounded(name, value, int(value))
         else:
             raise FieldError(
-                f'{name} value "{value}" must be a decimal (no leading zero) or 0x hexadecimal number'
+                f'{name} value "{value}" must be a decimal, 0x hexadecimal or 0 octal number'
             )
         return value, f"0x{number & UINT32:X}"
     if name == "exit":

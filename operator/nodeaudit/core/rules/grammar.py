@@ -42,6 +42,9 @@ class Unsafe:
     allow_immutable: bool = False  # -e 2: rules locked until reboot; no later policy can apply
     allow_panic: bool = False  # -f 2: kernel panic when audit records are lost
     allow_delete_all: bool = False  # -D: also deletes rules other tools loaded
+    allow_task_never: bool = False  # -a never,task without fields: no syscall records for any new process
+    allow_loginuid_immutable: bool = False  # --loginuid-immutable: locked until reboot
+    allow_audit_off: bool = False  # -e 0: kernel auditing off for every policy on the node
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,9 @@ class AuditRule:
     """One checked rule.
 
     kind is "syscall" for every -a/-A list rule (exit, exclude, user, task, filesystem), "watch" for
-    -w, "control" for -b/-r/--backlog_wait_time/-f/-e/-D. listing is None for control lines: they
-    set kernel status (see `auditctl -s`) and are not listed by `auditctl -l`.
+    -w, "control" for -b/-r/--backlog_wait_time/-f/-e/-D/--loginuid-immutable and the loader
+    directives -c/-i. listing is None for control lines: they set kernel status (see `auditctl -s`)
+    or steer `auditctl -R`, and are not listed by `auditctl -l`.
     """
 
     text: str
@@ -85,6 +89,10 @@ ACTIONS = ("always", "never")
 # path or key and never match.
 _ALLOWED = re.compile(r"[A-Za-z0-9 _./,:=!<>&+@%-]*\Z")
 _COUNT = re.compile(r"(0|[1-9][0-9]*)\Z")  # no leading zero: auditctl would read it as octal
+# auditctl's short options that take a value (its getopt string); getopt also accepts the value
+# attached (`-Fauid>=1000`, `-kfoo`), as public rule files sometimes write it.
+_VALUE_OPTIONS = frozenset("CefrbaAdSFmRwWkpq")
+_CONTROL_HEADS = ("-b", "-r", "--backlog_wait_time", "-f", "-e", "-D", "--loginuid-immutable", "-c", "-i")
 
 
 def _refuse_characters(text: str) -> None:
@@ -136,16 +144,16 @@ def parse_rule(text: str, *, unsafe: Unsafe = Unsafe()) -> AuditRule:
 @functools.lru_cache(maxsize=8192)
 def _parse_rule_cached(text: str, unsafe: Unsafe) -> AuditRule:
     _refuse_characters(text)
-    tokens = text.split()
+    tokens = _split_attached(text.split())
     if not tokens:
         raise RuleError("empty rule")
     head = tokens[0]
     try:
         if head in ("-a", "-A"):
-            return _parse_list_rule(tokens)
+            return _parse_list_rule(tokens, unsafe)
         if head == "-w":
             return _parse_watch(tokens)
-        if head in ("-b", "-r", "--backlog_wait_time", "-f", "-e", "-D"):
+        if head in _CONTROL_HEADS:
             return _parse_control(tokens, unsafe)
     except FieldError as err:
         raise RuleError(str(err)) from None
@@ -154,6 +162,24 @@ def _parse_rule_cached(text: str, unsafe: Unsafe) -> AuditRule:
     raise RuleError(
         f'a rule starts with -a, -A, -w or a control option (-b, -r, --backlog_wait_time, -f, -e); got "{head}"'
     )
+
+
+def _split_attached(tokens: list[str]) -> list[str]:
+    """Separate values written onto their option (`-Fauid>=1000` -> `-F`, `auid>=1000`), as getopt does."""
+    out: list[str] = []
+    expect_value = False
+    for token in tokens:
+        if expect_value:
+            out.append(token)
+            expect_value = False
+        elif len(token) > 2 and token[0] == "-" and token[1] in _VALUE_OPTIONS:
+            out += [token[:2], token[2:]]
+        else:
+            out.append(token)
+            expect_value = (len(token) == 2 and token[0] == "-" and token[1] in _VALUE_OPTIONS) or (
+                token == "--backlog_wait_time"
+            )
+    return out
 
 
 def _pairs(tokens: list[str], start: int) -> list[tuple[str, str]]:
@@ -191,7 +217,7 @@ def _list_action(spec: str) -> tuple[str, str]:
     raise RuleError(f'"{spec}" must name one action (always, never) and one list ({", ".join(LISTS)})')
 
 
-def _parse_list_rule(tokens: list[str]) -> AuditRule:
+def _parse_list_rule(tokens: list[str], unsafe: Unsafe) -> AuditRule:
     if len(tokens) < 2:
         raise RuleError(f"option {tokens[0]} needs a value")
     action, action_list = _list_action(tokens[1])
@@ -217,15 +243,17 @@ def _parse_list_rule(tokens: list[str]) -> AuditRule:
             _count_field(draft)
         elif option == "-k":
             _add_key(draft, value, "-k")
+        elif option == "-p":
+            # auditctl adds -p to any -a rule as the perm field (audit_setup_perms); written as
+            # -F perm= here, which every auditctl version reads the same way.
+            _add_field(draft, f"perm={value}")
         elif option in ("-a", "-A"):
             raise RuleError(f"only one {option} per rule (found a second list,action)")
-        elif option in ("-w", "-p"):
-            raise RuleError(
-                f"{option} cannot be used in an -a rule (a watch is its own rule: -w PATH -p PERMS)"
-            )
+        elif option == "-w":
+            raise RuleError("-w cannot be used in an -a rule (a watch is its own rule: -w PATH -p PERMS)")
         else:
             raise RuleError(f'unknown or unsupported option "{option}" in an -a rule')
-    _check_complete(draft)
+    _check_complete(draft, unsafe)
     return AuditRule(
         text=" ".join(draft.tokens),
         kind="syscall",
@@ -260,6 +288,8 @@ def _add_field(draft: _Draft, pair: str) -> None:
         if draft.seen_exe:
             raise RuleError("exe may appear only once in a rule (the kernel refuses a second one)")
         draft.seen_exe = True
+    if parsed.name == "perm" and draft.seen_perm:
+        raise RuleError("perm is given twice (-p or -F perm=): give one set of permissions")
     if parsed.name in ("path", "dir"):
         draft.path_fields += 1
         if draft.path_fields > 1:
@@ -320,12 +350,13 @@ def _add_syscalls(draft: _Draft, spec: str) -> None:
 
 
 def _add_key(draft: _Draft, key: str, how: str) -> None:
+    # libaudit counts path= and dir= as watch fields (_audit_permadded), so a key may follow them.
     if draft.filter_list in ("exclude", "user", "task") or not (
-        draft.has_syscalls or draft.seen_perm or draft.seen_exe or draft.seen_fstype
+        draft.has_syscalls or draft.seen_perm or draft.seen_exe or draft.seen_fstype or draft.path_fields
     ):
         raise RuleError(
-            f"{how}{'' if how.endswith('=') else ' '}{key}: a key needs -S, -F perm=, -F exe= or -F fstype= before it "
-            "(auditctl refuses it otherwise)"
+            f"{how}{'' if how.endswith('=') else ' '}{key}: a key needs -S, -F perm=, -F path=, -F dir=, "
+            "-F exe= or -F fstype= before it (auditctl refuses it otherwise)"
         )
     _append_key(draft.keys, key)
     draft.tokens.append(f"-F key={key}" if how == "-F key=" else f"-k {key}")
@@ -344,7 +375,7 @@ def _append_key(keys: list[str], key: str) -> None:
         )
 
 
-def _check_complete(draft: _Draft) -> None:
+def _check_complete(draft: _Draft, unsafe: Unsafe) -> None:
     if draft.filter_list == "exclude" and not draft.fields:
         raise RuleError(
             "an exclude rule needs a field (e.g. -F msgtype=PROCTITLE); it would drop every record"
@@ -358,8 +389,16 @@ def _check_complete(draft: _Draft) -> None:
         and len(draft.field_listing) == 0
     ):
         raise RuleError("an exit rule needs -S or a field; as written it would audit every syscall")
-    if draft.filter_list == "task" and draft.action == "never" and not draft.field_listing:
-        raise RuleError("-a never,task without fields turns off syscall auditing for every new process")
+    if (
+        draft.filter_list == "task"
+        and draft.action == "never"
+        and not draft.field_listing
+        and not unsafe.allow_task_never
+    ):
+        raise RuleError(
+            "-a never,task without fields turns off syscall auditing for every new process on the node "
+            "(every policy's syscall rules stop matching); refused unless spec.unsafe.allowTaskNever"
+        )
 
 
 def _is_watch(draft: _Draft) -> bool:
@@ -427,8 +466,17 @@ def _parse_watch(tokens: list[str]) -> AuditRule:
         elif option == "-k":
             _append_key(keys, value)
             out += ["-k", value]
+        elif option == "-F" and value.startswith("key="):
+            # auditctl reads -F key= as -k everywhere (process_keys), watches included.
+            _append_key(keys, value.removeprefix("key="))
+            out += ["-k", value.removeprefix("key=")]
         elif option == "-w":
             raise RuleError("only one -w per rule")
+        elif option == "-F":
+            raise RuleError(
+                f'a watch (-w) takes only -p, -k and -F key=; got "-F {value}" '
+                "(for conditions write -a always,exit -F path=... or -F dir=... with -F perm=)"
+            )
         else:
             raise RuleError(f'a watch (-w) takes only -p and -k; got "{option}"')
     listed_perms = perms or "rwxa"  # auditctl's default when -p is missing
@@ -444,8 +492,22 @@ def _parse_watch(tokens: list[str]) -> AuditRule:
 _CONTROL_LIMITS = {"-b": 2**31 - 1, "-r": 2**31 - 1, "--backlog_wait_time": 60000}
 
 
+# Loader directives of `auditctl -R` (and so of augenrules): -c keeps loading past a failing line,
+# -i also silences the error. They change nothing in the kernel; apply.sh verifies every rule anyway.
+_LOADER_DIRECTIVES = ("-c", "-i")
+
+
 def _parse_control(tokens: list[str], unsafe: Unsafe) -> AuditRule:
     option = tokens[0]
+    if option in _LOADER_DIRECTIVES or option == "--loginuid-immutable":
+        if len(tokens) > 1:
+            raise RuleError(f"{option} takes no arguments")
+        if option == "--loginuid-immutable" and not unsafe.allow_loginuid_immutable:
+            raise RuleError(
+                "--loginuid-immutable makes every process's login uid unchangeable until reboot "
+                "(nodeaudit cannot undo it); refused unless spec.unsafe.allowLoginuidImmutable"
+            )
+        return AuditRule(text=option, kind="control", listing=None, option=option)
     if option == "-D":
         if len(tokens) > 1:
             raise RuleError("-D takes no arguments here")
@@ -464,6 +526,11 @@ def _parse_control(tokens: list[str], unsafe: Unsafe) -> AuditRule:
             f'{option} value "{value}" must be a non-negative decimal number without leading zeros'
         )
     number = int(value)
+    if option == "-e" and number == 0 and not unsafe.allow_audit_off:
+        raise RuleError(
+            "-e 0 switches kernel auditing off on the node, for every policy; refused unless "
+            "spec.unsafe.allowAuditOff"
+        )
     if option in ("-e", "-f"):
         if number == 2:
             if option == "-e" and not unsafe.allow_immutable:
