@@ -104,7 +104,6 @@ def test_fresh_host_installs_loads_and_ships_to_syslog_then_reapplies_idempotent
     per_run = ("installed", "restarted", "message", "lost", "backlog", "canaryId", "canaryAt", "canarySeen")
     assert {k: v for k, v in again.items() if k not in per_run} == {k: v for k, v in result.items() if k not in per_run}
     assert again["canaryId"] and again["canaryId"] != result["canaryId"]  # one canary per apply
-    assert second.seconds < 1.0, second
     assert_record_reaches_syslog(root, devlog)
 
 
