@@ -150,7 +150,7 @@ def test_estimate_command_end_to_end(ctl_root, auditctl, tmp_path):
     audit.close()
     doc = tmp_path / "p.yaml"
     doc.write_text(json.dumps(policy_doc("procmon", [], presets=["procmon"], volume="lean",
-                                         exclude={"aksNoise": True})))
+                                         exclude={"aksNoise": True}, syslog={"format": "raw"})))
     try:
         proc = subprocess.run(
             [sys.executable, "-c", "from nodeaudit.cli.estimate import estimate; estimate()", str(doc),
