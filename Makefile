@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the targets use: mmdebstrap and zstd (the host tests' and fresh-check's roots),
 # util-linux (unshare, nsenter, flock, pivot_root), kmod, shellcheck (lint), git (lint-shell lists the
-# tracked files; fresh-check clones HEAD).
+# tracked files; fresh-check clones HEAD). kubectl (tests/cli/test_kubectl.py) comes from Debian's
+# kubernetes-client when no kubectl is installed.
 APT_PACKAGES := mmdebstrap shellcheck zstd util-linux kmod git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
@@ -23,13 +24,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
 	  { echo ">> installing python3-venv"; $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,dev,demo]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install nodeaudit with its test and dev dependencies
 
 apt-deps: ## install the Debian packages the host tests need (only the missing ones)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then echo ">> apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
@@ -60,9 +62,10 @@ test-faults: install ## the operator behind the fault-injecting API proxy (NODEA
 test-azure: install ## the real Azure SDK against a local https ARM endpoint
 	$(PY) -m pytest -m azure $(PYTEST_ARGS)
 
-lint: install apt-deps ## ruff (BLE, RUF100 on) and mypy, shellcheck on every shell file, hadolint
+lint: install apt-deps ## ruff (BLE, RUF100 on), mypy, import contracts (.importlinter), shellcheck on every shell file, hadolint
 	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	tools/lint-shell.sh
 	$(VENV)/bin/hadolint Dockerfile
 

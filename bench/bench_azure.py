@@ -21,14 +21,11 @@ SUB = "11111111-2222-3333-4444-555555555555"
 
 
 def run_bench(argv: list[str] | None = None) -> dict:
-    from nodeaudit.azure.check import (
-        AgentChecker,
-        AgentSettings,
-        ArmClients,
-        ArmOptions,
-        TokenFileCredential,
-        check_policy_agents,
-    )
+    from nodeaudit.azure.check import check_policy_agents
+    from nodeaudit.azure.checker import AgentChecker
+    from nodeaudit.azure.clients import ArmClients, ArmOptions
+    from nodeaudit.azure.credential import TokenFileCredential
+    from nodeaudit.core.agent import AgentSettings
     from nodeaudit.testing.armserver import ArmServer, aks_extensions, ama, vmss_node
 
     ap = argparse.ArgumentParser(prog="bench_azure", description=__doc__.splitlines()[0])
@@ -45,7 +42,7 @@ def run_bench(argv: list[str] | None = None) -> dict:
             token = Path(tmp) / "token"
             token.write_text(server.token)
             if args.latency:
-                from armserver import Resp
+                from nodeaudit.testing.armserver import Resp
 
                 server.default_extensions = None
                 for i in range(args.scale_sets):
@@ -66,7 +63,7 @@ def run_bench(argv: list[str] | None = None) -> dict:
                         clock[0] += advance
                         before = len(server.log)
                         t0 = time.perf_counter()
-                        report = await check_policy_agents(nodes, AgentSettings(), checker)
+                        report = await check_policy_agents(nodes, AgentSettings(check="VMSSExtension"), checker)
                         out[label] = {
                             "wall_s": round(time.perf_counter() - t0, 4),
                             "arm_calls": len(server.log) - before,

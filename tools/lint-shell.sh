@@ -31,7 +31,7 @@ count=0
 for f in $files; do
   count=$((count + 1))
   case "$f" in
-    operator/nodeaudit/host/*) shellcheck --severity=style -s sh "$f" || status=1 ;;
+    operator/nodeaudit/host/*) shellcheck --severity=style -s sh -x "$f" || status=1 ;; # -x: lib.sh
     *) shellcheck --severity=style -x "$f" || status=1 ;;
   esac
 done

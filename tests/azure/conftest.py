@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeaudit.azure.check import AgentChecker, ArmClients, ArmOptions, TokenFileCredential
+from nodeaudit.azure.checker import AgentChecker
+from nodeaudit.azure.clients import ArmClients, ArmOptions
+from nodeaudit.azure.credential import TokenFileCredential
 from nodeaudit.testing.armserver import ArmServer
 
 
@@ -34,16 +36,17 @@ def aloop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture
-def arun(aloop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+def arun(aloop: asyncio.AbstractEventLoop):
     return aloop.run_until_complete
 
 
 @pytest.fixture
-def make_checker(arm: ArmServer, token_file: Path, aloop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+def make_checker(arm: ArmServer, token_file: Path, aloop: asyncio.AbstractEventLoop):
     made: list[ArmClients] = []
 
-    def make(ttl: float = 3600.0, clock=None, **opts: object) -> AgentChecker:  # type: ignore[no-untyped-def]
-        clients = ArmClients(TokenFileCredential(str(token_file)), endpoint=arm.endpoint, options=fast_options(arm, **opts))
+    def make(ttl: float = 3600.0, clock=None, **opts: object) -> AgentChecker:
+        clients = ArmClients(TokenFileCredential(str(token_file)), endpoint=arm.endpoint, logs_endpoint=arm.endpoint,
+                             options=fast_options(arm, **opts))
         clients._test_loop = aloop  # type: ignore[attr-defined]
         made.append(clients)
         kw = {"clock": clock} if clock else {}

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
 from nodeaudit.core import agent as A
+from nodeaudit.core.agent import AgentSettings
 from nodeaudit.testing.armserver import (
     SPEC_MAXIMUM,
     SPEC_MINIMUM,
@@ -30,7 +31,7 @@ def nodes_of(vmss: str, n: int = 3, sub: str = SUB, rg: str = RG) -> list[dict]:
 
 def run(checker, nodes, **settings):
     loop = checker.clients._test_loop
-    return loop.run_until_complete(check_policy_agents(nodes, AgentSettings(**settings), checker))
+    return loop.run_until_complete(check_policy_agents(nodes, AgentSettings(**{"check": "VMSSExtension", **settings}), checker))
 
 
 def one(report) -> A.ScaleSetResult:
@@ -133,7 +134,7 @@ def test_429_with_a_long_retry_after_is_reported_not_waited(arm, make_checker):
     report = run(make_checker(max_retry_after=5.0), nodes_of("aks-busy-vmss"))
     s = one(report)
     assert s.state == "Error" and "429" in s.message and "3600" in s.message
-    assert time.monotonic() - t0 < 5 and report.exit_code == 2
+    assert time.monotonic() - t0 < 5 and report.exit_code == 3
 
 
 def test_403_names_the_permission_and_the_role(arm, make_checker):

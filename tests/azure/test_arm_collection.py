@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.core.agent import AgentSettings
 from nodeaudit.testing.armserver import Resp, aks_extensions, ama, dcr_body, linux_syslog, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -15,7 +16,7 @@ ALL_FROM_INFO = ["Info", "Notice", "Warning", "Error", "Critical", "Alert", "Eme
 
 def check(arun, checker, **kw):
     nodes = [vmss_node("aks-user-1-vmss000000", SUB, "mc_x", "aks-user-1-vmss")]
-    return arun(check_policy_agents(nodes, AgentSettings(**kw), checker))
+    return arun(check_policy_agents(nodes, AgentSettings(**{"check": "VMSSExtension", **kw}), checker))
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def test_dcr_errors(arm, make_checker, arun, resp, words):
     arm.dcrs["dcr-syslog"] = resp
     report = check(arun, make_checker(), data_collection_rule_id=DCR)
     (c,) = report.collection
-    assert c.state == "Error" and words in c.message and report.exit_code == 2
+    assert c.state == "Error" and words in c.message and report.exit_code == 3
 
 
 def test_bad_dcr_id_is_an_error_without_a_call(arm, make_checker, arun):

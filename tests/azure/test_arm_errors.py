@@ -12,8 +12,13 @@ import yaml
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from click.testing import CliRunner
 
-from nodeaudit.azure import check as Z
+from nodeaudit.azure import check as check_mod
+from nodeaudit.azure import checker as checker_mod
+from nodeaudit.azure import clients as clients_mod
+from nodeaudit.azure import credential as credential_mod
+from nodeaudit.azure import facts as facts_mod
 from nodeaudit.cli.check_agent import check_agent
+from nodeaudit.core import agent as agent_mod
 from nodeaudit.core.agent import AgentReport
 from nodeaudit.testing.armserver import Resp, aks_extensions, vmss_node
 from tests.azure.conftest import fast_options
@@ -28,11 +33,11 @@ def nodes(vmss: str = VMSS, n: int = 1) -> list[dict]:
 
 
 def check(arm, token_path: str, aloop, *, endpoint: str | None = None, retry_note: str = "") -> AgentReport:
-    clients = Z.ArmClients(Z.TokenFileCredential(token_path), endpoint=endpoint or arm.endpoint,
+    clients = clients_mod.ArmClients(credential_mod.TokenFileCredential(token_path), endpoint=endpoint or arm.endpoint,
                            options=fast_options(arm, deadline=5.0))
-    checker = Z.AgentChecker(clients, ttl=0.0, retry_note=retry_note)
+    checker = checker_mod.AgentChecker(clients, ttl=0.0, retry_note=retry_note)
     try:
-        return aloop.run_until_complete(Z.check_policy_agents(nodes(), Z.AgentSettings(), checker))
+        return aloop.run_until_complete(check_mod.check_policy_agents(nodes(), agent_mod.AgentSettings(check="VMSSExtension"), checker))
     finally:
         aloop.run_until_complete(clients.close())
 
@@ -58,27 +63,27 @@ def test_unreachable_endpoint_names_the_error_and_the_endpoint(arm, aloop, token
     assert s.state == "Error"
     assert "Cannot connect to host 127.0.0.1:9" in s.message and "https://127.0.0.1:9" in s.message
     assert "retried" not in s.message  # the one-shot caller passes no retry note
-    s = check(arm, str(token_file), aloop, endpoint="https://127.0.0.1:9", retry_note="; retried next interval")
-    assert s.scale_sets[0].message.endswith("; retried next interval")
+    report = check(arm, str(token_file), aloop, endpoint="https://127.0.0.1:9", retry_note="; retried next interval")
+    assert report.scale_sets[0].message.endswith("; retried next interval")
 
 
 def test_every_endpoint_is_https_only(token_file):
     with pytest.raises(ValueError, match="https://"):
-        Z.ArmClients(Z.TokenFileCredential(str(token_file)), endpoint="http://127.0.0.1:9")
-    assert Z.ArmClients(Z.TokenFileCredential(str(token_file)), endpoint="https://x.example/").endpoint == "https://x.example"
+        clients_mod.ArmClients(credential_mod.TokenFileCredential(str(token_file)), endpoint="http://127.0.0.1:9")
+    assert clients_mod.ArmClients(credential_mod.TokenFileCredential(str(token_file)), endpoint="https://x.example/").endpoint == "https://x.example"
 
 
 def test_describe_error_keeps_the_cause():
     kw = {"what": "listing extensions", "permission": "p", "scope": "s", "endpoint": "https://arm.example"}
-    msg = Z.describe_error(ClientAuthenticationError("DefaultAzureCredential failed\n  WorkloadIdentity: no file"), **kw)
-    assert msg == f"listing extensions: {Z.NO_CREDENTIAL}"
-    msg = Z.describe_error(ServiceRequestError("Bearer token authentication is not permitted for non-TLS\nmore"), **kw)
+    msg = facts_mod.describe_error(ClientAuthenticationError("DefaultAzureCredential failed\n  WorkloadIdentity: no file"), **kw)
+    assert msg == f"listing extensions: {credential_mod.NO_CREDENTIAL}"
+    msg = facts_mod.describe_error(ServiceRequestError("Bearer token authentication is not permitted for non-TLS\nmore"), **kw)
     assert "ServiceRequestError: Bearer token authentication is not permitted for non-TLS" in msg
     assert "more" not in msg and "https://arm.example" in msg
-    msg = Z.describe_error(KeyError("odd"), **kw)
+    msg = facts_mod.describe_error(KeyError("odd"), **kw)
     assert msg.startswith("listing extensions: unexpected KeyError: 'odd'") and "https://arm.example" in msg
-    assert "retried" not in Z.describe_error(asyncio.TimeoutError(), **kw)
-    assert Z.describe_error(asyncio.TimeoutError(), **kw, retry_note="; retried next interval").endswith(
+    assert "retried" not in facts_mod.describe_error(asyncio.TimeoutError(), **kw)
+    assert facts_mod.describe_error(asyncio.TimeoutError(), **kw, retry_note="; retried next interval").endswith(
         "; retried next interval")
 
 
@@ -87,8 +92,8 @@ def test_remediation_failure_names_the_permission_of_the_step(arm, make_checker,
     arm.override = lambda method, path: (
         Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no"}})
         if method == "PUT" and "datacollectionruleassociations" in path.lower() else None)
-    settings = Z.AgentSettings(remediate=True, data_collection_rule_id=DCR)
-    msg = arun(Z.check_policy_agents(nodes(), settings, make_checker())).scale_sets[0].remediation
+    settings = agent_mod.AgentSettings(check="VMSSExtension", remediate=True, data_collection_rule_id=DCR)
+    msg = arun(check_mod.check_policy_agents(nodes(), settings, make_checker())).scale_sets[0].remediation
     assert msg.startswith("remediation failed: associating the Data Collection Rule: 403")
     assert "Microsoft.Insights/dataCollectionRuleAssociations/write" in msg
     assert "extensions/write" not in msg and "manualUpgrade" not in msg
@@ -104,6 +109,9 @@ def env(arm, token_file):
 
 
 def invoke(args, env):
+    """check-agent with the scale-set extension check (the Auto default has its own tests)."""
+    if args and "--check" not in args and "--policy" not in args:
+        args = [*args, "--check", "VMSSExtension"]
     return CliRunner().invoke(check_agent, args, env=env, catch_exceptions=False)
 
 
@@ -130,11 +138,11 @@ def test_nodelist_items_without_kind_are_nodes(arm, env, tmp_path):
     assert r.exit_code == 1 and json.loads(r.output)["scaleSets"][0]["nodes"] == 2
 
 
-def test_nothing_checkable_is_exit_2(arm, env, tmp_path):
+def test_nothing_checkable_is_exit_3(arm, env, tmp_path):
     vm = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vm-node"},
           "spec": {"providerID": f"azure:///subscriptions/{SUB}/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm0"}}
     r = invoke(["--node", node_file(tmp_path, vm)], env)
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == 3, r.output
     assert "nothing checkable: none of the 1 node(s) runs in a VM scale set" in r.output
     assert "not checkable: node vm-node" in r.output and arm.list_calls() == 0
 
@@ -142,7 +150,7 @@ def test_nothing_checkable_is_exit_2(arm, env, tmp_path):
 def test_errors_are_not_repeated_on_stderr(arm, env, tmp_path):
     arm.scripts[VMSS] = [Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no"}})]
     r = invoke(["--node", node_file(tmp_path, *nodes())], env)
-    assert r.exit_code == 2 and "extensions/read" in r.stdout
+    assert r.exit_code == 3 and "extensions/read" in r.stdout
     assert "agent check of" not in r.stderr
 
 
@@ -192,9 +200,9 @@ def test_a_credential_chain_dump_becomes_one_sentence(aloop, monkeypatch):
     aloop.run_until_complete(cred.close())
     dump = str(raised.value)
     assert "EnvironmentCredential" in dump and "\n" in dump and len(dump) > 400  # what used to be pasted
-    assert Z.credential_message(raised.value) == Z.NO_CREDENTIAL
-    msg = Z.describe_error(raised.value, what="listing extensions", permission="p", scope="s")
-    assert msg == f"listing extensions: {Z.NO_CREDENTIAL}" and len(msg) < 200 and "\n" not in msg
+    assert credential_mod.credential_message(raised.value) == credential_mod.NO_CREDENTIAL
+    msg = facts_mod.describe_error(raised.value, what="listing extensions", permission="p", scope="s")
+    assert msg == f"listing extensions: {credential_mod.NO_CREDENTIAL}" and len(msg) < 200 and "\n" not in msg
     # The token-file credential's own line names the file: kept.
-    assert Z.credential_message(ClientAuthenticationError("the ARM token file /t is empty")) == (
+    assert credential_mod.credential_message(ClientAuthenticationError("the ARM token file /t is empty")) == (
         "the ARM token file /t is empty")

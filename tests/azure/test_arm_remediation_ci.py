@@ -1,15 +1,17 @@
-"""Opt-in remediation through the real SDK, and the ContainerInsights check through the real
-kubernetes client (both against the local https endpoint)."""
+"""Opt-in remediation through the real SDK, and the ContainerInsights check through the operator's
+own async kube layer (both against the local https endpoint)."""
 
 from __future__ import annotations
 
 import base64
 import logging
 
+import kopf
 import pytest
-from kubernetes import client as k
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.controller.kube import Kube
+from nodeaudit.core.agent import AgentSettings
 from nodeaudit.testing.armserver import Resp, aks_extensions, ama, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -18,13 +20,12 @@ WS_KEY = "c2VjcmV0LXdvcmtzcGFjZS1rZXk9PQ=="
 
 
 @pytest.fixture
-def kube(arm):
-    cfg = k.Configuration()
-    cfg.host = arm.endpoint
-    cfg.ssl_ca_cert = arm.ca_file
-    api = k.ApiClient(cfg)
+def kube(arm, aloop):
+    """The operator's own async kube layer, pointed at the local https server's Kubernetes paths."""
+    api = Kube()
+    api.configure(kopf.ConnectionInfo(server=arm.endpoint, ca_path=arm.ca_file))
     yield api
-    api.close()
+    aloop.run_until_complete(api.close())
 
 
 def nodes(vmss: str, n: int = 2, **extra) -> list[dict]:
@@ -33,7 +34,7 @@ def nodes(vmss: str, n: int = 2, **extra) -> list[dict]:
 
 def test_remediation_is_off_by_default(arm, make_checker, arun):
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(), make_checker()))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(check="VMSSExtension"), make_checker()))
     assert report.scale_sets[0].state == "Missing" and arm.puts == [] and arm.upgrades == []
 
 
@@ -41,7 +42,7 @@ def test_remediation_installs_ama_associates_the_dcr_and_upgrades_instances(arm,
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
     arm.extensions["aks-user-2-vmss"] = [*aks_extensions(), ama()]
     checker = make_checker()
-    settings = AgentSettings(remediate=True, data_collection_rule_id=DCR)
+    settings = AgentSettings(check="VMSSExtension", remediate=True, data_collection_rule_id=DCR)
     arm.dcrs["dcr-syslog"] = Resp(200, {"properties": {"dataSources": {}}})
     report = arun(check_policy_agents(nodes("aks-user-1-vmss") + nodes("aks-user-2-vmss"), settings, checker))
     missing, present = report.scale_sets
@@ -55,7 +56,7 @@ def test_remediation_installs_ama_associates_the_dcr_and_upgrades_instances(arm,
     ((scope, assoc),) = arm.associations
     assert scope.endswith("/virtualMachineScaleSets/aks-user-1-vmss") and assoc["properties"]["dataCollectionRuleId"] == DCR
     # the next check sees the agent (the cache was invalidated for that scale set only)
-    again = arun(check_policy_agents(nodes("aks-user-1-vmss") + nodes("aks-user-2-vmss"), AgentSettings(), checker))
+    again = arun(check_policy_agents(nodes("aks-user-1-vmss") + nodes("aks-user-2-vmss"), AgentSettings(check="VMSSExtension"), checker))
     assert [s.state for s in again.scale_sets] == ["Present", "Present"]
     assert [s.cached for s in again.scale_sets] == [False, True]
 
@@ -67,9 +68,9 @@ def test_remediation_oms_with_workspace_key_from_a_secret(arm, make_checker, aru
         "data": {"workspaceId": base64.b64encode(b"1234-ws").decode(), "workspaceKey": base64.b64encode(WS_KEY.encode()).decode()},
     })
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
-    settings = AgentSettings(remediate=True, remediation_extension="OmsAgentForLinux",
+    settings = AgentSettings(check="VMSSExtension", remediate=True, remediation_extension="OmsAgentForLinux",
                              workspace_secret=("law-keys", "nodeaudit-system", "workspaceId", "workspaceKey"))
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube_api_client=kube))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube=kube))
     assert report.scale_sets[0].remediation.startswith("installed OmsAgentForLinux"), report.scale_sets[0].remediation
     ((_, body),) = arm.puts
     p = body["properties"]
@@ -82,9 +83,9 @@ def test_remediation_oms_with_workspace_key_from_a_secret(arm, make_checker, aru
 
 def test_remediation_oms_without_secret_is_not_attempted(arm, make_checker, arun, kube):
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
-    settings = AgentSettings(remediate=True, remediation_extension="OmsAgentForLinux",
+    settings = AgentSettings(check="VMSSExtension", remediate=True, remediation_extension="OmsAgentForLinux",
                              workspace_secret=("missing", "nodeaudit-system", "workspaceId", "workspaceKey"))
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube_api_client=kube))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), settings, make_checker(), kube=kube))
     assert "not attempted" in report.scale_sets[0].remediation and arm.puts == []
 
 
@@ -92,7 +93,7 @@ def test_remediation_forbidden_is_reported(arm, make_checker, arun):
     arm.extensions["aks-user-1-vmss"] = aks_extensions()
     arm.override = lambda method, path: (
         Resp(403, {"error": {"code": "AuthorizationFailed", "message": "no write"}}) if method == "PUT" else None)
-    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(remediate=True), make_checker()))
+    report = arun(check_policy_agents(nodes("aks-user-1-vmss"), AgentSettings(check="VMSSExtension", remediate=True), make_checker()))
     msg = report.scale_sets[0].remediation
     assert msg.startswith("remediation failed") and "extensions/write" in msg and arm.upgrades == []
 
@@ -123,7 +124,7 @@ def test_container_insights_covers_the_nodes(arm, make_checker, arun, kube):
     ns = nodes("aks-user-1-vmss", 3)
     arm.kube[DS_PATH] = Resp(200, ama_logs_ds(tolerations=[{"operator": "Exists", "effect": "NoSchedule"}]))
     arm.kube[PODS_PATH] = Resp(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod_on(n["metadata"]["name"]) for n in ns]})
-    report = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube))
+    report = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube))
     s = report.scale_sets[0]
     assert (s.state, s.agent) == ("Present", "ama-logs") and arm.list_calls() == 0
 
@@ -132,7 +133,7 @@ def test_container_insights_taint_not_tolerated(arm, make_checker, arun, kube):
     ns = nodes("aks-gpu-1-vmss", 2, taints=[{"key": "sku", "value": "gpu", "effect": "NoSchedule"}])
     arm.kube[DS_PATH] = Resp(200, ama_logs_ds(tolerations=[{"key": "CriticalAddonsOnly", "operator": "Exists"}]))
     arm.kube[PODS_PATH] = Resp(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Missing" and "sku=gpu:NoSchedule" in s.message
 
 
@@ -140,14 +141,14 @@ def test_container_insights_admitted_but_not_yet_running(arm, make_checker, arun
     ns = nodes("aks-user-1-vmss", 2)
     arm.kube[DS_PATH] = Resp(200, ama_logs_ds())
     arm.kube[PODS_PATH] = Resp(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod_on(ns[0]["metadata"]["name"])]})
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Pending" and ns[1]["metadata"]["name"] in s.message
 
 
 def test_container_insights_not_enabled_and_forbidden(arm, make_checker, arun, kube):
     ns = nodes("aks-user-1-vmss", 1)
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Missing" and "not found" in s.message
     arm.kube[DS_PATH] = Resp(403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
-    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube_api_client=kube)).scale_sets[0]
+    s = arun(check_policy_agents(ns, AgentSettings(check="ContainerInsights"), make_checker(), kube=kube)).scale_sets[0]
     assert s.state == "Error" and "403" in s.message

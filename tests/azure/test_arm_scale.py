@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nodeaudit.azure.check import AgentSettings, check_policy_agents
+from nodeaudit.azure.check import check_policy_agents
+from nodeaudit.core.agent import AgentSettings
 from nodeaudit.testing.armserver import aks_extensions, ama, vmss_node
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -26,7 +27,7 @@ def test_500_nodes_in_5_scale_sets_make_5_list_calls_per_interval(arm, make_chec
     clock = FakeClock()
     checker = make_checker(ttl=3240.0, clock=clock)  # ttl_for_interval(1h)
     nodes = fleet(500, 5)
-    settings = AgentSettings()
+    settings = AgentSettings(check="VMSSExtension")
 
     r1 = arun(check_policy_agents(nodes, settings, checker))
     assert len(r1.scale_sets) == 5 and sum(len(s.nodes) for s in r1.scale_sets) == 500
@@ -56,8 +57,8 @@ def test_errors_are_not_cached(arm, make_checker, arun):
                                      Resp(200, {"value": [ama()]})]
     checker = make_checker(ttl=3600.0)
     nodes = fleet(10, 1)
-    assert arun(check_policy_agents(nodes, AgentSettings(), checker)).scale_sets[0].state == "Error"
-    assert arun(check_policy_agents(nodes, AgentSettings(), checker)).scale_sets[0].state == "Present"
+    assert arun(check_policy_agents(nodes, AgentSettings(check="VMSSExtension"), checker)).scale_sets[0].state == "Error"
+    assert arun(check_policy_agents(nodes, AgentSettings(check="VMSSExtension"), checker)).scale_sets[0].state == "Present"
 
 
 def test_concurrency_is_bounded(arm, make_checker, arun):
@@ -82,7 +83,7 @@ def test_concurrency_is_bounded(arm, make_checker, arun):
     try:
         for i in range(12):
             arm.scripts[f"aks-pool{i}-vmss"] = [slow]
-        report = arun(check_policy_agents(fleet(120, 12), AgentSettings(), make_checker(concurrency=3)))
+        report = arun(check_policy_agents(fleet(120, 12), AgentSettings(check="VMSSExtension"), make_checker(concurrency=3)))
     finally:
         arm._send = orig
     assert all(s.state == "Present" for s in report.scale_sets)

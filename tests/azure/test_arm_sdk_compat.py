@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeaudit.azure.check import extension_fact
+from nodeaudit.azure.facts import extension_fact
 from nodeaudit.testing.armserver import ama
 from tests import REPO
 
@@ -24,7 +24,7 @@ def _model(payload: dict):
 
     if MAJOR >= 38:
         return VirtualMachineScaleSetExtension(payload)
-    return VirtualMachineScaleSetExtension.deserialize(payload)
+    return VirtualMachineScaleSetExtension.deserialize(payload)  # type: ignore[attr-defined] # msrest models (37.x)
 
 
 def test_extension_fact_reads_the_type_for_this_sdk_generation():

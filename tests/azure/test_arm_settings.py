@@ -7,22 +7,25 @@ import os
 
 import pytest
 
-from nodeaudit.azure import check as Z
+from nodeaudit.azure import checker as checker_mod
+from nodeaudit.azure import clients as clients_mod
+from nodeaudit.azure import credential as credential_mod
+from nodeaudit.core import agent as agent_mod
 
 
 def test_endpoint_from_env_and_https_only():
-    assert Z.arm_endpoint({}) == "https://management.azure.com"
-    assert Z.arm_endpoint({"NODEAUDIT_ARM_ENDPOINT": "https://management.chinacloudapi.cn/"}) == "https://management.chinacloudapi.cn"
+    assert credential_mod.arm_endpoint({}) == "https://management.azure.com"
+    assert credential_mod.arm_endpoint({"NODEAUDIT_ARM_ENDPOINT": "https://management.chinacloudapi.cn/"}) == "https://management.chinacloudapi.cn"
     with pytest.raises(ValueError):
-        Z.arm_endpoint({"NODEAUDIT_ARM_ENDPOINT": "http://127.0.0.1:8080"})
+        credential_mod.arm_endpoint({"NODEAUDIT_ARM_ENDPOINT": "http://127.0.0.1:8080"})
 
 
 def test_clients_use_the_endpoint_for_base_url_and_scope(tmp_path):
     tok = tmp_path / "t"
     tok.write_text("abc")
-    clients = Z.ArmClients(env={"NODEAUDIT_ARM_ENDPOINT": "https://management.usgovcloudapi.net",
+    clients = clients_mod.ArmClients(env={"NODEAUDIT_ARM_ENDPOINT": "https://management.usgovcloudapi.net",
                                 "NODEAUDIT_ARM_TOKEN_FILE": str(tok)})
-    assert isinstance(clients.credential, Z.TokenFileCredential)
+    assert isinstance(clients.credential, credential_mod.TokenFileCredential)
     kw = clients._kwargs()
     assert kw["base_url"] == "https://management.usgovcloudapi.net"
     assert kw["credential_scopes"] == ["https://management.usgovcloudapi.net/.default"]
@@ -31,7 +34,7 @@ def test_clients_use_the_endpoint_for_base_url_and_scope(tmp_path):
 def test_default_credential_when_no_token_file():
     from azure.identity.aio import DefaultAzureCredential
 
-    cred = Z.make_credential({})
+    cred = credential_mod.make_credential({})
     assert isinstance(cred, DefaultAzureCredential)
     asyncio.run(cred.close())
 
@@ -39,7 +42,7 @@ def test_default_credential_when_no_token_file():
 def test_token_file_is_reread_only_when_it_changes(tmp_path):
     p = tmp_path / "token"
     p.write_text("Bearer one\n")
-    cred = Z.TokenFileCredential(str(p))
+    cred = credential_mod.TokenFileCredential(str(p))
     assert asyncio.run(cred.get_token("s")).token == "one"
     assert asyncio.run(cred.get_token("s")).token == "one" and cred.reads == 1
     p.write_text("two-two\n")
@@ -66,12 +69,12 @@ def test_settings_from_the_policy_model():
                                      "remediation": {"extension": "OmsAgentForLinux",
                                                      "workspaceSecretRef": {"name": "law"}}}},
     })
-    s = Z.settings_from_spec(policy.spec)
+    s = agent_mod.settings_from_spec(policy.spec)
     assert s.extension_types == ("AzureMonitorLinuxAgent",) and s.data_collection_rule_id == dcr
     assert s.interval_seconds == 1800 and s.remediate and s.remediation_extension == "OmsAgentForLinux"
     assert s.workspace_secret == ("law", "nodeaudit-system", "workspaceId", "workspaceKey")
     assert (s.facility, s.priority) == ("LOG_LOCAL6", "LOG_NOTICE")
-    d = Z.settings_from_spec(NodeAuditPolicySpec.model_validate(
+    d = agent_mod.settings_from_spec(NodeAuditPolicySpec.model_validate(
         {"presets": ["procmon"], "monitoringAgent": {"check": "None", "interval": "2h"}}))
     assert d.check == "None" and d.interval_seconds == 7200 and d.facility == "LOG_AUTHPRIV"
-    assert Z.ttl_for_interval(3600) == 3240
+    assert checker_mod.ttl_for_interval(3600) == 3240

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from nodeaudit import __version__
 from nodeaudit.cli import run as cli_run
 from nodeaudit.controller.config import DEFAULT_NAMESPACE, Config, SettingError
+from tests import REPO
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -62,3 +63,29 @@ def test_run_checks_the_settings_without_writing_the_environment() -> None:
     assert result.exit_code == 2
     assert result.output.startswith("nodeaudit run: NODEAUDIT_ARM_CA_FILE='/nonexistent/ca.pem': ")
     assert os.environ.get("NODEAUDIT_NAMESPACE") == before
+
+
+def test_the_settings_table_in_the_docs_lists_every_setting_with_its_default() -> None:
+    rows = {}
+    for line in (REPO / "docs" / "operator.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    for f in dataclasses.fields(Config):
+        if "variable" not in f.metadata:
+            continue
+        documented = rows.get(f.metadata["variable"])
+        assert documented is not None, f"docs/operator.md: no row for {f.metadata['variable']}"
+        if f.default is not None:
+            assert documented == (f"{f.default:g}" if isinstance(f.default, float) else str(f.default)), f.name
+
+
+def test_the_delivery_settings_are_checked_at_start():
+    ok = Config.from_env({"NODEAUDIT_LOGS_ENDPOINT": "https://api.loganalytics.us/",
+                          "NODEAUDIT_CLUSTER_RESOURCE_ID": "/subscriptions/s/resourceGroups/g/providers/"
+                                                           "Microsoft.ContainerService/managedClusters/c"})
+    assert ok.logs_endpoint == "https://api.loganalytics.us" and ok.cluster_resource_id.endswith("/managedClusters/c")
+    with pytest.raises(SettingError, match="NODEAUDIT_LOGS_ENDPOINT.*https://"):
+        Config.from_env({"NODEAUDIT_LOGS_ENDPOINT": "http://127.0.0.1:1"})
+    with pytest.raises(SettingError, match="NODEAUDIT_CLUSTER_RESOURCE_ID.*managedClusters"):
+        Config.from_env({"NODEAUDIT_CLUSTER_RESOURCE_ID": "/subscriptions/s/resourceGroups/g"})

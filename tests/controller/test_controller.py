@@ -19,6 +19,7 @@ from nodeaudit.controller import reconciler as controller
 from nodeaudit.core import jobs, nodes
 from nodeaudit.testing import demo as demo_main
 from nodeaudit.testing import simulator as sim
+from tests import REPO
 from tests.operator.operator_harness import policy
 
 POLICY = "procmon"
@@ -296,7 +297,7 @@ def test_demo_rejects_a_bad_policy_file(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_demo_rejects_an_unknown_syscall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text((Path(demo_main.REPO) / "examples" / "procmon.yaml").read_text().replace("execve", "execvee"))
+    path.write_text((REPO / "examples" / "procmon.yaml").read_text().replace("execve", "execvee"))
     with pytest.raises(SystemExit):
         demo_main._policy(str(path))
     assert 'spec.rules[0]: unknown syscall "execvee" for arch b64' in capsys.readouterr().err

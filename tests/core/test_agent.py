@@ -131,7 +131,7 @@ def test_report_exit_codes_condition_and_renderers():
     r.scale_sets.append(A.ScaleSetResult(A.ScaleSetRef(SUB, "rg", "vmss-b"), ["n2"], "Missing", None, "none"))
     assert r.exit_code == 1
     r.scale_sets.append(A.ScaleSetResult(A.ScaleSetRef(SUB, "rg", "vmss-c"), ["n3"], "Error", None, "403"))
-    assert r.exit_code == 2
+    assert r.exit_code == 3
     cond = A.agent_condition(r)
     assert cond["status"] == "False" and "vmss-b" in cond["message"] and "403" in cond["message"]
     doc = json.loads(A.render_json(r))

@@ -14,12 +14,12 @@ from nodeaudit.core.policy import parse_policy
 from tests.policies import policy_doc
 
 
-def _bundle(**spec: Any):  # type: ignore[no-untyped-def]
+def _bundle(**spec: Any):
     return render_bundle(parse_policy(policy_doc(**spec)))
 
 
 RAW_FILES = {
-    "apply.sh", "job-entry.sh", "bundle.env", "bundle.json", "expected.rules",
+    "apply.sh", "job-entry.sh", "lib.sh", "bundle.env", "bundle.json", "expected.rules",
     "syslog-v3.conf", "syslog-v2.conf", rules_file_name("procmon"),
 }
 

@@ -50,7 +50,7 @@ def test_schema_rejects_what_it_can() -> None:
     spec = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     props = spec["properties"]
     assert props["volume"]["enum"] == ["lean", "standard", "forensic"]
-    assert props["monitoringAgent"]["properties"]["check"]["enum"] == ["VMSSExtension", "ContainerInsights", "None"]
+    assert props["monitoringAgent"]["properties"]["check"]["enum"] == ["Auto", "VMSSExtension", "ContainerInsights", "None"]
     assert props["rollout"]["properties"]["maxFailures"]["minimum"] == 0
     assert props["rollout"]["properties"]["maxUnavailable"]["x-kubernetes-int-or-string"] is True
     assert "pattern" in props["verifyInterval"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nodeaudit.core import estimate as est
+from nodeaudit.hostaudit import guard as kernel_guard
 from nodeaudit.hostaudit import netlink as auditnl
 
 # A record as auditd 3.0.9 + audisp-syslog shipped it on this machine (host tests compare the
@@ -94,15 +97,15 @@ def test_projection_rejects_bad_inputs():
 
 
 def test_delete_args_undo_what_was_added():
-    assert auditnl.delete_args("-a always,exit -F arch=b64 -S execve -k procmon") == \
+    assert kernel_guard.delete_args("-a always,exit -F arch=b64 -S execve -k procmon") == \
         ["-d", "always,exit", "-F", "arch=b64", "-S", "execve", "-k", "procmon"]
-    assert auditnl.delete_args("-w /etc/passwd -p wa -k identity") == ["-W", "/etc/passwd", "-p", "wa", "-k", "identity"]
+    assert kernel_guard.delete_args("-w /etc/passwd -p wa -k identity") == ["-W", "/etc/passwd", "-p", "wa", "-k", "identity"]
     with pytest.raises(ValueError):
-        auditnl.delete_args("-b 8192")
+        kernel_guard.delete_args("-b 8192")
 
 
 def test_session_refuses_non_root_before_touching_anything(monkeypatch):
-    monkeypatch.setattr(auditnl.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # what netlink calls: os.geteuid
     session = auditnl.KernelAuditSession(rules=[], lock_path=None)
     with pytest.raises(auditnl.EstimateError, match="must run as root"):
         session.open()

@@ -82,7 +82,7 @@ def test_only_the_newest_finished_job_per_node_is_recorded() -> None:
 
 
 def test_a_job_older_than_the_record_is_settled_not_written() -> None:
-    record = {"job": "b", "time": "2026-01-01T10:05:00.300Z"}
+    record: dict[str, object] = {"job": "b", "time": "2026-01-01T10:05:00.300Z"}
     node = with_record(NODE, record)
     a, b = job("a", finished="2026-01-01T10:00:00Z"), job("b", finished="2026-01-01T10:05:00Z")
     assert noderecord.jobs_to_record(POLICY, {"a": a, "b": b}, {"n1": node}, set()) == ([], {"a", "b"})

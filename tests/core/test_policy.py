@@ -20,7 +20,7 @@ def test_seed_policy_gets_every_default() -> None:
     assert spec.node_selector.match_labels == {}
     assert spec.volume == "standard"
     assert spec.syslog.enabled and spec.syslog.facility == "LOG_AUTHPRIV" and spec.syslog.priority == "LOG_INFO"
-    assert spec.monitoring_agent.check == "VMSSExtension"
+    assert spec.monitoring_agent.check == "Auto"  # the default since delivery (#13)
     assert spec.monitoring_agent.extension_types == ["OmsAgentForLinux", "AzureMonitorLinuxAgent"]
     assert spec.rollout.max_unavailable == "25%" and spec.rollout.max_failures == 3
     assert spec.rollout.paused is False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -123,6 +124,7 @@ def test_an_event_completes_at_eoe_proctitle_or_its_last_argument_else_when_idle
     c = records.Coalescer(idle=0.5, excluded_types=("PROCTITLE", "EOE", "PATH", "CWD", "BPRM_FCAPS"))
     assert c.feed(lean[0], now=1.0) == []
     (done,) = c.feed(lean[1], now=1.0)
+    assert isinstance(done, list)
     assert [r.type for r in done] == ["SYSCALL", "EXECVE"]
     # ...also when a long argument spans three EXECVE records.
     long = [x for x in V3 if ":84)" in x and x.startswith(("type=SYSCALL", "type=EXECVE"))]
@@ -138,7 +140,7 @@ def test_an_event_completes_at_eoe_proctitle_or_its_last_argument_else_when_idle
 
 def test_pending_is_bounded_oldest_first():
     c = records.Coalescer(idle=100, max_pending=2)
-    out = []
+    out: list[Any] = []
     for serial in range(1, 5):
         out += c.feed(f"type=SYSCALL msg=audit(1.000:{serial}): pid={serial} key=\"k\"", now=0)
     assert [g[0].serial for g in out] == [1, 2]
@@ -219,3 +221,15 @@ def test_validate_refuses_a_bad_redact_pattern_with_its_position(tmp_path):
     assert proc.returncode == 1
     assert "spec.redact[1]: bad regular expression at position 8: missing ), unterminated subpattern" in \
         proc.stdout + proc.stderr
+
+
+def test_a_user_message_keeps_its_quoted_words_and_inner_fields():
+    """auditctl -m (the canary), sudo and sshd write msg='...' with spaces: read whole, and the
+    fields inside it (exe, res) read too."""
+    line = ("type=USER msg=audit(1800000000.120:77): pid=4242 uid=0 auid=4294967295 ses=4294967295 "
+            "subj=unconfined msg='text=nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon "
+            "exe=\"/usr/sbin/auditctl\" hostname=? addr=? terminal=? res=success'")
+    (event,) = records.events([line])
+    assert isinstance(event, dict)
+    assert event["msg"].startswith("text=nodeaudit-canary id=n1:0123456789ab:1800000000-7 policy=procmon exe=")
+    assert event["exe"] == "/usr/sbin/auditctl" and event["type"] == "USER"

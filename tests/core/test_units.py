@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 
@@ -211,7 +212,7 @@ def test_selectors_and_patches() -> None:
 
 
 def test_agent_ready_stands_beside_ready_and_keeps_its_transition_time() -> None:
-    done = dict(generation=2, bundle="sha256:ab", matched=3, configured=3)
+    done: dict[str, Any] = dict(generation=2, bundle="sha256:ab", matched=3, configured=3)
     missing = ("False", "AgentMissing", "scale sets without a working monitoring agent: aks-user2-vmss")
     st = status.build_status(status.Summary(**done, agent=missing, agent_scale_sets=[{"scaleSet": "aks-user2-vmss"}]),
                              "2026-01-01T00:00:00Z")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
 import subprocess
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from tests import REPO
+from tests.kustomize import needs_kustomize
 from tests.rbac import Request, allowed_by, grants_for, verb_of
 
 DEPLOY = REPO / "deploy"
@@ -25,7 +25,7 @@ AMA_ROLE = "nodeaudit-operator-ama-logs"
 K8S_VERSIONS = ["1.30", "1.33"]
 OVERLAY = "deploy/overlays/workload-identity"
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
+needs_kubectl = needs_kustomize  # kubectl with a kustomize that builds deploy/ (tests/kustomize.py)
 needs_crd = pytest.mark.skipif(not CRD_FILE.exists(),
                                reason="crds/nodeauditpolicy.yaml not generated yet (make crds)")
 

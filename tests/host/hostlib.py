@@ -5,7 +5,7 @@ What it provides (the fixtures in conftest.py wrap these):
 - `Rootfs`: a fresh extracted copy with helpers to run commands in it through `unshare --mount`
   plus `chroot`, the way the Job reaches the host;
 - `KernelAudit`: the machine-wide lock and the teardown that puts kernel audit back as it was
-  (`realhost.KernelAuditGuard`, the product's own, plus what only tests need);
+  (`hostaudit.guard.KernelAuditGuard`, the product's own, plus what only tests need);
 - `DevLog`: a UNIX datagram listener bound at the root's /dev/log (where audisp-syslog writes);
 - bundle builders: `render_policy_bundle` (the real renderer) and `write_bundle` (hand-made, for
   faults the renderer would refuse to produce).
@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodeaudit.hostaudit import guard as kernel_guard
 from nodeaudit.hostaudit import lock as kernellock
 from nodeaudit.testing import realhost
 
@@ -101,7 +102,7 @@ class Rootfs:
         start = time.monotonic()
         proc = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", _CHROOT, "sh", str(self.path), *argv],
-            capture_output=True, text=True, timeout=timeout, env=realhost.root_env(env),
+            capture_output=True, text=True, timeout=timeout, env=kernel_guard.root_env(env),
         )
         return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
@@ -129,22 +130,22 @@ class Rootfs:
         return res
 
 
-processes_rooted_in = realhost.processes_rooted_in
-kill_pids = realhost.kill_pids
-comm = realhost.comm
+processes_rooted_in = kernel_guard.processes_rooted_in
+kill_pids = kernel_guard.kill_pids
+comm = kernel_guard.comm
 
 
 # ------------------------------------------------------------------------------------------------
 # Kernel audit: lock, guard, restore
 
 
-KernelAuditUnavailable = realhost.KernelAuditUnavailable  # skip: not root, or no kernel audit here
-KernelAuditBusy = realhost.KernelAuditBusy  # refuse (never silently pass): someone else's auditd or rules
-parse_status = realhost.parse_status
+KernelAuditUnavailable = kernel_guard.KernelAuditUnavailable  # skip: not root, or no kernel audit here
+KernelAuditBusy = kernel_guard.KernelAuditBusy  # refuse (never silently pass): someone else's auditd or rules
+parse_status = kernel_guard.parse_status
 
 
-class KernelAudit(realhost.KernelAuditGuard):
-    """`realhost.KernelAuditGuard` with the control root a `Rootfs`, plus what only tests need.
+class KernelAudit(kernel_guard.KernelAuditGuard):
+    """`kernel_guard.KernelAuditGuard` with the control root a `Rootfs`, plus what only tests need.
 
     `roots` are the directories whose processes this test may have started (appended as roots are
     made). Teardown also deletes `exe=` rules from inside each root and unmounts leaked mounts."""
@@ -160,7 +161,7 @@ class KernelAudit(realhost.KernelAuditGuard):
             for root in self.roots:
                 if (root / "sbin" / "auditctl").exists() or (root / "usr" / "sbin" / "auditctl").exists():
                     subprocess.run(["chroot", str(root), "auditctl", "-D"], capture_output=True,
-                                   text=True, timeout=30, env=realhost.root_env())
+                                   text=True, timeout=30, env=kernel_guard.root_env())
 
     def close(self) -> list[str]:
         problems = super().close()
@@ -258,6 +259,7 @@ def write_bundle(directory: Path, policy: str, rules: list[str], expected: list[
     files: dict[str, bytes] = {
         "apply.sh": (HOST_SCRIPTS / "apply.sh").read_bytes(),
         "job-entry.sh": (HOST_SCRIPTS / "job-entry.sh").read_bytes(),
+        "lib.sh": (HOST_SCRIPTS / "lib.sh").read_bytes(),
         rules_name: ("## test bundle\n" + "".join(r + "\n" for r in rules)).encode(),
         "expected.rules": "".join(e + "\n" for e in expected).encode(),
         "syslog-v3.conf": plugin_config(3),

@@ -11,6 +11,9 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import cast
+
+import pytest
 
 from tests.host import costlib, hostlib
 from tests.host.costlib import find_exec_record
@@ -45,7 +48,7 @@ def assert_record_reaches_syslog(root: Rootfs, devlog: hostlib.DevLog) -> None:
     marker = costlib.run_marker(root)
     found = devlog.wait_for(lambda msgs: find_exec_record(msgs, marker), timeout=10)
     assert found, f"no EXECVE record with {marker} reached /dev/log; got {len(devlog.messages)} datagrams"
-    execve, syscall = found  # type: ignore[misc]
+    execve, syscall = cast(tuple[str, str], found)
     assert execve.startswith("<86>"), execve
     assert syscall.startswith("<86>"), syscall
     assert 'key="procmon"' in syscall
@@ -98,8 +101,9 @@ def test_fresh_host_installs_loads_and_ships_to_syslog_then_reapplies_idempotent
     assert "apt-get" not in second.stderr
     assert int(host.audit.status()["pid"]) == pid
     assert auditd_pids(root) == [pid]
-    assert {k: v for k, v in again.items() if k not in ("installed", "restarted", "message", "lost", "backlog")} == \
-        {k: v for k, v in result.items() if k not in ("installed", "restarted", "message", "lost", "backlog")}
+    per_run = ("installed", "restarted", "message", "lost", "backlog", "canaryId", "canaryAt", "canarySeen")
+    assert {k: v for k, v in again.items() if k not in per_run} == {k: v for k, v in result.items() if k not in per_run}
+    assert again["canaryId"] and again["canaryId"] != result["canaryId"]  # one canary per apply
     assert second.seconds < 1.0, second
     assert_record_reaches_syslog(root, devlog)
 
@@ -338,3 +342,39 @@ def test_refused_rule_rolls_back_completely_beside_a_foreign_duplicate(host):
     assert int(host.audit.status()["pid"]) == pid
     assert not list((root / "var/lib/nodeaudit/state").glob("tx.*"))
     assert ok(root.run_bundle(good))["message"] == "already applied"
+
+
+@pytest.mark.parametrize(("fmt", "kind", "seen"), [("raw", "auditd", "auditd"), ("json", "python", "dispatcher")])
+def test_each_apply_sends_a_canary_that_reaches_dev_log(host, fmt, kind, seen):
+    """The canary travels the policy's own way: kernel -> auditd -> audisp-syslog (raw) or the JSON
+    dispatcher (json) -> the root's /dev/log at the policy's facility and level, with a marker
+    naming node, bundle and time; apply.sh confirms it on the node where it can."""
+    root = host.root(kind)
+    devlog = host.devlog(root)
+    policy = policy_doc("procmon", list(PROCMON_RULES), syslog={"format": fmt})
+    bundle = hostlib.render_policy_bundle(host.bundle(f"c-{fmt}"), policy)
+    with costlib.Draining(devlog):  # as the node's syslog daemon reads: a full socket drops (json)
+        result = ok(root.run_bundle(bundle, env={"NODE_NAME": "aks-user-12345678-vmss000003"}))
+        canary = str(result["canaryId"])
+        # the user message itself (json: the execve rule also records auditctl's exec with the marker)
+        user = "type=USER" if fmt == "raw" else '"type":"USER"'
+        found = devlog.wait_for(lambda msgs: [m for m in msgs if f"nodeaudit-canary id={canary}" in m and user in m],
+                                timeout=10)
+        again = ok(root.run_bundle(bundle))
+    assert result["syslogFormat"] == fmt, result
+    node, short, at_pid = canary.split(":")
+    assert node == "aks-user-12345678-vmss000003"
+    assert str(result["bundle"]).split(":", 1)[1].startswith(short) and len(short) == 12
+    assert int(at_pid.split("-")[0]) == result["canaryAt"] and int(at_pid.split("-")[0]) > 0
+    # raw: nothing on this root shows syslog to apply.sh (no journald, no syslog file), auditd's log
+    # saw it; json: the dispatcher's state file names the canary it sent
+    assert result["canarySeen"] == seen, result
+    assert found, f"canary {canary} did not reach /dev/log; got {len(devlog.messages)} datagrams"
+    line = found[0]
+    assert line.startswith("<86>"), line  # authpriv.info
+    if fmt == "raw":
+        assert "type=USER" in line, line
+    else:
+        event = json.loads(line.split(" nodeaudit: ", 1)[1])
+        assert event["type"] == "USER" and f"nodeaudit-canary id={canary} policy=procmon" in event["msg"], event
+    assert again["canaryId"] != canary  # one canary per apply

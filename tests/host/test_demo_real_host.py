@@ -106,7 +106,7 @@ def test_demo_real_host_interrupted_restores_kernel_audit(ctl_root: hostlib.Root
         pytest.fail(out + rest)
     assert "still serving" in out, out
     # auditd started by the real Job is running now, with the policy's rules in the kernel.
-    root = Path(re.search(r"runs job-entry\.sh in (\S+) ", out).group(1))  # type: ignore[union-attr]
+    root = Path(re.search(r"runs job-entry\.sh in (\S+) ", out).group(1))
     assert any(hostlib.comm(p) == "auditd" for p in hostlib.processes_rooted_in(root)), out
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     try:

@@ -17,9 +17,11 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nodeaudit.hostaudit import guard as kernel_guard
 from tests.host import costlib, hostlib
 from tests.host.hostlib import Rootfs
 from tests.host.podlib import CgroupUnavailable, KubeletCgroup, write_task_state
@@ -35,9 +37,9 @@ def json_events(messages: list[str]) -> list[tuple[str, dict]]:
     """(PRI, event) of every nodeaudit JSON datagram."""
     out = []
     for message in messages:
-        head, sep, body = message.partition(" nodeaudit: ")
+        head, sep, body = message.partition(">nodeaudit: ")
         if sep and body.startswith("{"):
-            out.append((head.split(">", 1)[0] + ">", json.loads(body)))
+            out.append((head + ">", json.loads(body)))
     return out
 
 
@@ -51,7 +53,7 @@ def dispatcher_pids(root: Rootfs) -> list[int]:
             if b"/var/lib/nodeaudit/dispatcher/dispatcher.py" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
-def apply_json(host, root: Rootfs, **spec: object) -> dict[str, object]:
+def apply_json(host, root: Rootfs, **spec: object) -> dict[str, Any]:
     bundle = hostlib.render_policy_bundle(host.bundle(uuid.uuid4().hex[:8]),
                                           policy_doc("procmon", list(PROCMON_RULES), volume="lean", **spec))
     res = root.run_bundle(bundle)
@@ -64,7 +66,7 @@ class Listener:
     audited while the rules are loaded, and a datagram socket holds only 10 messages, so a listener
     that pauses makes the dispatcher drop (by design) the very event a test waits for."""
 
-    def __init__(self, host, root: Rootfs):  # type: ignore[no-untyped-def]
+    def __init__(self, host, root: Rootfs):
         self.devlog = host.devlog(root)
         self.draining = costlib.Draining(self.devlog).__enter__()
 
@@ -72,14 +74,14 @@ class Listener:
     def messages(self) -> list[str]:
         return self.devlog.messages
 
-    def wait_for(self, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    def wait_for(self, predicate, timeout: float = 10.0):
         return wait_for(lambda: predicate(list(self.devlog.messages)), timeout)
 
     def close(self) -> None:
         self.draining.__exit__()
 
 
-def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -89,10 +91,10 @@ def wait_for(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
     return predicate()
 
 
-def in_root(root: Rootfs, *argv: str, preexec=None) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+def in_root(root: Rootfs, *argv: str, preexec=None) -> subprocess.Popen[bytes]:
     """A process in the root without any wrapper that carries the marker (chroot only)."""
     return subprocess.Popen(["chroot", str(root.path), *argv], preexec_fn=preexec,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=hostlib.realhost.root_env())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=kernel_guard.root_env())
 
 
 @pytest.fixture

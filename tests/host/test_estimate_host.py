@@ -15,7 +15,7 @@ import pytest
 from nodeaudit.cli.estimate import _serial, measure
 from nodeaudit.core import estimate as est
 from nodeaudit.core.policy import NodeAuditPolicy
-from nodeaudit.hostaudit.netlink import EstimateError
+from nodeaudit.hostaudit.netlink import EstimateError, Record
 from tests.host import costlib, hostlib
 from tests.policies import policy_doc
 
@@ -78,7 +78,7 @@ def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, fmt, auditc
     measured, problems = measure(policy(volume, syslog={"format": fmt}), command=script, lock_path=None,
                                  auditctl=auditctl)
     assert problems == []
-    by_serial: dict[str, list[tuple[object, int]]] = {}
+    by_serial: dict[str, list[tuple[Record, int]]] = {}
     for record, size in measured.records:
         by_serial.setdefault(_serial(record.text), []).append((record, size))
     mine = [recs for recs in by_serial.values()
@@ -100,7 +100,7 @@ def test_estimate_bytes_match_what_audisp_syslog_ships(host, volume, fmt, auditc
 
 def json_execs(messages: list[str], marker: str) -> list[str]:
     """The dispatcher's datagrams for the marker's execs of /usr/bin/true."""
-    return [m for m in messages if " nodeaudit: {" in m and f'"exe":"{TRUE}"' in m and f'"{marker}"' in m]
+    return [m for m in messages if ">nodeaudit: {" in m and f'"exe":"{TRUE}"' in m and f'"{marker}"' in m]
 
 
 def test_estimate_restores_foreign_rules_enabled_flag_and_limits_and_reports_losses(host, auditctl):

@@ -29,4 +29,5 @@ def arm(arm: ArmServer, token_file: Path, monkeypatch: pytest.MonkeyPatch) -> Ar
     monkeypatch.setenv("NODEAUDIT_ARM_ENDPOINT", arm.endpoint)
     monkeypatch.setenv("NODEAUDIT_ARM_TOKEN_FILE", str(token_file))
     monkeypatch.setenv("NODEAUDIT_ARM_CA_FILE", arm.ca_file)
+    monkeypatch.setenv("NODEAUDIT_LOGS_ENDPOINT", arm.endpoint)  # Log Analytics: the same server
     return arm

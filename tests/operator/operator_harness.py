@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import kubernetes
 
@@ -39,9 +39,12 @@ def policy(name: str = "procmon", **spec: Any) -> dict[str, Any]:
     return policy_doc(name, **{**defaults, **spec})
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 20, interval: float = 0.1, what: str = "") -> T:
+def wait_for(predicate: Callable[..., T | Literal[False] | None], timeout: float = 20, interval: float = 0.1,
+             what: str = "") -> T:
+    """The predicate's first truthy value (``x or False`` reads as "x once it is there"). It is
+    called without arguments; ``...``: a lambda may bind a loop variable as a default."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | Literal[False] | None = None
     while time.monotonic() < deadline:
         last = predicate()
         if last:
@@ -57,12 +60,14 @@ class Cluster:
         self.st = st
         assert st.server is not None
         self.server = st.server
-        self.sim: sim_mod.NodeSimulator = st.call(lambda: sim_mod.NodeSimulator(st.server).attach())  # type: ignore[arg-type]
+        self.sim: sim_mod.NodeSimulator = st.call(lambda: sim_mod.NodeSimulator(st.server).attach())
         cfg = kubernetes.client.Configuration(host=st.url)
         self.api = kubernetes.client.ApiClient(cfg)
-        self.core = kubernetes.client.CoreV1Api(self.api)
-        self.batch = kubernetes.client.BatchV1Api(self.api)
-        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        # Any: the tests pass plain dicts as bodies (the client sends them as they are), where its
+        # annotations name the model classes.
+        self.core: Any = cast(Any, kubernetes.client.CoreV1Api(self.api))
+        self.batch: Any = cast(Any, kubernetes.client.BatchV1Api(self.api))
+        self.custom: Any = cast(Any, kubernetes.client.CustomObjectsApi(self.api))
         self.core.create_namespace({"metadata": {"name": NAMESPACE}})
 
     # -- nodes ----------------------------------------------------------------------------
@@ -75,7 +80,7 @@ class Cluster:
         return names
 
     def node(self, name: str) -> dict[str, Any]:
-        return self.api.sanitize_for_serialization(self.core.read_node(name))  # type: ignore[no-any-return]
+        return self.api.sanitize_for_serialization(self.core.read_node(name))
 
     def record(self, node: str, policy_name: str = "procmon") -> dict[str, Any] | None:
         ann = (self.node(node)["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{policy_name}")
@@ -83,11 +88,11 @@ class Cluster:
 
     # -- policies -------------------------------------------------------------------------
     def apply_policy(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, copy.deepcopy(body))  # type: ignore[no-any-return]
+        return self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, copy.deepcopy(body))
 
     def get_policy(self, name: str = "procmon") -> dict[str, Any] | None:
         try:
-            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)  # type: ignore[no-any-return]
+            return self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
         except kubernetes.client.ApiException as e:
             if e.status == 404:
                 return None
@@ -97,7 +102,7 @@ class Cluster:
         obj = self.get_policy(name) or {}
         for c in (obj.get("status") or {}).get("conditions") or []:
             if c["type"] == type_:
-                return c  # type: ignore[no-any-return]
+                return c
         return None
 
     def counts(self, name: str = "procmon") -> dict[str, int]:
@@ -126,9 +131,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def operator_process(cluster: Cluster) -> Iterator[subprocess.Popen[bytes]]:
-    """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive."""
-    env = dict(os.environ, KUBECONFIG=cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
+def operator_process(cluster: Cluster, kubeconfig: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`nodeaudit run` as a real process (what the Deployment runs); killed on exit if still alive.
+    ``kubeconfig``: another way to the API server (the fault proxy's) than the cluster's own."""
+    env = dict(os.environ, KUBECONFIG=kubeconfig or cluster.st.kubeconfig_path, NODEAUDIT_NAMESPACE=NAMESPACE,
                PYTHONPATH=str(REPO / "operator"), NODEAUDIT_METRICS_PORT=str(free_port()))
     proc = subprocess.Popen([sys.executable, "-m", "nodeaudit.cli.run", "--liveness", "",
                              "--metrics-address", "127.0.0.1"], env=env,

@@ -17,7 +17,7 @@ WITH_AGENT = "aks-user1-11111111-vmss"
 WITHOUT_AGENT = "aks-user2-22222222-vmss"
 
 
-def _agent_ready(cluster: Cluster, name: str) -> dict | None:  # type: ignore[type-arg]
+def _agent_ready(cluster: Cluster, name: str) -> dict | None:
     return cluster.condition("AgentReady", name)
 
 
@@ -78,7 +78,7 @@ def test_check_none_makes_no_arm_call(cluster: Cluster, arm: ArmServer) -> None:
     assert arm.log == []
 
 
-def _agent_listing(cluster: Cluster, name: str) -> list[dict]:  # type: ignore[type-arg]
+def _agent_listing(cluster: Cluster, name: str) -> list[dict]:
     return list(((cluster.get_policy(name) or {}).get("status") or {}).get("agent") or [])
 
 

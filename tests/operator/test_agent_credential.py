@@ -20,7 +20,7 @@ from typing import Any
 import azure.identity.aio
 import pytest
 
-from nodeaudit.azure import check as azure_check
+from nodeaudit.azure import credential as azure_credential
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.armserver import ArmServer
 from tests.operator.operator_harness import Cluster, policy, wait_for
@@ -99,6 +99,6 @@ def test_a_credential_without_a_token_is_one_sentence(cluster: Cluster, no_token
         # Ready is about the nodes: a missing credential leaves it alone.
         wait_for(lambda: (cluster.condition("Ready", "nocred") or {}).get("status") == "True", what="Ready")
     assert (cond["status"], cond["reason"]) == ("Unknown", "CredentialUnavailable"), cond
-    assert cond["message"] == azure_check.NO_CREDENTIAL
+    assert cond["message"] == azure_credential.NO_CREDENTIAL
     assert "NODEAUDIT_ARM_TOKEN_FILE" in cond["message"] and len(cond["message"]) < 200
     assert refused == [] and no_token_file.log == []  # no request goes out without a token

@@ -186,7 +186,10 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
                 break
         out = "".join(lines)
         assert "still serving" in out, out
-        assert "AgentReady=False (AgentMissing)" in out and "aks-user2-30000003-vmss" in out, out
+        # the three layers against the local emulators: the add-on and its DCR ship authpriv.info,
+        # and the one node whose agent ships nothing is named by Delivered
+        assert "AgentReady=True (ContainerInsights)" in out and "MSCI-westeurope-aks-demo" in out, out
+        assert "Delivered=False (CanariesMissing)" in out and "aks-user1-20000002-vmss000000" in out, out
 
         created = _kubectl(proc.pid, kubeconfig, "create", str(second))
         assert created.returncode == 0, created.stderr
@@ -196,9 +199,10 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
             time.sleep(0.5)
             agent = _agent_ready(proc.pid, kubeconfig, "second")
         assert agent is not None, "the second policy got no AgentReady verdict"
-        # The default check ran against the local endpoint: a verdict about the scale sets, no token dump.
-        assert (agent["status"], agent["reason"]) == ("False", "AgentMissing"), agent
-        assert "aks-user2-30000003-vmss" in agent["message"] and "aks-system" not in agent["message"], agent
+        # The default check (Auto) ran against the local endpoint: a verdict about the cluster's
+        # add-on and its DCR, no token dump.
+        assert (agent["status"], agent["reason"]) == ("True", "ContainerInsights"), agent
+        assert "aks-demo" in agent["message"] and "Traceback" not in agent["message"], agent
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

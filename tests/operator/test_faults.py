@@ -8,20 +8,22 @@ the proxy, straight from the local API server. The proxy's randomness is seeded
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import kubernetes
 import pytest
 import yaml
 
 from nodeaudit.testing import apiserver, faults
 from nodeaudit.testing import simulator as sim_mod
-from tests.operator.operator_harness import NAMESPACE, Cluster, policy, wait_for
+from tests.operator.operator_harness import NAMESPACE, Cluster, operator_process, policy, wait_for
 
 pytestmark = [pytest.mark.operator, pytest.mark.faults]
 
@@ -64,6 +66,10 @@ class JobsSeen:
         return [j["metadata"]["name"] for j in self.created
                 if action is None or j["metadata"]["labels"].get("nodeaudit.io/action") == action]
 
+    def at_least(self, action: str, count: int) -> Callable[[], bool]:
+        """A wait_for predicate: ``count`` Jobs of ``action`` were created."""
+        return lambda: len(self.names(action)) >= count
+
     def nodes(self, action: str) -> list[str]:
         return [j["spec"]["template"]["spec"]["nodeName"] for j in self.created
                 if j["metadata"]["labels"].get("nodeaudit.io/action") == action]
@@ -85,7 +91,7 @@ def _node_of(job: dict[str, Any]) -> str:
 
 def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) -> None:
     api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=proxy.url))
-    core = kubernetes.client.CoreV1Api(api)
+    core: Any = cast(Any, kubernetes.client.CoreV1Api(api))  # takes a dict body
     node = sim_mod.aks_node("user1", 1)
     name = node["metadata"]["name"]
 
@@ -109,6 +115,19 @@ def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) ->
         assert json.loads(rsp.readline())["object"]["code"] == 410
     assert [c.verb for c in proxy.calls("gone")] == ["watch"]
 
+    # A cut ends an open watch abruptly; a held watch is not answered until released.
+    with urllib.request.urlopen(f"{proxy.url}/api/v1/nodes?watch=true&timeoutSeconds=30", timeout=10) as rsp:
+        assert json.loads(rsp.readline())["type"] == "ADDED"
+        proxy.cut_watches("nodes")
+        with pytest.raises(Exception):  # noqa: B017 - http.client's IncompleteRead or a reset
+            rsp.read()
+    proxy.hold_watches("nodes")
+    held = cluster.st.submit(_watch_first_line(proxy.url))
+    with pytest.raises(TimeoutError):
+        held.result(0.5)
+    proxy.release_watches()
+    assert json.loads(held.result(5))["type"] == "ADDED"
+
     proxy.latency = 0.2
     started = time.monotonic()
     core.read_node(name)
@@ -121,6 +140,12 @@ def test_proxy_injects_each_fault(cluster: Cluster, proxy: faults.FaultProxy) ->
     core.api_client.rest_client.pool_manager.clear()  # its kept-alive connection was dropped
     core.read_node(name)
     assert proxy.seed == faults.seed_from_env()
+
+
+async def _watch_first_line(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{url}/api/v1/nodes?watch=true&timeoutSeconds=5") as rsp:
+        return await rsp.content.readline()
 
 
 def _connects(port: int) -> bool:
@@ -356,3 +381,48 @@ def test_rollout_under_random_faults_configures_every_node_once(cluster: Cluster
         assert (cluster.record(name) or {}).get("result") == "ok", name
         assert not [t for t in node.spec.taints or [] if t.key == "nodeaudit.io/unconfigured"], name
     assert proxy.calls("fail") and proxy.calls("gone"), "the faults happened"
+
+
+def test_operator_killed_three_times_under_faults(cluster: Cluster, proxy: faults.FaultProxy) -> None:
+    """`nodeaudit run` SIGKILLed three times in a 40-node rollout behind the faulty API, a node
+    deleted while its Job runs, a rule added mid-rollout: every node ends on the last bundle, no
+    node got two Jobs for one bundle, and the startup taint is gone where configured."""
+    seen = JobsSeen(cluster)
+    taint = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
+    nodes = cluster.add_nodes("user1", 20, taints=[taint]) + cluster.add_nodes("user2", 20)
+    cluster.sim.delay, cluster.sim.jitter = 0.3, 0.3
+    proxy.latency = 0.05
+    proxy.fail(500, times=None, rate=0.03, agent="nodeaudit", subresource=None)
+    proxy.gone_on_resume(times=None, rate=0.5)
+    proxy.cut_watches_every(2.0, 5.0)
+    body = policy(rollout={"maxUnavailable": 8, "maxFailures": 3})
+    cluster.apply_policy(body)
+    kubeconfig = os.environ["KUBECONFIG"]  # the proxy's (the fixture set it)
+    deleted = ""
+    for round_ in range(3):
+        with operator_process(cluster, kubeconfig) as proc:
+            wait_for(seen.at_least("apply", 8 * (round_ + 1)), timeout=40, interval=0.2,
+                     what=f"progress in round {round_}")
+            if round_ == 0:  # a node deleted while its Job runs (a scale-down mid-Job)
+                running = [j for j in cluster.jobs() if not (j.get("status") or {}).get("conditions")]
+                deleted = _node_of(running[0]) if running else nodes[-1]
+                cluster.core.delete_node(deleted)
+            if round_ == 1:  # a rule added mid-rollout: a new bundle
+                cluster.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "procmon", {"spec": {"rules": [
+                    *body["spec"]["rules"], "-w /etc/sudoers -p wa -k sudoers"]}})
+            proc.kill()  # SIGKILL: no cleanup, no goodbye
+    with cluster.operator():
+        wait_for(lambda: _ready(cluster) and cluster.counts().get("configured") == 39, timeout=90, interval=0.5,
+                 what="every remaining node configured on the last bundle")
+        bundle = cluster.get_policy()["status"]["bundle"]
+    per_bundle: dict[tuple[str, str], int] = {}
+    for job in seen.created:
+        if job["metadata"]["labels"].get("nodeaudit.io/action") == "apply":
+            key = (_node_of(job), job["metadata"]["annotations"]["nodeaudit.io/bundle-hash"])
+            per_bundle[key] = per_bundle.get(key, 0) + 1
+    assert max(per_bundle.values()) == 1, [k for k, v in per_bundle.items() if v > 1]
+    for node in cluster.core.list_node().items:
+        record = cluster.record(node.metadata.name) or {}
+        assert record.get("result") == "ok" and record.get("bundle") == bundle, node.metadata.name
+        assert not [t for t in node.spec.taints or [] if t.key == "nodeaudit.io/unconfigured"]
+    assert deleted not in {n.metadata.name for n in cluster.core.list_node().items}

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.operator.operator_harness import NAMESPACE, REPO, Cluster, policy, wait_for
+from tests import REPO
+from tests.kustomize import needs_kustomize
+from tests.operator.operator_harness import NAMESPACE, Cluster, policy, wait_for
 from tests.rbac import Request, allowed_by, grants_for, unused_rules
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+pytestmark = needs_kustomize  # kubectl with a kustomize that builds deploy/ (tests/kustomize.py)
 
 SA = "nodeaudit-operator"
 GATE = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}

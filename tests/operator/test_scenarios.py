@@ -199,7 +199,7 @@ def test_operator_killed_mid_rollout_restarts_without_duplicates(cluster: Cluste
         wait_for(lambda: len(cluster.jobs()) == 4, timeout=30, what="first 4 Jobs")
         # `nodeaudit run` serves /metrics (NODEAUDIT_METRICS_PORT, --metrics-address).
         line = 'nodeaudit_policy_nodes{policy="procmon",state="applying"} 4.0'
-        wait_for(lambda: line in _scrape(proc.metrics_url), what=line)
+        wait_for(lambda: line in _scrape(proc.metrics_url), what=line)  # type: ignore[attr-defined]
         proc.send_signal(signal.SIGKILL)  # no cleanup, no goodbye
         proc.wait(10)
     # The operator is gone; its Jobs finish while it is away.

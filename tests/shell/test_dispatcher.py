@@ -79,13 +79,14 @@ def test_cgroup_layouts(text, want):
     assert dispatcher.cgroup_container(text) == want
 
 
-def fake_proc(root: Path, pids: dict[int, tuple[int, str]], btime: int = 1_700_000_000) -> Path:
+def fake_proc(root: Path, pids: dict[int, tuple[int, str]], btime: int = 1_700_000_000,
+              zombies: tuple[int, ...] = ()) -> Path:
     """A /proc tree for the cache and reuse rules: {pid: (start ticks, cgroup text)}."""
     (root).mkdir(parents=True, exist_ok=True)
     (root / "stat").write_text(f"cpu 0 0 0\nbtime {btime}\n")
     for pid, (start, cgroup) in pids.items():
         (root / str(pid)).mkdir()
-        fields = ["S"] + ["0"] * 18 + [str(start)] + ["0"] * 10
+        fields = ["Z" if pid in zombies else "S"] + ["0"] * 18 + [str(start)] + ["0"] * 10
         (root / str(pid) / "stat").write_text(f"{pid} (a b) " + " ".join(fields) + "\n")
         (root / str(pid) / "cgroup").write_text(cgroup)
     return root
@@ -106,7 +107,8 @@ CONTAINER_CG = f"0::/kubepods/besteffort/pod{POD_UID}/{CID}\n"
 def test_attribution_cache_reuse_and_parent_fallback(tmp_path):
     tick = os.sysconf("SC_CLK_TCK")
     proc = fake_proc(tmp_path / "proc", {100: (10 * tick, CONTAINER_CG), 200: (50 * tick, "0::/\n"),
-                                         300: (5000 * tick, "0::/\n")})
+                                         300: (5000 * tick, "0::/\n"), 400: (10 * tick, "0::/\n")},
+                     zombies=(400,))
     task_state(tmp_path / "containerd")
     att = dispatcher.Attributor({**dispatcher.DEFAULTS, "proc": str(proc),
                                  "containerdState": str(tmp_path / "containerd"), "cacheSize": 2})
@@ -116,6 +118,8 @@ def test_attribution_cache_reuse_and_parent_fallback(tmp_path):
     assert att.resolve(200, 1, when) == (True, None)
     # pid 300 started long after the event: a reused pid, so its parent (100) answers.
     assert att.resolve(300, 100, when)[1]["pod"] == "web-0"
+    # An exited process not yet reaped (a zombie) is gone too: its parent answers, not its empty cgroup.
+    assert att.resolve(400, 100, when)[1]["pod"] == "web-0"
     # gone: parent answers; neither: not answered.
     assert att.resolve(999, 100, when)[1]["pod"] == "web-0"
     assert att.resolve(999, 998, when) == (False, None)
@@ -140,8 +144,8 @@ def test_one_datagram_per_event_at_facility_and_priority(node, tmp_path):
     want = [e for e in records.events((V3 + V28).decode().rstrip("\n").split("\n"))]
     assert len(got) == len(want) + 1
     pri = 19 * 8 + 5
-    assert all(m.startswith(f"<{pri}>") and " nodeaudit: " in m for m in got)
-    bodies = [m.split(" nodeaudit: ", 1)[1] for m in got]
+    assert all(m.startswith(f"<{pri}>nodeaudit: ") for m in got)
+    bodies = [m.split("nodeaudit: ", 1)[1] for m in got]
     assert "not a record" in bodies
     events = [json.loads(b) for b in bodies if b.startswith("{")]
     echo = next(e for e in events if e["serial"] == 52)
@@ -182,3 +186,21 @@ def test_bad_config_is_one_line_and_exit_2(node, tmp_path):
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "LOG_NOPE" in proc.stderr
+
+
+def test_a_canary_it_sends_is_named_in_its_state(node, tmp_path):
+    """apply.sh's canary (an audit user message) goes to syslog like any event, and the state file
+    names it at once: what apply.sh reads to confirm on the node that it left the audit pipeline."""
+    from nodeaudit.core import delivery
+
+    canary = "aks-user-12345678-vmss000003:0123456789ab:1800000000-4242"
+    line = (f"type=USER msg=audit(1800000000.120:77): pid=4242 uid=0 auid=4294967295 ses=4294967295 "
+            f"subj=unconfined msg='text=nodeaudit-canary id={canary} policy=procmon exe=\"/usr/sbin/auditctl\" "
+            f"hostname=? addr=? terminal=? res=success'UID=\"root\" AUID=\"unset\"\n").encode()
+    sock = listener(tmp_path / "log")
+    proc, state = run(node, tmp_path, V3 + line)
+    assert proc.returncode == 0, proc.stderr
+    got = [m for m in drain(sock) if f"nodeaudit-canary id={canary}" in m]
+    assert len(got) == 1 and delivery.CANARY_RE.search(got[0]).group(1) == canary
+    assert state["lastCanary"] == canary
+    assert dispatcher.CANARY.pattern.split(" policy=")[0] == delivery.CANARY_RE.pattern.split(" policy=")[0]

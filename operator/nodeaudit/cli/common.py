@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nodeaudit.core import loader
+from nodeaudit.core import documents
 from nodeaudit.core.policy import NodeAuditPolicy
 
 
@@ -12,8 +12,8 @@ def single_policy(path: str, name: str | None, pick: str = "--policy NAME") -> N
     """The one policy in `path` (or the one called `name`); a ClickException (exit 1, one message)
     saying what is wrong otherwise."""
     try:
-        loaded = loader.single_policy(path, name, pick)
-    except loader.LoadError as e:
+        loaded = documents.single_policy(path, name, pick)
+    except documents.LoadError as e:
         raise click.ClickException(str(e)) from None
     assert loaded.policy is not None
     return loaded.policy

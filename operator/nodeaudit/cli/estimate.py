@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import grp
-import json
 import os
 import pwd
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 import click
 
 from nodeaudit.cli.common import single_policy
+from nodeaudit.cli.params import DATA_FORMATS, FiniteFloat, print_data
 from nodeaudit.core import estimate as est
 from nodeaudit.core import presets as presets_mod
 from nodeaudit.core.bundle import render_bundle
@@ -222,17 +222,18 @@ def json_sizes(records: Sequence[Record], policy: NodeAuditPolicy) -> tuple[list
 @click.option("--execs", type=click.IntRange(min=1, max=1_000_000),
               help="Sample workload: this many execs of /bin/true (default 1,000 when no other workload).")
 @click.option("--workload", "command", metavar="CMD", help="Sample workload: a shell command (sh -c).")
-@click.option("--seconds", type=click.FloatRange(min=0.1, max=3600),
+@click.option("--seconds", type=FiniteFloat(min=0.1, max=3600),
               help="No workload: observe what this machine produces for this long.")
-@click.option("--exec-rate", "exec_rates", multiple=True, type=click.FloatRange(min=0),
+@click.option("--exec-rate", "exec_rates", multiple=True, type=FiniteFloat(min=0),
               help="Execs per second on a node, for the projection of a workload sample (repeatable; "
                    "default 1, 10 and 100).")
-@click.option("--price-per-gb", type=click.FloatRange(min=0),
+@click.option("--price-per-gb", type=FiniteFloat(min=0),
               help="Your Log Analytics ingestion price per GB, in your currency (default: print GB only).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-o", "--output", "output", type=DATA_FORMATS, default="text", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
 def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, command: str | None,
              seconds: float | None, exec_rates: tuple[float, ...], price_per_gb: float | None,
-             as_json: bool) -> None:
+             output: str, as_json: bool) -> None:
     """Measure the records and syslog bytes a policy produces on this machine and project GB/day."""
     if sum(x is not None for x in (execs, command, seconds)) > 1:
         raise click.UsageError("give one of --execs, --workload, --seconds")
@@ -256,7 +257,11 @@ def estimate(file: str, policy_name: str | None, nodes: int, execs: int | None, 
     if measured.container_bytes_per_exec is not None:
         data["sample"]["bytesPerContainerExec"] = round(measured.container_bytes_per_exec, 1)
     data["restoreProblems"] = problems
-    click.echo(json.dumps(data, indent=2) if as_json else est.format_report(data))
+    try:  # JSON has no NaN or Infinity: a projection that holds one is refused, not printed
+        print_data("json" if as_json else output, data, est.format_report(data) if output == "text" else "")
+    except ValueError as e:
+        click.echo(f"nodeaudit estimate: the projection is not finite ({e})", err=True)
+        sys.exit(1)
     if problems:
         click.echo("nodeaudit estimate: kernel audit not fully restored: " + "; ".join(problems), err=True)
         sys.exit(3)

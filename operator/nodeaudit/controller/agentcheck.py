@@ -21,10 +21,14 @@ from nodeaudit.controller import metrics
 from nodeaudit.controller.config import Config
 from nodeaudit.controller.view import View
 from nodeaudit.core import agent as agent_mod
+from nodeaudit.core import delivery as delivery_mod
 from nodeaudit.core import nodes as nodes_mod
 
 if TYPE_CHECKING:
-    from nodeaudit.azure.check import AgentChecker, AgentSettings, ArmClients
+    from nodeaudit.azure.checker import AgentChecker
+    from nodeaudit.azure.clients import ArmClients
+    from nodeaudit.controller.writer import Writer
+    from nodeaudit.core.agent import AgentSettings
 
 log = logging.getLogger("nodeaudit.controller.agentcheck")
 
@@ -37,6 +41,7 @@ class AgentState:
     """One policy's agent check."""
 
     verdict: Verdict | None = None
+    delivered: Verdict | None = None  # the Delivered condition (arrival of the canaries)
     scale_sets: list[dict[str, Any]] | None = None  # status.agent
     key: str = ""  # the settings the verdict is for; a change re-checks at once
     due: float = 0.0
@@ -48,10 +53,11 @@ class AgentState:
 
 
 class AgentCheck:
-    def __init__(self, view: View, kube: kube_mod.Kube, config: Config) -> None:
+    def __init__(self, view: View, kube: kube_mod.Kube, config: Config, writer: Writer | None = None) -> None:
         self.view = view
         self.config = config
         self.kube = kube
+        self.writer = writer  # writes each node's deliveredAt; None: not written
         self.states: dict[str, AgentState] = {}
         # One ArmClients per process, made on the first check, in this loop.
         self.arm: ArmClients | None = None
@@ -64,6 +70,11 @@ class AgentCheck:
         """(AgentReady, status.agent) for the policy's status; (None, None) before any check."""
         state = self.states.get(policy)
         return (state.verdict, state.scale_sets) if state is not None else (None, None)
+
+    def delivered(self, policy: str) -> Verdict | None:
+        """The Delivered condition for the policy's status; None before any check."""
+        state = self.states.get(policy)
+        return state.delivered if state is not None else None
 
     def policy_changed(self) -> None:
         self.wake.set()
@@ -85,7 +96,7 @@ class AgentCheck:
             if entry.policy is None or not entry.active:
                 continue
             state = self._state(entry.name)
-            if (ref.key in state.scale_set_keys or entry.policy.spec.monitoring_agent.check == "None"
+            if (ref.key in state.scale_set_keys or not agent_mod.settings_from_spec(entry.policy.spec).runs
                     or not nodes_mod.matches(entry.policy.spec.node_selector, node.labels)):
                 continue
             state.scale_set_keys.add(ref.key)
@@ -116,8 +127,6 @@ class AgentCheck:
 
     async def _loop(self) -> None:
         """Start each policy's agent check every ``spec.monitoringAgent.interval``."""
-        from nodeaudit.azure import check as azure
-
         while not self.view.primed:
             await asyncio.sleep(0.1)
         while True:
@@ -128,16 +137,15 @@ class AgentCheck:
                     continue
                 state = self._state(entry.name)
                 try:
-                    settings = azure.settings_from_spec(entry.policy.spec)
+                    settings = agent_mod.settings_from_spec(entry.policy.spec)
                 except ValueError as e:
                     self._set(entry.name, ("Unknown", "CheckFailed", str(e)), [])
                     continue
                 key = repr(settings)
                 if key != state.key:
                     state.key, state.due, state.checker = key, 0.0, None
-                if settings.check == "None":  # no ARM call, no cluster read
-                    self._set(entry.name, ("True", "CheckDisabled",
-                                           "monitoringAgent.check is None: the agent is not checked"), [])
+                if not settings.runs:  # no ARM call, no cluster read
+                    self._set(entry.name, agent_mod.disabled_condition(), [])
                     continue
                 if state.task is not None and not state.task.done():
                     continue
@@ -181,6 +189,8 @@ class AgentCheck:
 
     async def _run(self, name: str, settings: AgentSettings) -> None:
         from nodeaudit.azure import check as azure
+        from nodeaudit.azure.checker import AgentChecker, ttl_for_interval
+        from nodeaudit.azure.clients import ArmClients, ArmOptions
 
         entry = self.view.policies.get(name)
         state = self.states.get(name)
@@ -193,7 +203,9 @@ class AgentCheck:
         nodes = [{"metadata": {"name": n.name, "labels": dict(n.labels)},
                   "spec": {"providerID": n.provider_id, "taints": self.view.raw_taints.get(n.name, [])}}
                  for n in matched]
-        if not state.scale_set_keys and not settings.data_collection_rule_id and not settings.workspace_resource_id:
+        in_azure = (settings.data_collection_rule_id or settings.workspace_resource_id or settings.workspace_id
+                    or (settings.check == "Auto" and self.config.cluster_resource_id))
+        if not state.scale_set_keys and not in_azure:
             # Nothing of this policy lives in Azure: no client, no credential (no chain started), no request.
             report = agent_mod.AgentReport(check=settings.check,
                                            not_checkable=dict(agent_mod.group_nodes(nodes).not_checkable))
@@ -202,36 +214,34 @@ class AgentCheck:
         if self.arm is None:
             try:  # NODEAUDIT_ARM_ENDPOINT is checked here (https only): a bad one is the verdict
                 verify = self.config.arm_ca_file or True
-                self.arm = azure.ArmClients(options=azure.ArmOptions(connection_verify=verify),
-                                            observe=metrics.observe_arm)
+                self.arm = ArmClients(options=ArmOptions(connection_verify=verify),
+                                      logs_endpoint=self.config.logs_endpoint,
+                                      cluster_resource_id=self.config.cluster_resource_id,
+                                      observe=metrics.observe_arm)
             except ValueError as e:
                 log.error("agent check of policy %s cannot run: %s", name, e)
                 self._set(name, ("False", "ArmConfigInvalid", str(e)), None)
                 return
         # ContainerInsights reads the cluster, not ARM, unless remediation or a DCR/workspace is asked for.
-        arm_calls = (settings.check != "ContainerInsights" or settings.remediate
-                     or settings.data_collection_rule_id or settings.workspace_resource_id)
+        arm_calls = (settings.check != "ContainerInsights" or settings.remediate or in_azure)
         problem = await _credential_problem(self.arm) if arm_calls else None
         if problem is not None:  # once, not once per scale set, and never the chain's dump
             log.warning("agent check of policy %s cannot run: %s", name, problem)
             self._set(name, ("Unknown", "CredentialUnavailable", problem), None)
             return
         if state.checker is None:
-            state.checker = azure.AgentChecker(self.arm, ttl=azure.ttl_for_interval(settings.interval_seconds),
-                                               retry_note="; retried next interval")
-        client = None
+            state.checker = AgentChecker(self.arm, ttl=ttl_for_interval(settings.interval_seconds),
+                                         retry_note="; retried next interval")
         try:
-            if settings.check == "ContainerInsights":
-                client = self.kube.sync_api_client()
-            report = await azure.check_policy_agents(nodes, settings, state.checker, kube_api_client=client)
+            # the cluster is read for ContainerInsights only: the operator has no RBAC on Secrets
+            kube = self.kube if settings.check == "ContainerInsights" else None
+            report = await azure.check_policy_agents(nodes, settings, state.checker, kube=kube)
         except Exception as e:  # noqa: BLE001 - a check that cannot run is a verdict, not a crash
             log.warning("agent check of policy %s could not run: %s", name, e)
             self._set(name, ("Unknown", "CheckFailed", f"{type(e).__name__}: {e}"), None)
             return
-        finally:
-            if client is not None:
-                client.close()
         self._report(name, entry.generation, report)
+        await self._arrival(name, settings, state.checker, matched)
 
     def _report(self, name: str, generation: int, report: agent_mod.AgentReport) -> None:
         cond = agent_mod.agent_condition(report, observed_generation=generation)
@@ -245,15 +255,36 @@ class AgentCheck:
         self._set(name, (str(cond["status"]), str(cond["reason"]), str(cond["message"])),
                   agent_mod.agent_status(report))
 
+    async def _arrival(self, name: str, settings: AgentSettings, checker: AgentChecker,
+                       matched: list[nodes_mod.NodeFacts]) -> None:
+        """One Log Analytics query for the newest canary of every matched node; Delivered and
+        each node's deliveredAt."""
+        records = {n.name: n.record(name) for n in matched}
+        verdict = await checker.check_arrival(
+            name, records, workspace_resource_id=settings.workspace_resource_id, workspace_id=settings.workspace_id,
+            grace_seconds=settings.delivery_grace_seconds)
+        state = self.states.get(name)
+        if state is None or name not in self.view.policies:
+            return
+        if verdict.reason not in ("NoWorkspace", "NoCanary"):
+            log.info("arrival check of policy %s: %s %s", name, verdict.reason, verdict.message)
+        delivered = (verdict.status, verdict.reason, verdict.message)
+        if state.delivered != delivered:
+            state.delivered = delivered
+            self.view.mark(name)
+        if self.writer is not None:
+            for node, (old, new) in delivery_mod.delivered_updates(records, verdict.delivered_at).items():
+                await self.writer.write_delivered(name, node, old, new)
+
 
 async def _credential_problem(arm: ArmClients) -> str | None:
     """One token request before a check: why the credential gives none (one sentence), or None."""
     from azure.core.exceptions import ClientAuthenticationError
 
-    from nodeaudit.azure import check as azure
+    from nodeaudit.azure.credential import credential_message
 
     try:
         await arm.credential.get_token(f"{arm.endpoint}/.default")
     except ClientAuthenticationError as e:
-        return azure.credential_message(e)
+        return credential_message(e)
     return None

@@ -65,6 +65,24 @@ def _number(name: str, raw: str, *, integer: bool, minimum: float) -> float:
     return value
 
 
+def https_url(name: str, raw: str) -> str:
+    """An endpoint: https only (azure-core sends no bearer token over http), no trailing /."""
+    if not raw.startswith("https://"):
+        raise SettingError(f"{name}={raw!r}: expected an https:// URL")
+    return raw.rstrip("/")
+
+
+def cluster_id(name: str, raw: str) -> str:
+    """The AKS cluster's ARM resource id."""
+    import re
+
+    if not re.fullmatch(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/"
+                        r"managedClusters/[^/]+", raw, re.IGNORECASE):
+        raise SettingError(f"{name}={raw!r}: expected /subscriptions/<sub>/resourceGroups/<rg>/providers/"
+                           "Microsoft.ContainerService/managedClusters/<name>")
+    return raw
+
+
 def setting(variable: str, default: T, parse: Parse) -> T:
     """A Config field read from ``$variable`` (unset or empty: ``default``)."""
     return field(default=default, metadata={"variable": variable, "parse": parse})
@@ -86,6 +104,10 @@ class Config:
     """How often a deletion looks at its removal Jobs."""
     arm_ca_file: str | None = setting("NODEAUDIT_ARM_CA_FILE", None, ca_file)
     """CA certificates for the ARM endpoint (None: the system's)."""
+    logs_endpoint: str | None = setting("NODEAUDIT_LOGS_ENDPOINT", None, https_url)
+    """The Log Analytics query endpoint for the arrival check (None: https://api.loganalytics.io)."""
+    cluster_resource_id: str | None = setting("NODEAUDIT_CLUSTER_RESOURCE_ID", None, cluster_id)
+    """The AKS cluster (None: the managedBy of the node resource group in the providerIDs)."""
     instance: str = setting("HOSTNAME", "nodeaudit", text)
     """This replica (its pod name): the reportingInstance of its Events."""
     concurrency: int = 48

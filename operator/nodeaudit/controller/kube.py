@@ -47,8 +47,8 @@ class Kube:
         self._headers: dict[str, str] = {"User-Agent": USER_AGENT}
         self._server = ""
         self._in_cluster = False
-        # Credential data (kubeconfig's inline *-data) written to files once, for ssl and the
-        # blocking client: data → path, removed at exit.
+        # Credential data (kubeconfig's inline *-data) written to files once, for ssl:
+        # data → path, removed at exit.
         self._files: dict[bytes, str] = {}
         self._cred: dict[str, str | None] = {}
         self.writes = 0
@@ -90,25 +90,6 @@ class Kube:
         if data not in self._files:
             self._files[data] = _tmpfile(data)
         return self._files[data]
-
-    def sync_api_client(self) -> Any:
-        """A blocking ``kubernetes`` ApiClient with the same credentials (for code that runs in a
-        thread, e.g. the ContainerInsights read of kube-system/ama-logs). The caller closes it."""
-        import kubernetes
-
-        info = self._info
-        cfg = kubernetes.client.Configuration(host=self._server)
-        auth = self._auth_headers().get("Authorization")
-        if auth:
-            cfg.api_key = {"authorization": auth}
-        if info is not None and self._server.startswith("https"):
-            cfg.verify_ssl = not info.insecure
-            cfg.ssl_ca_cert = self._cred.get("ca")
-            cfg.cert_file = self._cred.get("cert")
-            cfg.key_file = self._cred.get("key")
-        client = kubernetes.client.ApiClient(cfg)
-        client.user_agent = USER_AGENT
-        return client
 
     async def close(self) -> None:
         if self._session is not None:

@@ -13,13 +13,13 @@ import kopf
 
 from nodeaudit.controller.config import Config
 from nodeaudit.controller.kube import Kube
-from nodeaudit.controller.reconciler import Controller, Waiting
+from nodeaudit.controller.reconciler import FINALIZER, Controller, Waiting
 from nodeaudit.core import jobs as jobs_mod
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
     """Settings the operator needs to be correct, whoever starts it."""
-    settings.persistence.finalizer = "nodeaudit.io/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nodeaudit.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="nodeaudit.io", key="last-handled-configuration")
@@ -56,13 +56,43 @@ def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     # The kubernetes client reads $KUBECONFIG once, at import; honour its current value.
     if os.environ.get("KUBECONFIG"):
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = os.environ["KUBECONFIG"]
-    info = kopf.login_via_client(**kwargs)
+    context = os.environ.get(CONTEXT_ENV)  # nodeaudit run --context
+    info = kopf.login_via_client(**kwargs) if not context else kubeconfig_connection(None, context)
+    if isinstance(info, str):
+        raise kopf.LoginError(info)
     if info is not None:
         memo["connection"] = info
         ctl = memo.get("controller")
         if ctl is not None:
             ctl.kube.configure(info)
     return info
+
+
+CONTEXT_ENV = "NODEAUDIT_KUBE_CONTEXT"
+
+
+def kubeconfig_connection(path: str | None, context: str | None) -> kopf.ConnectionInfo | str:
+    """kopf's connection from a kubeconfig and one of its contexts (kopf's own login reads only the
+    current-context), or one line saying why that kubeconfig or context cannot be used."""
+    import kubernetes
+
+    config_file = path or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if not os.path.exists(config_file.split(os.pathsep)[0]):
+        return f"kubeconfig {config_file}: no such file"
+    cfg = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=config_file, context=context, client_configuration=cfg)
+    except Exception as e:  # noqa: BLE001 - any reason the kubeconfig is unusable is the message
+        where = f"context {context}: " if context else ""
+        return f"{where}kubeconfig {config_file}: {' '.join(str(e).split()) or type(e).__name__}"
+    scheme, _, token = str((cfg.api_key or {}).get("authorization", "")).partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+        username=cfg.username or None, password=cfg.password or None,
+        scheme=scheme if token else None, token=token or None,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+    )
 
 
 async def remove_policy(memo: kopf.Memo, body: kopf.Body) -> None:

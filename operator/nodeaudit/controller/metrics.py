@@ -45,7 +45,19 @@ AGENT_CHECKS = Counter(
     "nodeaudit_agent_checks_total", "Monitoring-agent checks run, by policy and AgentReady status.",
     ["policy", "status"])
 
+DISPATCHER_COUNTERS = ("events", "dropped", "unparsed", "containersResolved", "containersUnresolved")
+DISPATCHER = Gauge(
+    "nodeaudit_dispatcher_events",
+    "The JSON dispatcher's counters as each node's last apply reported them, summed over the policy's "
+    "nodes (events, dropped, unparsed, containersResolved, containersUnresolved).",
+    ["policy", "counter"])
+SYSLOG_FORMAT_NODES = Gauge(
+    "nodeaudit_syslog_format_nodes",
+    "Nodes of a policy by the syslog form they run (json, raw); raw under a json policy is a fallback "
+    "(no python3 on the node).", ["policy", "format"])
+
 _agent_states: dict[str, set[str]] = {}
+_node_dispatch: dict[str, dict[str, tuple[str | None, Mapping[str, Any] | None]]] = {}
 
 
 def set_policy_nodes(policy: str, counts: Mapping[str, int]) -> None:
@@ -53,10 +65,28 @@ def set_policy_nodes(policy: str, counts: Mapping[str, int]) -> None:
         POLICY_NODES.labels(policy, state).set(int(counts.get(state, 0)))
 
 
+def observe_dispatcher(policy: str, node: str, record: Mapping[str, Any]) -> None:
+    """A node's apply record: its syslog form and dispatcher counters replace what it said before."""
+    counters = record.get("dispatcher")
+    _node_dispatch.setdefault(policy, {})[node] = (
+        record.get("syslogFormat"), counters if isinstance(counters, Mapping) else None)
+    nodes = _node_dispatch[policy].values()
+    for counter in DISPATCHER_COUNTERS:
+        total = sum(int(c.get(counter) or 0) for _, c in nodes if c)
+        DISPATCHER.labels(policy, counter).set(total)
+    for fmt in ("json", "raw"):
+        SYSLOG_FORMAT_NODES.labels(policy, fmt).set(sum(1 for f, _ in nodes if f == fmt))
+
+
 def forget_policy(policy: str) -> None:
     """A deleted policy's gauges disappear instead of freezing at their last value."""
     for state in NODE_STATES:
         _remove(POLICY_NODES, policy, state)
+    if _node_dispatch.pop(policy, None) is not None:
+        for counter in DISPATCHER_COUNTERS:
+            _remove(DISPATCHER, policy, counter)
+        for fmt in ("json", "raw"):
+            _remove(SYSLOG_FORMAT_NODES, policy, fmt)
     for state in _agent_states.pop(policy, set()):
         _remove(AGENT_SCALE_SETS, policy, state)
 

@@ -36,7 +36,7 @@ RESULT_POLL_SECONDS = 0.5
 IDLE_WAKE_SECONDS = 30.0
 RELIST_DEBOUNCE_SECONDS = 0.5  # kopf's re-listing events of one kind arrive within this
 RELIST_RETRY_SECONDS = 2.0
-FINALIZER = "nodeaudit.io/finalizer"  # lifecycle.configure sets it as kopf's finalizer
+FINALIZER = "nodeaudit.io/finalizer"  # kopf's finalizer on the policy (lifecycle.configure)
 
 
 class Waiting(Exception):
@@ -51,7 +51,7 @@ class Controller:
         self.config = config
         self.view = View()
         self.writer = Writer(kube, config, self.view)
-        self.agent = AgentCheck(self.view, kube, config)
+        self.agent = AgentCheck(self.view, kube, config, self.writer)
         self._task: asyncio.Task[None] | None = None
         self._relist_task: asyncio.Task[None] | None = None
         self._relist_kinds: set[str] = set()
@@ -266,6 +266,7 @@ class Controller:
         if view.unrecorded(entry.name):
             entry.requeue_at = min(entry.requeue_at or 1e18, time.monotonic() + RESULT_POLL_SECONDS)
         agent, agent_scale_sets = self.agent.verdict(entry.name)
+        delivered = self.agent.delivered(entry.name)
         summary = status.Summary(
             generation=entry.generation, bundle=entry.bundle.hash, matched=plan.matched,
             configured=plan.count("configured"), applying=plan.count("applying"),
@@ -273,7 +274,7 @@ class Controller:
             failed=plan.count("failed"), failed_nodes=plan.failed_nodes,
             retrying_nodes=[n for n, state in plan.states.items() if state == "retrying"], stalled=plan.stalled,
             paused=plan.paused, conflicts=conflicts, create_failed=create_error,
-            agent=agent, agent_scale_sets=agent_scale_sets,
+            agent=agent, agent_scale_sets=agent_scale_sets, delivered=delivered,
         )
         await self.writer.write_status(entry, summary)
         if _ready_for(entry.status or {}, entry.bundle.hash) and not _ready_for(before, entry.bundle.hash):

@@ -20,7 +20,7 @@ from nodeaudit.controller import kube as kube_mod
 from nodeaudit.controller import metrics
 from nodeaudit.controller.config import Config
 from nodeaudit.controller.view import PolicyEntry, View
-from nodeaudit.core import events, eventseries, noderecord, rollout, status
+from nodeaudit.core import delivery, events, eventseries, noderecord, rollout, status
 from nodeaudit.core import jobs as jobs_mod
 from nodeaudit.core import nodes as nodes_mod
 from nodeaudit.core.jobs import JobInfo
@@ -74,6 +74,7 @@ class Writer:
         self.view.remember(node.name, entry.name, json.loads(text))
         ok = record["result"] == "ok"
         metrics.observe_apply(record["result"], record.get("distro"), record.get("auditVersion"))
+        metrics.observe_dispatcher(entry.name, node.name, record)
         if ok and noderecord.first_success_of_boot(previous, node) and node.ready_since:
             metrics.observe_ready_to_configured(entry.name, node.ready_since)
         if ok:
@@ -84,6 +85,18 @@ class Writer:
             entry.failures_reported.add(job.name)
             _, _, latest = events.apply_failed(node.name, record["error"], record["failures"])
             self.note(entry, job.bundle, *events.apply_failures(job.bundle, latest), subject=node.name)
+
+    async def write_delivered(self, policy: str, node_name: str, old_text: str, new_text: str) -> bool:
+        """Add ``deliveredAt`` to a node's record, only if the record is still ``old_text``."""
+        try:
+            await self.kube.json_patch(kube_mod.node_path(node_name), delivery.delivered_ops(policy, old_text, new_text))
+        except kube_mod.ApiError as e:
+            if e.status not in (404, 409, 422):
+                log.warning("could not record deliveredAt on node %s: %s", node_name, e)
+            return False
+        if node_name in self.view.nodes:
+            self.view.remember(node_name, policy, json.loads(new_text))
+        return True
 
     async def clear_record(self, policy: str, node_name: str) -> None:
         try:

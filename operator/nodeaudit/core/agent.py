@@ -1,7 +1,7 @@
 """Monitoring-agent verdicts: which scale sets ship syslog to Log Analytics, and why not.
 
 Pure: this module imports nothing of Azure, HTTP or Kubernetes (only the pure ``nodeaudit.core.nodes``
-for label matching and the OS label, and ``nodeaudit.core.status`` for short name lists). The edge (``nodeaudit.azure.check``) turns
+for label matching and the OS label, and ``nodeaudit.core.status`` for short name lists). The edge (``nodeaudit.azure.facts``) turns
 SDK objects into the small facts defined here (``ExtensionFact``, ``SyslogSource``), and this module
 turns facts into verdicts, reports, conditions and tables.
 
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from nodeaudit.core.delivery import DeliveryVerdict
 from nodeaudit.core.nodes import matches, node_os
+from nodeaudit.core.policy import NodeAuditPolicySpec, parse_duration
 from nodeaudit.core.status import few_names
 
 # -- names -----------------------------------------------------------------------------------------
@@ -42,12 +44,82 @@ EXTENSIONS_READ_PERMISSION = "Microsoft.Compute/virtualMachineScaleSets/extensio
 READER_ROLE_HINT = "grant the operator's identity Reader on the node resource group"
 CONDITION_TYPE = "AgentReady"
 
-CheckKind = Literal["VMSSExtension", "ContainerInsights", "None"]
+CheckKind = Literal["Auto", "VMSSExtension", "ContainerInsights", "None"]
+CHECK_KINDS: tuple[str, ...] = ("Auto", "VMSSExtension", "ContainerInsights", "None")
+#: The one check that asks nothing of ARM or the cluster (see ``AgentSettings.runs``).
+CHECK_DISABLED = "None"
+CHECK_DISABLED_MESSAGE = "monitoringAgent.check is None: the agent is not checked"
 #: Present: an agent is installed and provisioned. Missing: none of the accepted types.
 #: Failed: an agent exists but its provisioning failed. Pending: it is being created/updated.
 #: Error: the check itself failed (permission, throttling, timeout, bad response). Skipped: check None.
 State = Literal["Present", "Missing", "Failed", "Pending", "Error", "Skipped"]
 LACKING_STATES: frozenset[str] = frozenset({"Missing", "Failed", "Pending"})
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentSettings:
+    """``spec.monitoringAgent`` + ``spec.syslog`` as plain values (see ``settings_from_spec``)."""
+
+    check: str = "Auto"
+    extension_types: tuple[str, ...] = DEFAULT_EXTENSION_TYPES
+    data_collection_rule_id: str | None = None
+    workspace_resource_id: str | None = None
+    interval_seconds: float = 3600.0
+    remediate: bool = False
+    remediation_extension: str = AMA
+    workspace_secret: tuple[str, str, str, str] | None = None  # name, namespace, id key, key key
+    facility: str = "LOG_AUTHPRIV"
+    priority: str = "LOG_INFO"
+    workspace_id: str | None = None  # the workspace's customer id (arrival query)
+    delivery_grace_seconds: float = 900.0
+
+    @property
+    def runs(self) -> bool:
+        """Whether the check asks anything of ARM or the cluster: the one place that decides
+        "check is None" (the operator then makes no client at all, the report says Skipped)."""
+        return self.check != CHECK_DISABLED
+
+
+def settings_from_spec(spec: NodeAuditPolicySpec) -> AgentSettings:
+    """The policy model's ``spec.monitoringAgent`` + ``spec.syslog`` -> AgentSettings (the model
+    holds the defaults)."""
+    ma, syslog = spec.monitoring_agent, spec.syslog
+    rem = ma.remediation
+    ref = rem.workspace_secret_ref if rem is not None else None
+    return AgentSettings(
+        check=ma.check,
+        extension_types=tuple(ma.extension_types),
+        data_collection_rule_id=ma.data_collection_rule_id,
+        workspace_resource_id=ma.workspace_resource_id,
+        interval_seconds=parse_duration(ma.interval).total_seconds(),
+        remediate=ma.remediate,
+        remediation_extension=rem.extension if rem is not None else AMA,
+        workspace_secret=(ref.name, ref.namespace, ref.workspace_id_key, ref.workspace_key_key) if ref else None,
+        facility=str(syslog.facility),
+        priority=str(syslog.priority),
+        workspace_id=ma.workspace_id,
+        delivery_grace_seconds=parse_duration(ma.delivery_grace).total_seconds(),
+    )
+
+
+def settings_problem(settings: AgentSettings) -> str | None:
+    """Why these settings cannot be checked at all (an unknown check kind, facility or level), or None."""
+    if settings.check not in CHECK_KINDS:
+        return f"unknown monitoringAgent.check {settings.check!r}"
+    try:
+        facility_name(settings.facility)
+        severity_name(settings.priority)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def disabled_condition() -> tuple[str, str, str]:
+    """(status, reason, message) of ``AgentReady`` when the check does not run."""
+    return "True", "CheckDisabled", CHECK_DISABLED_MESSAGE
+
 
 # -- providerID -> scale set -----------------------------------------------------------------------
 
@@ -338,7 +410,7 @@ def dcr_collection_verdict(
                                 f"the syslog data source for {fac} does not emit the Microsoft-Syslog stream")
     if not any(s.lower() == "microsoft-syslog" for s in flow_streams):
         return CollectionResult("DataCollectionRule", resource_id, "NotCollected",
-                                "no dataFlow of the DCR sends Microsoft-Syslog to a destination")
+                                "no dataFlow of the DCR sends Microsoft-Syslog to a Log Analytics workspace")
     names = ", ".join(sorted({s.name or "?" for s in by_level}))
     return CollectionResult("DataCollectionRule", resource_id, "Collected", f"{want} collected by data source {names}")
 
@@ -484,6 +556,21 @@ class AgentReport:
     collection: list[CollectionResult] = field(default_factory=list)
     arm_requests: int = 0
     errors: list[str] = field(default_factory=list)
+    #: Auto only: the managed cluster, the DCRs associated with it (and the policy's), the verdict
+    cluster: ClusterResult | None = None
+    dcrs: list[DcrFact] = field(default_factory=list)
+    path: PathVerdict | None = None
+    #: arrival (``nodeaudit check-agent``): did the nodes' canaries reach the workspace
+    delivery: DeliveryVerdict | None = None
+
+    @property
+    def check_errors(self) -> list[str]:
+        """Every part of the check that could not be completed, as ``where: why``."""
+        out = [f"{s.ref.label}: {s.message}" for s in self.failed_checks]
+        if self.cluster is not None and self.cluster.state in ("Error", "Unresolved"):
+            out.append(f"cluster {self.cluster.resource_id or '?'}: {self.cluster.message}")
+        out += [f"{c.resource_id}: {c.message}" for c in self.collection if c.state == "Error"]
+        return out + list(self.errors)
 
     @property
     def lacking(self) -> list[ScaleSetResult]:
@@ -500,9 +587,24 @@ class AgentReport:
     @property
     def exit_code(self) -> int:
         """0 every scale set has an agent (and collection is confirmed where asked); 1 one lacks it;
-        2 the check could not be completed (errors win: an incomplete answer is not a clean one)."""
+        3 the check could not be completed (errors win: an incomplete answer is not a clean one;
+        2 is the usage error's, as for every command: docs/cli.md).
+        Auto: 0 a path ships the records (whatever else failed), else 3 on errors, else 1.
+        Arrival, when asked: a query that failed makes it 3, a canary missing at least 1."""
+        code = self._agent_exit_code
+        if self.delivery is not None:
+            if self.delivery.reason == "QueryFailed":
+                return 3
+            if self.delivery.status == "False":
+                return max(code, 1)
+        return code
+
+    @property
+    def _agent_exit_code(self) -> int:
+        if self.path is not None:
+            return 0 if self.path.ok else (3 if self.check_errors else 1)
         if self.errors or self.failed_checks or any(c.state == "Error" for c in self.collection):
-            return 2
+            return 3
         if self.lacking or self.collection_missing:
             return 1
         return 0
@@ -518,8 +620,20 @@ def agent_condition(
     report: AgentReport, *, observed_generation: int | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """The ``AgentReady`` condition (metav1.Condition shape) for the policy status."""
-    if report.check == "None":
-        status, reason, message = "True", "CheckDisabled", "monitoringAgent.check is None: the agent is not checked"
+    if report.check == CHECK_DISABLED:
+        status, reason, message = disabled_condition()
+    elif report.path is not None:
+        problems = report.check_errors
+        if report.path.ok:
+            status, reason, message = "True", report.path.reason, report.path.message
+            retired = [s.ref.label for s in report.scale_sets if s.agent == OMS]
+            if retired:
+                message += f"; {OMS} (retired since {OMS_RETIRED_ON}) on {', '.join(retired)}"
+        elif problems:
+            status, reason = "Unknown", "CheckFailed"
+            message = "check failed: " + "; ".join(problems) + f"; {report.path.message}"
+        else:
+            status, reason, message = "False", report.path.reason, report.path.message
     elif report.errors or report.failed_checks or any(c.state == "Error" for c in report.collection):
         problems = [f"{s.ref.label}: {s.message}" for s in report.failed_checks]
         problems += [f"{c.resource_id}: {c.message}" for c in report.collection if c.state == "Error"]
@@ -604,6 +718,14 @@ def report_to_json(report: AgentReport) -> dict[str, Any]:
             for c in report.collection
         ],
         "errors": list(report.errors),
+        **({"cluster": {"resourceId": report.cluster.resource_id, "state": report.cluster.state,
+                        "message": report.cluster.message}} if report.cluster is not None else {}),
+        **({"path": {"ok": report.path.ok, "reason": report.path.reason, "message": report.path.message,
+                     "fix": report.path.fix}} if report.path is not None else {}),
+        **({"delivery": {"status": report.delivery.status, "reason": report.delivery.reason,
+                         "message": report.delivery.message, "arrived": report.delivery.arrived,
+                         "expected": report.delivery.expected, "missing": list(report.delivery.missing),
+                         "deliveredAt": dict(report.delivery.delivered_at)}} if report.delivery is not None else {}),
     }
 
 
@@ -627,11 +749,165 @@ def render_table(report: AgentReport) -> str:
             lines.append(f"warning: {s.ref.label}: {w}")
         if s.remediation:
             lines.append(f"remediation: {s.ref.label}: {s.remediation}")
+    if report.cluster is not None:
+        lines.append(f"cluster: {report.cluster.resource_id or '?'}: {report.cluster.state}: {report.cluster.message}")
     for c in report.collection:
         lines.append(f"collection: {c.kind} {c.resource_id}: {c.state}: {c.message}")
+    if report.path is not None:
+        lines.append(f"path: {'ok' if report.path.ok else 'none'}: {report.path.reason}: {report.path.message}")
+    if report.delivery is not None:
+        lines.append(f"arrival: Delivered={report.delivery.status} {report.delivery.reason}: {report.delivery.message}")
     for n, r in sorted(report.not_checkable.items()):
         lines.append(f"not checkable: node {n}: {r}")
     for e in report.errors:
         lines.append(f"error: {e}")
     return "\n".join(lines) + "\n"
 
+
+
+# -- Auto: the cluster's add-on, its Data Collection Rules, the scale sets' agents ------------------
+
+CLUSTER_ID_SETTING = "NODEAUDIT_CLUSTER_RESOURCE_ID"
+CI_ADDON = "omsagent"
+
+
+@dataclass(frozen=True)
+class ClusterFact:
+    """What matters of a managedClusters resource for syslog collection."""
+
+    resource_id: str
+    name: str
+    resource_group: str
+    location: str | None
+    #: where ARM reports Container Insights on: ``addonProfiles.omsagent`` or
+    #: ``azureMonitorProfile.containerInsights`` (None: it is off)
+    addon_via: str | None
+    workspace_resource_id: str | None = None
+    managed_identity: bool = False
+
+
+@dataclass(frozen=True)
+class DcrFact:
+    """A Data Collection Rule: its syslog sources and the streams it sends to a Log Analytics workspace."""
+
+    resource_id: str
+    name: str
+    sources: tuple[SyslogSource, ...]
+    #: streams of the dataFlows whose destinations include a ``logAnalytics`` destination
+    workspace_streams: tuple[str, ...]
+    workspaces: tuple[str, ...] = ()  # the logAnalytics destinations' workspaceResourceId
+
+
+def dcr_fix_command(dcr: DcrFact, facility: str, priority: str) -> str:
+    """The ``az`` command that makes ``dcr`` collect ``facility`` at ``priority`` (and above)."""
+    fac, sev = facility_name(facility), severity_name(priority)
+    rg = _arm_segment(dcr.resource_id, "resourcegroups") or "<resource-group>"
+    levels = " ".join(DCR_LEVELS[s] for s in SEVERITIES[: SEVERITIES.index(sev) + 1][::-1])
+    by_fac = [s for s in dcr.sources if s.facilities]
+    if not by_fac:
+        return (f"az monitor data-collection rule syslog add -g {rg} --rule-name {dcr.name} --name nodeaudit-{fac} "
+                f"--facility-names {fac} --log-levels {levels} --streams Microsoft-Syslog")
+    source = by_fac[0]
+    facilities = sorted({*(f for f in source.facilities if f != "*"), fac})
+    return (f"az monitor data-collection rule syslog update -g {rg} --rule-name {dcr.name} --name {source.name or 'sysLogsDataSource'} "
+            f"--facility-names {' '.join(facilities)} --log-levels {levels}")
+
+
+def _arm_segment(resource_id: str, key: str) -> str | None:
+    parts = [p for p in resource_id.split("/") if p]
+    low = [p.lower() for p in parts]
+    return parts[low.index(key) + 1] if key in low and low.index(key) + 1 < len(parts) else None
+
+
+def enable_syslog_command(cluster: ClusterFact) -> str:
+    ws = f" --workspace-resource-id {cluster.workspace_resource_id}" if cluster.workspace_resource_id else ""
+    return (f"az aks enable-addons -a monitoring --enable-msi-auth-for-monitoring --enable-syslog "
+            f"-g {cluster.resource_group} -n {cluster.name}{ws}")
+
+
+@dataclass
+class ClusterResult:
+    """The managed cluster's part of an Auto check (``state``: AddonOn, AddonOff, Error, Unresolved)."""
+
+    resource_id: str | None
+    state: Literal["AddonOn", "AddonOff", "Error", "Unresolved"]
+    message: str
+    fact: ClusterFact | None = None
+
+
+@dataclass
+class PathVerdict:
+    """Whether some path ships the policy's records to a workspace, and if not what to do."""
+
+    ok: bool
+    reason: str
+    message: str
+    fix: str | None = None
+
+
+def auto_path_verdict(
+    cluster: ClusterResult | None,
+    dcrs: Sequence[DcrFact],
+    dcr_results: Sequence[CollectionResult],
+    scale_sets: Sequence[ScaleSetResult],
+    facility: str,
+    priority: str,
+) -> PathVerdict:
+    """The ``Auto`` verdict: Container Insights (the add-on with a syslog DCR associated with the
+    cluster) or the extension path (AzureMonitorLinuxAgent on every scale set with a DCR). The first
+    path that ships ``facility`` at ``priority`` makes it True; otherwise the most specific gap, in
+    the words of the fix."""
+    fac, sev = facility_name(facility), severity_name(priority)
+    want = f"{fac}.{sev} ({fac} at {DCR_LEVELS[sev]})"
+    collected = [(d, r) for d, r in zip(dcrs, dcr_results, strict=True) if r.state == "Collected"]
+    addon = cluster is not None and cluster.fact is not None and cluster.fact.addon_via is not None
+    lacking_ama = [s for s in scale_sets if s.agent != AMA or s.state != "Present"]
+    if addon and collected:
+        d, r = collected[0]
+        assert cluster is not None and cluster.fact is not None
+        return PathVerdict(True, "ContainerInsights",
+                           f"Container Insights ({cluster.fact.addon_via}) on {cluster.fact.name} ships {want}: "
+                           f"DCR {d.name}: {r.message}")
+    if scale_sets and not lacking_ama and collected:
+        d, r = collected[0]
+        return PathVerdict(True, "AzureMonitorAgent",
+                           f"{AMA} on all {len(scale_sets)} scale set(s) ships {want}: DCR {d.name}: {r.message}")
+    # no path: say the gap of the path that is closest to working
+    if addon:
+        assert cluster is not None and cluster.fact is not None
+        with_syslog = [(d, r) for d, r in zip(dcrs, dcr_results, strict=True) if d.sources]
+        if not with_syslog:
+            fix = enable_syslog_command(cluster.fact)
+            names = ", ".join(d.name for d in dcrs) or "none"
+            return PathVerdict(False, "SyslogNotEnabled",
+                               f"Container Insights is on for {cluster.fact.name}, but syslog collection is off "
+                               f"(no DCR associated with the cluster has a syslog data source; associated: {names}): "
+                               f"run `{fix}`", fix)
+        d, r = with_syslog[0]
+        fix = dcr_fix_command(d, facility, priority)
+        return PathVerdict(False, "SyslogNotCollected",
+                           f"Container Insights is on for {cluster.fact.name}, but DCR {d.name} does not ship {want}: "
+                           f"{r.message}: run `{fix}`", fix)
+    if scale_sets and not lacking_ama:
+        if dcrs:
+            d, r = dcrs[0], dcr_results[0]
+            fix = dcr_fix_command(d, facility, priority)
+            return PathVerdict(False, "SyslogNotCollected",
+                               f"{AMA} runs on every scale set, but DCR {d.name} does not ship {want}: {r.message}: "
+                               f"run `{fix}`", fix)
+        return PathVerdict(False, "NoDataCollectionRule",
+                           f"{AMA} runs on every scale set, but no Data Collection Rule is associated with the cluster "
+                           f"or named in monitoringAgent.dataCollectionRuleId: create one that collects {want} and "
+                           f"associate it (az monitor data-collection rule association create --name nodeaudit-syslog "
+                           f"--rule-id <dcr-id> --resource <scale-set-id>)")
+    names = ", ".join(s.ref.label for s in lacking_ama) or "the cluster"
+    retired = [s.ref.label for s in scale_sets if s.agent == OMS]
+    where = cluster.fact if cluster is not None and cluster.fact is not None else None
+    fix = (enable_syslog_command(where) if where is not None
+           else "az aks enable-addons -a monitoring --enable-msi-auth-for-monitoring --enable-syslog -g <rg> -n <cluster>")
+    msg = (f"no path ships {want} to Log Analytics: the monitoring add-on is off"
+           + (f" ({cluster.message})" if cluster is not None and cluster.state != "AddonOff" else "")
+           + f" and {AMA} is missing on {names}")
+    if retired:
+        msg += f" ({OMS} on {', '.join(retired)} is retired since {OMS_RETIRED_ON} and is not counted)"
+    return PathVerdict(False, "NoCollectionPath", f"{msg}: run `{fix}`", fix)

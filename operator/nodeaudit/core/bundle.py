@@ -26,7 +26,7 @@ HOST_BUNDLES_DIR = "/var/lib/nodeaudit/bundles"
 INSTALL_TIMEOUT_SECONDS = 300
 _ENV_VALUE = re.compile(r"[A-Za-z0-9._:/,-]*")
 # Scripts shipped verbatim from the package; the rest is generated.
-_HOST_SCRIPTS = ("apply.sh", "job-entry.sh")
+_HOST_SCRIPTS = ("apply.sh", "job-entry.sh", "lib.sh")
 # The node-side dispatcher (syslog.format json): the script and the one parser it imports, the
 # very file nodeaudit.core.records is, so operator and node never parse records two ways.
 DISPATCHER_FILES = ("dispatcher.py", "records.py")

@@ -21,7 +21,6 @@ that grows with auditing (see docs/cost.md).
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,7 +154,6 @@ def json_event_sizes(kernel_records: Sequence[tuple[str, str]], *, excluded_type
     `container` (None: a host process)."""
     lines = [f"type={kind} msg={text.rstrip()}" for kind, text in kernel_records]
     pri = syslog_pri(facility, priority)
-    when = time.gmtime(0)
     sizes: dict[int, int] = {}
     for item in records_mod.events(lines, excluded_types=excluded_types):
         if isinstance(item, records_mod.Unparsed):
@@ -163,7 +161,7 @@ def json_event_sizes(kernel_records: Sequence[tuple[str, str]], *, excluded_type
         event = dict(item)
         if event.get("pid") is not None:
             event["container"] = dict(container) if container else None
-        sizes[int(event["serial"])] = len(records_mod.syslog_datagram(pri, records_mod.json_message(event), when))
+        sizes[int(event["serial"])] = len(records_mod.syslog_datagram(pri, records_mod.json_message(event)))
     return sizes
 
 

@@ -149,6 +149,8 @@ def job_manifest(
             "imagePullPolicy": "IfNotPresent",
             "command": args,
             "securityContext": {"privileged": True, "runAsUser": 0},
+            # the node's name for apply.sh's canary marker (the host's hostname may differ from it)
+            "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
             "resources": json.loads(json.dumps(RESOURCES)),
             "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "FallbackToLogsOnError",

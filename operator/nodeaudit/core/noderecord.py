@@ -18,7 +18,11 @@ from nodeaudit.core.jobs import JobInfo
 from nodeaudit.core.nodes import STARTUP_TAINT_KEY, NodeFacts, state_annotation
 from nodeaudit.core.rollout import parse_time
 
-RESULT_KEYS = ("distro", "auditVersion", "rulesLoaded", "lost", "backlog")
+RESULT_KEYS = ("distro", "auditVersion", "rulesLoaded", "lost", "backlog",
+               # the syslog form the node runs, why it fell back to raw, the dispatcher's counters
+               "syslogFormat", "fallback", "dispatcher",
+               # the canary the apply sent (the Delivered check looks for it)
+               "canaryId", "canaryAt", "canarySeen")
 ERROR_LIMIT = 512
 
 

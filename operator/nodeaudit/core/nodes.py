@@ -9,6 +9,7 @@ is a few hundred bytes; a raw Node is ~10 KiB).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -183,3 +184,20 @@ def matches(selector: _Selector | Mapping[str, Any] | None, labels: Mapping[str,
     if any(labels.get(key) != value for key, value in match_labels.items()):
         return False
     return all(requirement_matches(labels, key, op, values) for key, op, values in exprs)
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def node_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Node's name (a DNS-1123 subdomain, at most 253 characters), or None.
+
+    A Node's name ends up in Job names, labels and file names: ``x/y`` must be refused, not crash."""
+    if not name:
+        return "empty"
+    if len(name) > 253:
+        return f"longer than 253 characters ({len(name)})"
+    if not _DNS_SUBDOMAIN.fullmatch(name):
+        return ("not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', starting and ending "
+                "with a letter or digit)")
+    return None

@@ -170,9 +170,11 @@ class RemediationSpec(_Model):
 class MonitoringAgentSpec(_Model):
     """How nodeaudit confirms that each node pool ships syslog to Log Analytics."""
 
-    check: Literal["VMSSExtension", "ContainerInsights", "None"] = "VMSSExtension"
-    """VMSSExtension: read the scale set's extensions through ARM; ContainerInsights: the ama-logs
-    DaemonSet covers the node; None: no check."""
+    check: Literal["Auto", "VMSSExtension", "ContainerInsights", "None"] = "Auto"
+    """Auto: every path through ARM (the scale sets' agent extensions, the cluster's monitoring
+    add-on, the Data Collection Rules associated with the cluster) and True when one ships the
+    policy's facility at its level to a workspace; VMSSExtension: read the scale set's extensions
+    through ARM; ContainerInsights: the ama-logs DaemonSet covers the node; None: no check."""
     extension_types: list[str] = Field(
         default_factory=lambda: ["OmsAgentForLinux", "AzureMonitorLinuxAgent"], min_length=1
     )
@@ -184,7 +186,15 @@ class MonitoringAgentSpec(_Model):
     workspace_resource_id: str | None = Field(
         default=None, pattern=r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.OperationalInsights/workspaces/[^/]+$"
     )
-    """ARM id of a Log Analytics workspace whose legacy syslog data source must accept the facility."""
+    """ARM id of the Log Analytics workspace the records go to: the operator asks it whether each
+    node's canary arrived (condition Delivered); with VMSSExtension its legacy syslog data source
+    must also accept the facility."""
+    workspace_id: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )
+    """The workspace's customer id (a GUID), instead of workspaceResourceId, for the arrival query."""
+    delivery_grace: str = Field(default="15m", pattern=DURATION_PATTERN)
+    """How long a canary may take to reach the workspace before its node is named as missing."""
     interval: str = Field(default="1h", pattern=DURATION_PATTERN)
     """How often the check runs (one ARM list call per scale set per interval)."""
     remediate: bool = False

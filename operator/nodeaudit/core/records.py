@@ -29,7 +29,9 @@ from typing import Any
 
 UNSET_ID = 4294967295  # (uid_t)-1: auid and ses of a process that never logged in
 _HEADER = re.compile(r"^(?:node=(\S+) )?type=([A-Za-z0-9_]+) msg=audit\((\d+)\.(\d+):(\d+)\): ?")
-_FIELD = re.compile(r'([A-Za-z0-9_\[\]]+)=("[^"]*"|\S*)')
+# A user-space message carries its own fields inside msg='...' (auditctl -m, sudo, sshd): quoted
+# whole, so the message keeps its spaces, and its inner fields (exe, res, ...) are read too.
+_FIELD = re.compile(r"""([A-Za-z0-9_\[\]]+)=("[^"]*"|'[^']*'|\S*)""")
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
 _ARG = re.compile(r"^a(\d+)(?:\[(\d+)\])?$")
 # Fields whose unquoted value is hex-encoded text (the kernel's audit_log_untrustedstring).
@@ -94,7 +96,11 @@ class RecordError(ValueError):
 
 
 def _fields(text: str) -> dict[str, str]:
-    return {m.group(1): m.group(2) for m in _FIELD.finditer(text)}
+    out = {m.group(1): m.group(2) for m in _FIELD.finditer(text)}
+    for value in [v for v in out.values() if len(v) >= 2 and v[0] == "'" and v[-1] == "'"]:
+        for key, inner in _fields(value[1:-1]).items():
+            out.setdefault(key, inner)
+    return out
 
 
 def parse_line(line: str) -> Record:
@@ -115,7 +121,7 @@ def parse_line(line: str) -> Record:
 
 def unquote(value: str) -> str:
     """A literal (quoted) value without its quotes; other values as they are."""
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
         return value[1:-1]
     return value
 
@@ -124,7 +130,7 @@ def decode_value(value: str | None) -> str | None:
     """Text of a field the kernel may hex-encode: quoted → literal, hex → decoded, (null) → None."""
     if value is None or value in ("(null)", "(none)", ""):
         return None
-    if value[0] == '"':
+    if value[0] in "\"'":
         return unquote(value)
     if _HEX.match(value):
         return bytes.fromhex(value).decode("utf-8", "backslashreplace")
@@ -346,7 +352,16 @@ def build_event(records: Sequence[Record], *, limits: Limits | None = None,
 
 
 TAG = "nodeaudit"
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# The facilities and levels a policy may choose (core/policy.py), as syslog(3) numbers them.
+FACILITIES: Mapping[str, int] = {"LOG_AUTH": 4, "LOG_AUTHPRIV": 10, "LOG_DAEMON": 3, "LOG_USER": 1, "LOG_SYSLOG": 5,
+                                 **{f"LOG_LOCAL{i}": 16 + i for i in range(8)}}
+PRIORITIES: Mapping[str, int] = {"LOG_EMERG": 0, "LOG_ALERT": 1, "LOG_CRIT": 2, "LOG_ERR": 3, "LOG_WARNING": 4,
+                                 "LOG_NOTICE": 5, "LOG_INFO": 6, "LOG_DEBUG": 7}
+
+
+def syslog_pri(facility: str, priority: str) -> int:
+    """`<PRI>` of a message: facility * 8 + level; KeyError names an unknown one."""
+    return FACILITIES[facility] * 8 + PRIORITIES[priority]
 
 
 def json_message(event: Mapping[str, Any]) -> str:
@@ -354,12 +369,12 @@ def json_message(event: Mapping[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
-def syslog_datagram(pri: int, message: str, when: time.struct_time | None = None) -> bytes:
-    """What syslog(3) writes to /dev/log: `<PRI>Mmm dd hh:mm:ss nodeaudit: message` (no pid, so
-    the monitoring agent's ProcessName is `nodeaudit`)."""
-    t = time.localtime() if when is None else when
-    head = f"<{pri}>{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {TAG}: "
-    return (head + message).encode("utf-8", "backslashreplace")
+def syslog_datagram(pri: int, message: str) -> bytes:
+    """The datagram for /dev/log: `<PRI>nodeaudit: message`. No pid, so the monitoring agent's
+    ProcessName is `nodeaudit`; no timestamp, as Python's SysLogHandler sends it: the local syslog
+    daemon (rsyslog, journald) stamps the time it received it, and the event carries its own
+    exact `ts`, so 16 bytes a message are not paid twice."""
+    return f"<{pri}>{TAG}: {message}".encode("utf-8", "backslashreplace")
 
 
 def standalone(kind: str) -> bool:

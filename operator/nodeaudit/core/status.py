@@ -51,6 +51,8 @@ class Summary:
     """AgentReady (status, reason, message); None: the condition is not written (yet)."""
     agent_scale_sets: Sequence[Mapping[str, Any]] | None = None
     """``status.agent``: the per-scale-set verdicts of the last agent check (None: leave it alone)."""
+    delivered: tuple[str, str, str] | None = None
+    """Delivered (status, reason, message): did every node's canary reach the workspace; None: not written."""
 
 
 def _cond(type_: str, status: str, reason: str, message: str, generation: int, now: str,
@@ -137,6 +139,9 @@ def build_status(summary: Summary, now: str,
     # configuration, which the operator controls; the agent is the node pool's business.
     if summary.agent is not None:
         conditions.append(c("AgentReady", *summary.agent))
+    # Delivered, like AgentReady, informs and never changes Ready: the workspace is not the operator's
+    if summary.delivered is not None:
+        conditions.append(c("Delivered", *summary.delivered))
     out: dict[str, Any] = {"observedGeneration": g, "conditions": conditions, "nodes": counts,
                            "bundle": summary.bundle}
     if summary.agent_scale_sets is not None:

@@ -14,6 +14,9 @@
 # writes, so the branch tests can run it against /etc/os-release fixtures in a temporary directory
 # with stand-in commands on PATH. When it is set, the usual sbin directories are not appended to
 # PATH, so that the stand-ins are the only audit and package tools found. Never set it on a node.
+#
+# Read top to bottom: settings and state globals, then the helpers by topic (bundle, distro and
+# package, kernel and daemon state, files, apply, remove), and `main` last.
 
 set -u
 umask 077
@@ -30,16 +33,13 @@ if [ -z "${NODEAUDIT_HOST_ROOT:-}" ]; then
 	export PATH
 fi
 
-ACTION=apply
-case "${1:-}" in
-	'') ;;
-	--remove) ACTION=remove ;;
-	*) echo "usage: sh apply.sh [--remove]" >&2; exit 2 ;;
-esac
-
 BUNDLE_DIR=$(cd "$(dirname "$0")" && pwd) || exit 2
+# json_str, read_bundle_env, children: shared with job-entry.sh, shipped beside it in the bundle.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$BUNDLE_DIR/lib.sh"
 STATE_DIR="$R/var/lib/nodeaudit/state"
 RULES_D="$R/etc/audit/rules.d"
+ACTION=apply     # apply | remove: set by main from the command line
 
 # Result fields (CONTRACTS.md, "apply.sh result line").
 POLICY=""
@@ -58,6 +58,9 @@ LOST=0
 BACKLOG=0
 SYSLOG_FORMAT=raw  # json: the nodeaudit dispatcher forwards events; raw: audisp-syslog, as before
 FALLBACK=""        # why a json bundle runs the raw path on this host (said in the result line)
+CANARY_ID=""       # the canary this apply sent (node:bundle:time-pid), empty when none was sent
+CANARY_AT=0        # its time, seconds since the epoch
+CANARY_SEEN=none   # where this node saw it after the kernel: dispatcher | journal | syslog | auditd | none
 
 TX=""            # backup directory while host files are being changed; empty otherwise
 PLUGIN_FILE=""   # host path of the syslog plugin config for this audit version
@@ -65,21 +68,43 @@ PLUGIN_SRC=""    # the bundle's config for that path
 PLUGIN_KEY=""    # v2 | v3: names the saved original under $STATE_DIR
 PLUGIN_CHANGED=no
 AUDITD_PID=0
+ENABLED=0        # the kernel's audit enabled flag (auditctl -s), read by read_status
+MISSING=""       # count_loaded: the first expected rule absent from `auditctl -l`
+PM=""            # apt | tdnf, from detect_distro
+PKG_LOG=""       # output of the last package command
+DEADLINE=0       # when the package step must be done (epoch seconds)
+LOAD_ERR=""      # why load_rules failed
+ROLLBACK_ERR=""  # what rollback could not restore
+LOCKED=no        # yes while this run holds the host lock (fd 9)
+QUEUE_CHANGED=no # apply_queue_settings changed -b/-r/--backlog_wait_time
+# The JSON dispatcher (syslog.format json; its section below).
+DISPATCHER_FILES="dispatcher.py records.py"
+DISPATCHER_DIR="$R/var/lib/nodeaudit/dispatcher"
+DISPATCHER_STATE="$R/var/lib/nodeaudit/state/dispatcher.json"
+DPLUGIN_FILE=""  # plugins.d/nodeaudit.conf, when this apply installs or retires the dispatcher
+DPLUGIN_SRC=""   # its config with the node's python3 filled in; empty: the config must go
+PYTHON3=""
 
 log() { echo "nodeaudit: $*" >&2; }
 
-# JSON string body: printable ASCII only, so tool output of any locale cannot break the line.
-# Shortened before escaping: a cut through an escape (between \ and ") would end the string in a
-# lone backslash and break the line.
-json_str() {
-	printf '%s' "$1" | tr '\n\t\r' '   ' | tr -cd ' -~' | cut -c1-600 | sed 's/\\/\\\\/g; s/"/\\"/g'
+# Runs COMMAND every 0.2 s until it succeeds, for at most SECONDS; 1 when the time ran out.
+poll() { # seconds command...
+	poll_n=$(($1 * 5))
+	shift
+	while [ "$poll_n" -gt 0 ]; do
+		"$@" && return 0
+		sleep 0.2
+		poll_n=$((poll_n - 1))
+	done
+	return 1
 }
 
 emit() { # ok message
-	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "message": "%s"}' \
+	line=$(printf '{"ok": %s, "bundle": "%s", "policy": "%s", "action": "%s", "distro": "%s", "auditVersion": "%s", "rulesLoaded": %d, "installed": %s, "restarted": %s, "lost": %d, "backlog": %d, "syslogFormat": "%s", "fallback": "%s", "dispatcher": %s, "canaryId": "%s", "canaryAt": %d, "canarySeen": "%s", "message": "%s"}' \
 		"$1" "$(json_str "$BUNDLE")" "$(json_str "$POLICY")" "$ACTION" "$(json_str "$DISTRO")" \
 		"$(json_str "$AUDIT_VERSION")" "$RULES_LOADED" "$INSTALLED" "$RESTARTED" "$LOST" "$BACKLOG" \
-		"$SYSLOG_FORMAT" "$(json_str "$FALLBACK")" "$(dispatcher_counters)" "$(json_str "$2")")
+		"$SYSLOG_FORMAT" "$(json_str "$FALLBACK")" "$(dispatcher_counters)" \
+		"$(json_str "$CANARY_ID")" "$CANARY_AT" "$CANARY_SEEN" "$(json_str "$2")")
 	if [ -e "$R/dev/termination-log" ]; then
 		printf '%s\n' "$line" >"$R/dev/termination-log" 2>/dev/null || true
 	fi
@@ -105,24 +130,27 @@ fail() {
 # ---------------------------------------------------------------------------------------------
 # Bundle
 
+# shellcheck disable=SC2317 # called by read_bundle_env
+env_setting() { # key value: one line of bundle.env
+	k=$1 v=$2
+	case $v in *[!A-Za-z0-9._:/,-]*) fail "bundle.env: value of $k has characters outside [A-Za-z0-9._:/,-]" ;; esac
+	case $k in
+		NODEAUDIT_POLICY) POLICY=$v ;;
+		NODEAUDIT_BUNDLE) BUNDLE=$v ;;
+		NODEAUDIT_RULES_FILE) RULES_FILE=$v ;;
+		NODEAUDIT_SYSLOG) SYSLOG=$v ;;
+		NODEAUDIT_ALLOW_IMMUTABLE) ALLOW_IMMUTABLE=$v ;;
+		NODEAUDIT_ALLOW_PANIC) ALLOW_PANIC=$v ;;
+		NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
+		NODEAUDIT_SYSLOG_FORMAT) SYSLOG_FORMAT=$v ;;
+		*) ;; # newer keys are ignored by older scripts on purpose
+	esac
+}
+
 read_env() {
 	env_file="$BUNDLE_DIR/bundle.env"
 	[ -r "$env_file" ] || fail "bundle.env missing in $BUNDLE_DIR"
-	while IFS='=' read -r k v || [ -n "$k" ]; do
-		case $k in '' | '#'*) continue ;; esac
-		case $v in *[!A-Za-z0-9._:/,-]*) fail "bundle.env: value of $k has characters outside [A-Za-z0-9._:/,-]" ;; esac
-		case $k in
-			NODEAUDIT_POLICY) POLICY=$v ;;
-			NODEAUDIT_BUNDLE) BUNDLE=$v ;;
-			NODEAUDIT_RULES_FILE) RULES_FILE=$v ;;
-			NODEAUDIT_SYSLOG) SYSLOG=$v ;;
-			NODEAUDIT_ALLOW_IMMUTABLE) ALLOW_IMMUTABLE=$v ;;
-			NODEAUDIT_ALLOW_PANIC) ALLOW_PANIC=$v ;;
-			NODEAUDIT_INSTALL_TIMEOUT) INSTALL_TIMEOUT=$v ;;
-			NODEAUDIT_SYSLOG_FORMAT) SYSLOG_FORMAT=$v ;;
-			*) ;; # newer keys are ignored by older scripts on purpose
-		esac
-	done <"$env_file"
+	read_bundle_env "$env_file" env_setting
 	case $POLICY in '' | *[!a-z0-9-]*) fail "bundle.env: NODEAUDIT_POLICY missing or not a DNS-1123 label" ;; esac
 	# The rules file name becomes a path: only the one name this policy may own is accepted.
 	[ "$RULES_FILE" = "60-nodeaudit-$POLICY.rules" ] || fail "bundle.env: NODEAUDIT_RULES_FILE must be 60-nodeaudit-$POLICY.rules"
@@ -154,7 +182,6 @@ read_env() {
 # ---------------------------------------------------------------------------------------------
 # Distro and package
 
-PM=""
 os_field() { # KEY -> value from os-release, quotes stripped
 	sed -n "s/^$1=//p" "$R/etc/os-release" | head -n 1 | sed "s/^[\"']//; s/[\"']\$//"
 }
@@ -190,7 +217,6 @@ lock_busy() {
 	grep -Eqi 'could not get lock|unable to acquire the dpkg frontend lock|is another process using it|waiting for (the )?lock|locked by another|instance.*lock' "$1"
 }
 
-PKG_LOG=""
 # Runs one package command bounded by the time left; 0 ok, 1 failed, 2 lock busy, 3 out of time.
 pkg_step() {
 	left=$((DEADLINE - $(date +%s)))
@@ -282,7 +308,6 @@ detect_audit_version() {
 # ---------------------------------------------------------------------------------------------
 # Kernel and daemon state
 
-ENABLED=0
 read_status() {
 	command -v auditctl >/dev/null 2>&1 || return 0
 	st=$(auditctl -s 2>/dev/null) || return 0
@@ -294,7 +319,6 @@ read_status() {
 }
 
 # Counts the expected lines present in `auditctl -l`; MISSING holds the first one absent.
-MISSING=""
 count_loaded() {
 	listed=$(auditctl -l 2>/dev/null)
 	RULES_LOADED=0
@@ -324,16 +348,13 @@ daemon_cmd() {
 
 systemd_booted() { [ -d "$R/run/systemd/system" ] && command -v systemctl >/dev/null 2>&1; }
 
-wait_running() { # seconds
-	n=$(($1 * 5))
-	while [ "$n" -gt 0 ]; do
-		read_status
-		[ "$AUDITD_PID" != 0 ] && return 0
-		sleep 0.2
-		n=$((n - 1))
-	done
-	return 1
-}
+# shellcheck disable=SC2317 # called by poll
+auditd_running() { read_status; [ "$AUDITD_PID" != 0 ]; }
+
+wait_running() { poll "$1" auditd_running; } # seconds
+
+# shellcheck disable=SC2317 # called by poll
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 
 start_auditd() {
 	log "starting auditd"
@@ -366,8 +387,7 @@ restart_auditd() {
 		read_status
 		if [ "$AUDITD_PID" != 0 ]; then
 			kill -TERM "$AUDITD_PID" 2>/dev/null
-			n=50
-			while [ "$n" -gt 0 ] && kill -0 "$AUDITD_PID" 2>/dev/null; do sleep 0.2; n=$((n - 1)); done
+			poll 10 pid_gone "$AUDITD_PID"
 		fi
 	fi
 	start_auditd
@@ -377,31 +397,14 @@ restart_auditd() {
 plugin_running() {
 	[ "$AUDITD_PID" != 0 ] || return 1
 	want=$(sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/\1/p' "${DPLUGIN_SRC:-$PLUGIN_SRC}" | head -n 1)
-	kids=$(cat "/proc/$AUDITD_PID/task/$AUDITD_PID/children" 2>/dev/null) || kids=""
-	if [ -z "$kids" ]; then
-		for s in /proc/[0-9]*/stat; do
-			# field 4 of stat is the parent pid; comm (field 2) has no spaces for these daemons
-			# shellcheck disable=SC2046 # split on purpose: stat is space-separated fields
-			set -- $(cat "$s" 2>/dev/null) _ _ _ _
-			[ "$4" = "$AUDITD_PID" ] && kids="$kids $1"
-		done
-	fi
-	for k in $kids; do
+	for k in $(children "$AUDITD_PID"); do
 		arg0=$(tr '\0' '\n' <"/proc/$k/cmdline" 2>/dev/null | head -n 1)
 		[ "$arg0" = "$want" ] && return 0
 	done
 	return 1
 }
 
-wait_plugin() { # seconds
-	n=$(($1 * 5))
-	while [ "$n" -gt 0 ]; do
-		plugin_running && return 0
-		sleep 0.2
-		n=$((n - 1))
-	done
-	return 1
-}
+wait_plugin() { poll "$1" plugin_running; } # seconds
 
 # Make the running auditd (re)read its plugin configs. Measured on audit 3.0.9: SIGHUP alone
 # starts a newly activated plugin, so 3.x restarts only when the plugin still is not up after it.
@@ -492,7 +495,6 @@ begin_tx() {
 
 end_tx() { rm -rf "$TX"; TX=""; }
 
-ROLLBACK_ERR=""
 rollback() {
 	ROLLBACK_ERR=""
 	restore "$RULES_D/$RULES_FILE" rules || ROLLBACK_ERR="rules file not restored; "
@@ -541,7 +543,6 @@ only_duplicates() {
 # Loads rules.d into the kernel, for apply, remove and rollback alike; augenrules' output goes to
 # stderr. A failure made only of duplicates (above) counts as loaded. Otherwise 1, and LOAD_ERR
 # holds the exit status and the telling lines for the message.
-LOAD_ERR=""
 load_rules() {
 	LOAD_ERR=""
 	log "augenrules --load"
@@ -557,7 +558,6 @@ load_rules() {
 	return 1
 }
 
-LOCKED=no
 lock_host() {
 	mkdir -p "$R/run/lock" 2>/dev/null
 	command -v flock >/dev/null 2>&1 || { log "flock missing: running without the host lock"; return 0; }
@@ -575,14 +575,7 @@ lock_host() {
 # ---------------------------------------------------------------------------------------------
 # JSON dispatcher (syslog.format json): an auditd plugin run by the node's python3 in place of
 # audisp-syslog (whose syslog.conf stays, inactive, where the distro put it). Its files live in
-# DISPATCHER_DIR; it writes its counters to DISPATCHER_STATE.
-
-DISPATCHER_FILES="dispatcher.py records.py"
-DISPATCHER_DIR="$R/var/lib/nodeaudit/dispatcher"
-DISPATCHER_STATE="$R/var/lib/nodeaudit/state/dispatcher.json"
-DPLUGIN_FILE=""  # plugins.d/nodeaudit.conf, when this apply installs or retires the dispatcher
-DPLUGIN_SRC=""   # its config with the node's python3 filled in; empty: the config must go
-PYTHON3=""
+# DISPATCHER_DIR; it writes its counters to DISPATCHER_STATE (both set in the header).
 
 forwarder_name() { if [ -n "$DPLUGIN_SRC" ]; then echo "nodeaudit dispatcher"; else echo "syslog plugin"; fi; }
 
@@ -769,6 +762,7 @@ apply() {
 	apply_queue_settings || fail "the kernel refused the policy's queue settings (-b/-r/--backlog_wait_time)"
 	verify
 	end_tx
+	canary_send
 	if [ "$load_needed" = no ] && [ "$plugin_ok" = yes ] && [ "$QUEUE_CHANGED" = no ] && [ "$RESTARTED" = false ] && [ "$INSTALLED" = false ]; then
 		emit true "already applied"
 	else
@@ -780,7 +774,6 @@ apply() {
 # (audit.rules: -b 8192, --backlog_wait_time 60000) sorts after ours, and (re)starting auditd loads
 # it again; so the policy's queue settings are set directly, after everything else. After a reboot the distro's values win until the
 # operator's next Job (a new bootID always gets one) puts them back.
-QUEUE_CHANGED=no
 apply_queue_settings() {
 	st=$(auditctl -s 2>/dev/null) || return 0
 	while read -r flag value rest; do
@@ -814,6 +807,85 @@ verify() {
 			wait_plugin 3 || fail "verification: $(forwarder_name) process not running under auditd"
 		fi
 	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Canary: one audit event per apply that travels the policy's own way (kernel -> auditd -> the
+# syslog plugin or the JSON dispatcher -> syslog -> the agent -> Log Analytics), so the operator
+# can ask the workspace whether it arrived. A user message (auditctl -m, record type USER) passes
+# the kernel's user filter and no volume level excludes USER; the marker names node, bundle and
+# time, so it is unique and never confused with other authpriv traffic.
+
+canary_node() { # the node's name: NODE_NAME (the Job sets it from spec.nodeName), else uname -n
+	n=${NODE_NAME:-$(uname -n 2>/dev/null)}
+	case $n in '' | *[!A-Za-z0-9._-]*) n=unknown ;; esac
+	printf '%s' "$n"
+}
+
+canary_send() {
+	CANARY_AT=$(date +%s)
+	hex=${BUNDLE#sha256:}
+	# node:bundle:time-pid: the pid keeps two applies in the same second apart
+	CANARY_ID="$(canary_node):$(printf '%.12s' "$hex"):$CANARY_AT-$$"
+	if ! auditctl -m "nodeaudit-canary id=$CANARY_ID policy=$POLICY" >/dev/null 2>&1 9>&-; then
+		log "canary: auditctl -m refused"
+		CANARY_ID=""
+		CANARY_AT=0
+		return 0
+	fi
+	canary_wait 3 || log "canary $CANARY_ID: not seen after the audit pipeline on this node (last seen: $CANARY_SEEN)"
+}
+
+# Where did the canary show up after the kernel? The dispatcher's event counter (JSON path), the
+# journal or a syslog file (it left the audit pipeline), else auditd's own log (it reached auditd
+# only). A canary that is not seen is reported, not fatal: the workspace check decides.
+canary_seen_at() {
+	# the JSON dispatcher's state file names the last canary it sent to /dev/log
+	if [ -r "$DISPATCHER_STATE" ] && grep -qF "\"lastCanary\": \"$CANARY_ID\"" "$DISPATCHER_STATE" 2>/dev/null; then
+		echo dispatcher; return 0
+	fi
+	if [ -z "$R" ] && command -v journalctl >/dev/null 2>&1 \
+		&& journalctl -q --no-pager -o cat --since "@$CANARY_AT" 2>/dev/null | grep -qF "$CANARY_ID"; then
+		echo journal; return 0
+	fi
+	for f in auth.log secure syslog messages; do
+		if [ -r "$R/var/log/$f" ] && tail -c 4000000 "$R/var/log/$f" 2>/dev/null | grep -qF "$CANARY_ID"; then
+			echo syslog; return 0
+		fi
+	done
+	if [ -r "$R/var/log/audit/audit.log" ] && tail -c 4000000 "$R/var/log/audit/audit.log" 2>/dev/null | grep -qF "$CANARY_ID"; then
+		echo auditd; return 0
+	fi
+	echo none
+}
+
+canary_left_audit() {
+	CANARY_SEEN=$(canary_seen_at)
+	case $CANARY_SEEN in dispatcher | journal | syslog) return 0 ;; esac
+	return 1
+}
+
+# Is there anything on this node that would show the canary after auditd? (journald, a syslog
+# file, the dispatcher's counter). Without one, waiting for it is pointless: auditd's log only.
+canary_sink() {
+	[ -e "$DISPATCHER_STATE" ] && return 0
+	[ -z "$R" ] && [ -d /run/systemd/journal ] && command -v journalctl >/dev/null 2>&1 && return 0
+	for f in auth.log secure syslog messages; do
+		[ -e "$R/var/log/$f" ] && return 0
+	done
+	return 1
+}
+
+canary_wait() { # seconds
+	n=$(($1 * 5))
+	canary_sink || n=5
+	while [ "$n" -gt 0 ]; do
+		canary_left_audit && return 0
+		canary_sink || { [ "$CANARY_SEEN" = auditd ] && return 1; }
+		sleep 0.2
+		n=$((n - 1))
+	done
+	return 1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -872,14 +944,26 @@ remove() {
 	emit true "removed$([ "$restore_plugin" = yes ] && echo '; plugin config restored')"
 }
 
-trap 'fail "interrupted by a signal"' INT TERM HUP
-[ "$(id -u)" = 0 ] || fail "must run as root"
-read_env
-detect_distro
-lock_host
-if [ "$ACTION" = remove ]; then
-	remove
-else
-	apply
-fi
-exit 0
+# ---------------------------------------------------------------------------------------------
+# Main
+
+main() {
+	case "${1:-}" in
+		'') ;;
+		--remove) ACTION=remove ;;
+		*) echo "usage: sh apply.sh [--remove]" >&2; exit 2 ;;
+	esac
+	trap 'fail "interrupted by a signal"' INT TERM HUP
+	[ "$(id -u)" = 0 ] || fail "must run as root"
+	read_env
+	detect_distro
+	lock_host
+	if [ "$ACTION" = remove ]; then
+		remove
+	else
+		apply
+	fi
+	exit 0
+}
+
+main "$@"

@@ -4,10 +4,11 @@ auditd (3.x: plugins.d; 2.x: audispd's plugins.d) starts it as `python3 dispatch
 `format = string`: audit records arrive on stdin, one a line. Records of one event (same serial)
 become one JSON object (nodeaudit.core.records, shipped next to this file), attributed to its
 container through /proc/<pid>/cgroup and containerd's task state, and go to /dev/log as one
-datagram `<PRI>Mmm dd hh:mm:ss nodeaudit: {...}`.
+datagram `<PRI>nodeaudit: {...}`.
 
-Never blocks auditd: the socket is non-blocking, so a full or missing syslog drops the message
-and counts it; reading stdin is all this process ever waits for. A slow plugin would fill
+Never blocks auditd: the socket is non-blocking; while syslog is behind, a bounded queue (4,096
+messages) holds what it cannot take yet, and beyond that, or with the socket gone, messages are
+dropped and counted. Reading stdin is all this process ever waits for. A slow plugin would fill
 auditd's queue (q_depth; overflow_action decides, default syslog: events lost there), so the
 hot path stays small and the cache keeps /proc and containerd reads to one stat per event.
 
@@ -27,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 try:  # in the package (tests, bench)
@@ -36,10 +37,6 @@ except ImportError:  # on the node: records.py is installed next to this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import records  # type: ignore[no-redef,import-not-found]
 
-FACILITIES = {"LOG_AUTH": 4, "LOG_AUTHPRIV": 10, "LOG_DAEMON": 3, "LOG_USER": 1, "LOG_SYSLOG": 5,
-              **{f"LOG_LOCAL{i}": 16 + i for i in range(8)}}
-PRIORITIES = {"LOG_EMERG": 0, "LOG_ALERT": 1, "LOG_CRIT": 2, "LOG_ERR": 3, "LOG_WARNING": 4,
-              "LOG_NOTICE": 5, "LOG_INFO": 6, "LOG_DEBUG": 7}
 DEFAULTS: dict[str, Any] = {
     "facility": "LOG_AUTHPRIV",
     "priority": "LOG_INFO",
@@ -53,7 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "cacheSize": 4096,
     "argvBytes": records.ARGV_MAX_BYTES,
     "pathsMax": records.PATHS_MAX,
+    "sendQueue": 4096,
 }
+#: apply.sh's canary marker (nodeaudit.core.delivery.CANARY_RE; this file runs alone on the node)
+CANARY = re.compile(r"nodeaudit-canary id=([A-Za-z0-9._-]+:[0-9a-f]{1,64}:[0-9]+(?:-[0-9]+)?) policy=")
 _CONTAINER = re.compile(r"(?:cri-containerd-|crio-|docker-|containerd-)?([0-9a-f]{64})(?:\.scope)?$")
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 _ANNOTATIONS = {
@@ -121,7 +121,12 @@ class Attributor:
         except OSError:
             return None
         try:
-            return int(data[data.rindex(b")") + 2:].split()[19])
+            fields = data[data.rindex(b")") + 2:].split()
+            # Exited (a zombie) or exiting (PF_EXITING): its cgroup file may no longer name the
+            # container (a zombie's reads as the root), so the process counts as gone.
+            if fields[0] in (b"Z", b"X") or int(fields[6]) & 0x4:
+                return None
+            return int(fields[19])
         except (ValueError, IndexError):
             return None
 
@@ -200,13 +205,18 @@ class Attributor:
 
 
 class Syslog:
-    """Non-blocking datagrams to /dev/log: a full or missing socket drops and counts."""
+    """Datagrams to /dev/log that never block: while the syslog daemon is behind, up to `limit`
+    messages wait here (sent as the socket becomes writable again); beyond that, and whenever the
+    socket is gone, messages are dropped and counted."""
 
-    def __init__(self, path: str, pri: int):
+    def __init__(self, path: str, pri: int, limit: int = 4096):
         self.path = path
         self.pri = pri
+        self.limit = limit
         self.sock: socket.socket | None = None
         self.retry_at = 0.0
+        self.queue: deque[bytes] = deque()
+        self.sent = self.dropped = self.bytes = 0
 
     def _connect(self) -> bool:
         now = time.monotonic()
@@ -223,51 +233,93 @@ class Syslog:
         self.sock = sock
         return True
 
-    def send(self, message: str) -> bool:
+    def _try(self, data: bytes) -> bool | None:
+        """True: sent; False: the daemon is behind (try again later); None: no socket (drop)."""
         if self.sock is None and not self._connect():
-            return False
-        data = records.syslog_datagram(self.pri, message)
+            return None
         assert self.sock is not None
         try:
             self.sock.send(data)
-            return True
         except (BlockingIOError, InterruptedError):
-            return False  # the syslog daemon is behind: drop, never wait
+            return False
         except OSError as error:
             # Socket gone or syslog restarted: reconnect at most once a second.
             self.sock.close()
             self.sock = None
             if error.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
                 self.retry_at = time.monotonic() + 1.0
+            return None
+        self.sent += 1
+        self.bytes += len(data)
+        return True
+
+    def send(self, message: str) -> bool:
+        """True: sent or queued; False: dropped."""
+        data = records.syslog_datagram(self.pri, message)
+        if not self.queue:
+            outcome = self._try(data)
+            if outcome:
+                return True
+            if outcome is None:
+                self.dropped += 1
+                return False
+        if len(self.queue) >= self.limit:
+            self.dropped += 1
             return False
+        self.queue.append(data)
+        return True
+
+    def flush(self) -> None:
+        while self.queue:
+            outcome = self._try(self.queue[0])
+            if outcome is False:
+                return
+            self.queue.popleft()
+            if outcome is None:
+                self.dropped += 1
+
+    def waiting(self) -> list[socket.socket]:
+        """The socket to wait for writability on, when messages wait."""
+        return [self.sock] if self.queue and self.sock is not None else []
 
 
 class Dispatcher:
     def __init__(self, config_path: str | None):
         self.config_path = config_path
-        self.counters = {"events": 0, "sent": 0, "dropped": 0, "unparsed": 0, "containersResolved": 0,
-                         "containersUnresolved": 0, "hostProcesses": 0, "bytes": 0, "cpuSeconds": 0.0}
+        self.counters = {"events": 0, "unparsed": 0, "containersResolved": 0, "containersUnresolved": 0,
+                         "hostProcesses": 0}
         self.started = time.time()
         self.reload()
         self.pending_attribution: dict[tuple[int, int, int], tuple[bool, dict[str, Any] | None]] = {}
         self.last_state = 0.0
+        self.last_canary = ""
 
     def reload(self) -> None:
         self.config = load_config(self.config_path)
-        pri = FACILITIES[self.config["facility"]] * 8 + PRIORITIES[self.config["priority"]]
-        self.syslog = Syslog(self.config["socket"], pri)
+        pri = records.syslog_pri(self.config["facility"], self.config["priority"])
+        if getattr(self, "syslog", None) is None:
+            self.syslog = Syslog(self.config["socket"], pri, int(self.config["sendQueue"]))
+        else:  # a reload keeps the counters and what waits to be sent
+            self.syslog.path, self.syslog.pri = self.config["socket"], pri
         self.attributor = Attributor(self.config)
         self.redactions = records.compile_redactions(self.config["redact"])
         self.limits = records.Limits(argv_bytes=int(self.config["argvBytes"]), paths=int(self.config["pathsMax"]))
         self.excluded = tuple(self.config["excludedTypes"])
         self.coalescer = records.Coalescer(idle=float(self.config["idleSeconds"]), excluded_types=self.excluded)
 
-    def emit(self, message: str) -> None:
-        if self.syslog.send(message):
-            self.counters["sent"] += 1
-            self.counters["bytes"] += len(message.encode("utf-8", "backslashreplace"))
-        else:
-            self.counters["dropped"] += 1
+    def emit(self, message: str) -> bool:
+        """True when the message is on its way to /dev/log (sent or queued), False when dropped."""
+        return self.syslog.send(message)
+
+    def note_canary(self, group: list[Any]) -> None:
+        """apply.sh's canary (an audit user message) is on its way to syslog: name it in the state
+        file at once, so that apply.sh can confirm it on the node (``lastCanary``)."""
+        for record in group:
+            found = CANARY.search(record.raw)
+            if found:
+                self.last_canary = found.group(1)
+                self.write_state()
+                return
 
     def handle(self, items: list[Any]) -> None:
         for item in items:
@@ -303,7 +355,8 @@ class Dispatcher:
             event["container"] = {"id": None, "unresolved": True}
             self.counters["containersUnresolved"] += 1
         self.counters["events"] += 1
-        self.emit(records.json_message(event))
+        if self.emit(records.json_message(event)):
+            self.note_canary(group)
 
     def feed(self, line: str, now: float) -> None:
         items = self.coalescer.feed(line, now)
@@ -317,9 +370,11 @@ class Dispatcher:
 
     def write_state(self, final: bool = False) -> None:
         path = self.config["stateFile"]
-        state = {**self.counters, "pid": os.getpid(), "startedAt": int(self.started),
-                 "updatedAt": int(time.time()), "running": not final}
-        state["cpuSeconds"] = round(sum(os.times()[:2]), 3)
+        state: dict[str, Any] = {
+            **self.counters, "sent": self.syslog.sent, "dropped": self.syslog.dropped, "bytes": self.syslog.bytes,
+            "queued": len(self.syslog.queue), "cpuSeconds": round(sum(os.times()[:2]), 3),
+            "pid": os.getpid(), "startedAt": int(self.started), "updatedAt": int(time.time()), "running": not final,
+            "lastCanary": self.last_canary}
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -336,9 +391,11 @@ class Dispatcher:
         buffer = b""
         while not stop["term"]:
             try:
-                ready, _, _ = select.select([fd], [], [], 0.25)
+                ready, writable, _ = select.select([fd], self.syslog.waiting(), [], 0.25)
             except InterruptedError:
-                ready = []
+                ready, writable = [], []
+            if writable or (self.syslog.queue and self.syslog.sock is None):
+                self.syslog.flush()
             now = time.monotonic()
             if ready:
                 try:
@@ -362,6 +419,13 @@ class Dispatcher:
         if buffer:
             self.feed(buffer.decode("utf-8", "backslashreplace"), time.monotonic())
         self.handle(self.coalescer.flush())
+        # What still waits gets a last, short chance (never long: auditd may be stopping us).
+        deadline = time.monotonic() + 1.0
+        while self.syslog.queue and time.monotonic() < deadline:
+            select.select([], self.syslog.waiting(), [], 0.05)
+            self.syslog.flush()
+        self.syslog.dropped += len(self.syslog.queue)
+        self.syslog.queue.clear()
         self.write_state(final=True)
         return 0
 

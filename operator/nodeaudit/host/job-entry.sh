@@ -22,20 +22,27 @@ case "${1:-}" in
 	--remove) ARG=--remove; ACTION=remove ;;
 	*) echo "usage: sh job-entry.sh [--remove]" >&2; exit 2 ;;
 esac
+case $0 in */*) HERE=${0%/*} ;; *) HERE=. ;; esac
+# json_str, read_bundle_env, children: shared with apply.sh, shipped beside it in the bundle.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$HERE/lib.sh"
 
 result() { # ok message: a result line of our own when apply.sh never produced one
-	line=$(printf '{"ok": %s, "bundle": "%s", "action": "%s", "message": "%s"}' "$1" "${BUNDLE:-}" \
-		"$ACTION" "$(printf '%s' "$2" | tr -cd ' -~' | sed 's/\\/\\\\/g; s/"/\\"/g')")
+	line=$(printf '{"ok": %s, "bundle": "%s", "action": "%s", "message": "%s"}' "$1" "$(json_str "${BUNDLE:-}")" \
+		"$ACTION" "$(json_str "$2")")
 	printf '%s\n' "$line"
 	[ -w "$TERMLOG" ] && printf '%s\n' "$line" >"$TERMLOG"
 	[ "$1" = true ]
 }
 
+# shellcheck disable=SC2317 # called by read_bundle_env
+bundle_key() { # key value: one line of bundle.env; only the bundle hash matters here
+	[ "$1" != NODEAUDIT_BUNDLE ] || BUNDLE=$2
+}
+
 BUNDLE=""
 [ -r "$SRC/bundle.env" ] || { result false "no bundle.env in $SRC"; exit 1; }
-while IFS='=' read -r k v || [ -n "$k" ]; do
-	if [ "$k" = NODEAUDIT_BUNDLE ]; then BUNDLE=$v; fi
-done <"$SRC/bundle.env"
+read_bundle_env "$SRC/bundle.env" bundle_key
 HEX=${BUNDLE#sha256:}
 case $HEX in '' | *[!0-9a-f]*) result false "bundle.env: NODEAUDIT_BUNDLE is not sha256:<hex>"; exit 1 ;; esac
 
@@ -66,22 +73,7 @@ OUT=$(mktemp) || { result false "mktemp failed"; exit 1; }
 # signals (TERM would kill nsenter and leave apply.sh running): under nsenter it is nsenter's
 # child, the apply.sh shell, that gets the TERM. Passed on once: apply.sh's rollback is not
 # interrupted by a second one.
-# shellcheck disable=SC2317 # both run from the trap only
-children() { # pid -> its child pids
-	kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null) || kids=""
-	[ -n "$kids" ] && { printf '%s\n' "$kids"; return 0; }
-	parent=$1
-	for s in /proc/[0-9]*/stat; do
-		st=$(cat "$s" 2>/dev/null) || continue
-		# after "pid (comm) ": state, then the parent pid
-		st=${st##*) }
-		# shellcheck disable=SC2086 # split on purpose: stat is space-separated fields
-		set -- $st _ _
-		[ "$2" = "$parent" ] && { p=${s#/proc/}; printf '%s\n' "${p%/stat}"; }
-	done
-	return 0
-}
-# shellcheck disable=SC2317
+# shellcheck disable=SC2317 # runs from the trap only
 forward_term() {
 	trap '' TERM INT
 	STOPPED=$1

@@ -1,10 +1,10 @@
 """The audit netlink socket: read and set kernel audit status, and receive records as auditd does.
 
 Edge code for `nodeaudit estimate`. Kernel audit state is global to the machine, so
-`KernelAuditSession` checks that no audit daemon is registered, loads a bundle's rules (with the
-machine's `auditctl`), registers this process as the audit listener (AUDIT_SET pid, what auditd
-does at start) and, whatever happens, puts everything back as it found it: enabled flag, pid, the
-rate/backlog settings, and the rule list (only the rules it added are deleted).
+`KernelAuditSession` loads a bundle's rules (with the machine's `auditctl`) under the
+`KernelAuditGuard` (the lock, no other audit daemon, and the restore: enabled flag, limits, and
+the rule list, only the rules it added being deleted), and registers this process as the audit
+listener (AUDIT_SET pid, what auditd does at start) until close.
 """
 
 from __future__ import annotations
@@ -12,19 +12,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shlex
 import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
 
 from nodeaudit.hostaudit import lock as kernellock
+from nodeaudit.hostaudit.guard import KernelAuditError, KernelAuditGuard
 
 NETLINK_AUDIT = 9
 AUDIT_GET = 1000
@@ -42,7 +40,7 @@ _RCVBUF = 16 * 1024 * 1024
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-class EstimateError(Exception):
+class EstimateError(KernelAuditError):
     """A problem the user must fix (not root, no kernel audit, another daemon): printed as is."""
 
 
@@ -183,19 +181,13 @@ class AuditSocket:
                 out.append(Record(t, body.rstrip(b"\0").decode("utf-8", "replace"), now))
 
 
-def delete_args(rule_text: str) -> list[str]:
-    """auditctl arguments that delete the rule `rule_text` added (-a -> -d, -w -> -W)."""
-    args = shlex.split(rule_text)
-    if args and args[0] in ("-a", "-A"):
-        return ["-d", *args[1:]]
-    if args and args[0] == "-w":
-        return ["-W", *args[1:]]
-    raise ValueError(f"not a rule that can be deleted: {rule_text}")
-
-
 @dataclass
 class KernelAuditSession:
-    """Loads rules and listens; restores the kernel on close(). Use as a context manager."""
+    """Loads rules and listens; restores the kernel on close(). Use as a context manager.
+
+    The lock, the checks and the restore of rules, enabled flag and limits are the
+    ``KernelAuditGuard``'s (``keep_rules``: rules someone else loaded stay); this adds the netlink
+    socket and the listener registration."""
 
     rules: Sequence[tuple[str, str]]
     """(auditctl text, `auditctl -l` listing) of each filter rule, in load order."""
@@ -204,43 +196,31 @@ class KernelAuditSession:
     lock_path: str | None = kernellock.KERNEL_AUDIT_LOCK
     auditctl: str = "auditctl"
     lock_timeout: float = 600
-    added: list[str] = field(default_factory=list)
-    initial: dict[str, int] = field(default_factory=dict)
-    initial_rules: list[str] = field(default_factory=list)
     sock: AuditSocket | None = None
     problems: list[str] = field(default_factory=list)
-    _lock: IO[str] | None = None
+    guard: KernelAuditGuard | None = None
     _registered: bool = False
     _old_handlers: dict[int, object] = field(default_factory=dict)
 
-    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.auditctl, *args], capture_output=True, text=True, timeout=30)
-
-    def listed(self) -> list[str]:
-        res = self._ctl("-l")
-        lines = res.stdout.strip().splitlines()
-        return [] if lines == ["No rules"] else lines
+    @property
+    def added(self) -> list[str]:
+        """The rules this session loaded (deleted again on close)."""
+        return self.guard.added if self.guard is not None else []
 
     def open(self) -> KernelAuditSession:
-        if os.geteuid() != 0:
-            raise EstimateError("nodeaudit estimate must run as root: it loads audit rules into the kernel")
-        if shutil.which(self.auditctl) is None:
+        if os.geteuid() == 0 and shutil.which(self.auditctl) is None:
             raise EstimateError(f"{self.auditctl} not found: install auditd (apt-get install auditd / tdnf install audit)")
-        if self.lock_path:
-            try:
-                self._lock = kernellock.acquire(self.lock_path, timeout=self.lock_timeout)
-            except kernellock.LockBusy as error:
-                raise EstimateError(str(error)) from None
+        self.guard = KernelAuditGuard(
+            lock_path=self.lock_path, lock_timeout=self.lock_timeout, keep_rules=True, auditctl=self.auditctl,
+            root_hint="nodeaudit estimate must run as root: it loads audit rules into the kernel",
+            daemon_hint="estimate reads records the way auditd does, so it only runs where no audit daemon "
+                        "is running; stop it or use another machine")
         try:
+            try:
+                self.guard.open()
+            except KernelAuditError as error:
+                raise EstimateError(str(error)) from None
             self.sock = AuditSocket()
-            self.initial = self.sock.status()
-            if self.initial["pid"] != 0:
-                raise EstimateError(f"another audit daemon is registered with the kernel (pid {self.initial['pid']}"
-                                    f"{_comm(self.initial['pid'])}): estimate reads records the way auditd does, "
-                                    "so it only runs where no audit daemon is running; stop it or use another machine")
-            if self.initial["enabled"] == 2:
-                raise EstimateError("kernel audit is locked (enabled 2, -e 2) until reboot: rules cannot be loaded")
-            self.initial_rules = self.listed()
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 self._old_handlers[sig] = signal.signal(sig, _raise_exit)
             self._load()
@@ -253,57 +233,36 @@ class KernelAuditSession:
         return self
 
     def _load(self) -> None:
-        assert self.sock is not None
+        assert self.sock is not None and self.guard is not None
         setters = {"rate_limit": STATUS_RATE_LIMIT, "backlog_limit": STATUS_BACKLOG_LIMIT,
                    "backlog_wait_time": STATUS_BACKLOG_WAIT_TIME}
         for key, value in self.control.items():
             self.sock.set_status(setters[key], **{key: value})
-        present = set(self.initial_rules)
+        present = set(self.guard.initial_rules)
         for text, listing in self.rules:
             if listing in present:
                 continue  # someone else's identical rule: use it, leave it
-            res = self._ctl(*shlex.split(text))
+            res = self.guard.add_rule(text)
             if res.returncode != 0:
                 raise EstimateError(f"the kernel refused rule `{text}`: {(res.stderr or res.stdout).strip()}")
-            self.added.append(text)
 
     def close(self) -> list[str]:
         """Restore everything; returns what could not be restored (empty when all is as found)."""
         try:
-            if self.sock is not None and self.initial:
+            if self.sock is not None and self._registered:
                 with contextlib.suppress(EstimateError, OSError):
-                    self.sock.set_status(STATUS_ENABLED, enabled=self.initial["enabled"])
-                if self._registered:
-                    with contextlib.suppress(EstimateError, OSError):
-                        if self.sock.status()["pid"] == os.getpid():
-                            self.sock.set_status(STATUS_PID, pid=0)
-                    self._registered = False
-                for text in reversed(self.added):
-                    res = self._ctl(*delete_args(text))
-                    if res.returncode != 0:
-                        self.problems.append(f"could not delete `{text}`: {(res.stderr or res.stdout).strip()}")
-                self.added.clear()
-                with contextlib.suppress(EstimateError, OSError):
-                    self.sock.set_status(
-                        STATUS_RATE_LIMIT | STATUS_BACKLOG_LIMIT | STATUS_BACKLOG_WAIT_TIME,
-                        rate_limit=self.initial["rate_limit"], backlog_limit=self.initial["backlog_limit"],
-                        backlog_wait_time=self.initial["backlog_wait_time"])
-                after = self.sock.status()
-                for key in ("enabled", "pid", "rate_limit", "backlog_limit", "backlog_wait_time", "failure"):
-                    if after[key] != self.initial[key]:
-                        self.problems.append(f"kernel audit {key} is {after[key]}, was {self.initial[key]}")
-                if self.listed() != self.initial_rules:
-                    self.problems.append("the kernel's rule list differs from what it was before")
+                    if self.sock.status()["pid"] == os.getpid():
+                        self.sock.set_status(STATUS_PID, pid=0)
+                self._registered = False
         finally:
             if self.sock is not None:
                 self.sock.close()
                 self.sock = None
+            if self.guard is not None:
+                self.problems.extend(self.guard.close())
             for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)  # type: ignore[arg-type]
             self._old_handlers.clear()
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
         return self.problems
 
     def __enter__(self) -> KernelAuditSession:
@@ -315,11 +274,3 @@ class KernelAuditSession:
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return ", " + f.read().strip()
-    except OSError:
-        return ""

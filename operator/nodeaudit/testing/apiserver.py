@@ -25,6 +25,7 @@ from ``kmock.resources``) and serves every resource request itself from a dict k
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import dataclasses
@@ -42,8 +43,11 @@ import aiohttp.web
 import attrs
 import kmock
 
+from nodeaudit.testing import apidocs
+
 ResKey = tuple[str, str, str]  # group, version, plural
 ObjKey = tuple[ResKey, str | None, str]  # resource, namespace, name
+CRD_RES: ResKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 HISTORY_LIMIT = 200_000
 
@@ -117,22 +121,29 @@ def parse_label_selector(text: str | None) -> Callable[[dict[str, str]], bool]:
         m = _SET_RE.match(term)
         if m:
             key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
-            if op == "in":
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
-            else:
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+            tests.append(_label_test("in" if op == "in" else "notin", key, values))
         elif "!=" in term:
             key, value = (s.strip() for s in term.split("!=", 1))
-            tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
+            tests.append(_label_test("notin", key, {value}))
         elif "==" in term or "=" in term:
             key, value = (s.strip() for s in re.split(r"==?", term, maxsplit=1))
-            tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
+            tests.append(_label_test("in", key, {value}))
         elif term.startswith("!"):
-            key = term[1:].strip()
-            tests.append(lambda lb, k=key: k not in lb)
+            tests.append(_label_test("absent", term[1:].strip()))
         else:
-            tests.append(lambda lb, k=term: k in lb)
+            tests.append(_label_test("exists", term))
     return lambda labels: all(t(labels) for t in tests)
+
+
+def _label_test(op: str, key: str, values: frozenset[str] | set[str] = frozenset()) -> Callable[[dict[str, str]], bool]:
+    """One term of a label selector: the key's value is (not) one of ``values``, or it is (not) set."""
+    if op == "in":
+        return lambda labels: labels.get(key) in values
+    if op == "notin":
+        return lambda labels: labels.get(key) not in values
+    if op == "absent":
+        return lambda labels: key not in labels
+    return lambda labels: key in labels
 
 
 def parse_field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
@@ -143,11 +154,12 @@ def parse_field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
     for term in _split_selector(text):
         negate = "!=" in term
         path, value = (s.strip() for s in (term.split("!=", 1) if negate else re.split(r"==?", term, maxsplit=1)))
-        if negate:
-            tests.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") != v)
-        else:
-            tests.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") == v)
+        tests.append(_field_test(path, value, negate))
     return lambda obj: all(t(obj) for t in tests)
+
+
+def _field_test(path: str, value: str, negate: bool) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (str(_get_path(obj, path) or "") == value) != negate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +193,7 @@ def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
         parent: Any = doc
         for p in parts[:-1]:
             parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
-        last = parts[-1] if parts else None
+        last = parts[-1] if parts else ""
         kind = op["op"]
         try:
             if kind == "test":
@@ -252,6 +264,11 @@ class ApiServer(kmock.KubernetesScaffold):
         factory=lambda: collections.defaultdict(dict), init=False)
     listeners: list[Callable[[ResKey, str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
     _info_cache: dict[ResKey, kmock.ResourceInfo | None] = attrs.field(factory=dict, init=False)
+    # What kubectl needs beyond objects (see apidocs): printer columns and schemas of the CRDs.
+    _printers: dict[ResKey, apidocs.Printer] = attrs.field(factory=dict, init=False)
+    _schemas: dict[tuple[str, str, str], apidocs.KindSchema] = attrs.field(factory=dict, init=False)
+    _crd_groups: set[str] = attrs.field(factory=set, init=False)
+    _openapi_cache: dict[str, bytes] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -261,10 +278,19 @@ class ApiServer(kmock.KubernetesScaffold):
 
     def add_crd(self, crd: dict[str, Any]) -> None:
         """Serve a CustomResourceDefinition's resource (discovery + storage) and store the CRD."""
-        spec = crd["spec"]
-        names = spec["names"]
-        for version in spec["versions"]:
+        self.put_object(CRD_RES, None, crd)  # _create registers it, as for a CRD posted over HTTP
+
+    def _register_crd(self, crd: dict[str, Any]) -> None:
+        """Discovery, printer columns and OpenAPI schema for a CRD, like the real server starts serving
+        a CRD's resource once it is created."""
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        if not spec.get("group") or not names.get("plural") or not names.get("kind"):
+            return
+        self._crd_groups.add(spec["group"])
+        for version in spec.get("versions") or []:
             subresources = set((version.get("subresources") or {}).keys())
+            res = (spec["group"], version["name"], names["plural"])
             self.resources[f"{spec['group']}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
                 kind=names["kind"], singular=names.get("singular", names["kind"].lower()),
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
@@ -272,8 +298,15 @@ class ApiServer(kmock.KubernetesScaffold):
                 subresources=subresources,
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
             )
+            columns = version.get("additionalPrinterColumns")
+            self._printers[res] = apidocs.crd_printer(columns) if columns else apidocs.DEFAULT_PRINTER
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if schema:
+                key = (spec["group"], version["name"], names["kind"])
+                self._schemas[key] = apidocs.KindSchema(*key, schema, names["plural"],
+                                                        spec.get("scope", "Namespaced") == "Namespaced")
         self._info_cache.clear()
-        self.put_object(("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None, crd)
+        self._openapi_cache.clear()
 
     def info(self, res: ResKey) -> kmock.ResourceInfo | None:
         try:
@@ -286,7 +319,8 @@ class ApiServer(kmock.KubernetesScaffold):
 
     # ---- in-process store API (simulators, fixtures) -------------------------------------
 
-    def get(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
+    # kmock's own get() is its HTTP client helper (unused here); the store's get is this one.
+    def get(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:  # type: ignore[override]
         return self._by_res[res].get((namespace, name))
 
     def list(self, res: ResKey, namespace: str | None = None) -> list[dict[str, Any]]:
@@ -302,7 +336,7 @@ class ApiServer(kmock.KubernetesScaffold):
     def delete_object(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self._delete(res, namespace, name)
 
-    def writes(self, agent: str | None = None) -> list[LogEntry]:
+    def writes(self, agent: str | None = None) -> builtins.list[LogEntry]:  # list: the method above
         return [e for e in self.log if e.verb in ("create", "update", "patch", "delete")
                 and (agent is None or e.agent == agent)]
 
@@ -349,6 +383,8 @@ class ApiServer(kmock.KubernetesScaffold):
             obj.setdefault("apiVersion", f"{res[0]}/{res[1]}" if res[0] else res[1])
         self._by_res[res][key] = obj
         self.objects[(res, ns, meta["name"])] = obj
+        if res == CRD_RES:
+            self._register_crd(obj)
         self._emit(res, "ADDED", ns, obj)
         return obj
 
@@ -393,6 +429,8 @@ class ApiServer(kmock.KubernetesScaffold):
             return new
         self._by_res[res][(ns, name)] = new
         self.objects[(res, ns, name)] = new
+        if res == CRD_RES:
+            self._register_crd(new)
         self._emit(res, "MODIFIED", ns, new, old)
         return new
 
@@ -414,14 +452,14 @@ class ApiServer(kmock.KubernetesScaffold):
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):
                 return old
-            new = _copy(old)
+            new: dict[str, Any] = _copy(old)
             new["metadata"]["deletionTimestamp"] = _now()
             new["metadata"]["resourceVersion"] = self._next_rv()
             self._by_res[res][(ns, name)] = new
             self.objects[(res, ns, name)] = new
             self._emit(res, "MODIFIED", ns, new, old)
             return new
-        final = _copy(old)
+        final: dict[str, Any] = _copy(old)
         final["metadata"]["resourceVersion"] = self._next_rv()
         self._remove(res, ns, name, final)
         return final
@@ -448,7 +486,10 @@ class ApiServer(kmock.KubernetesScaffold):
         return (group, version, plural), ns, name, sub
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        """Serve resource requests from the store; leave discovery (and the rest) to kmock."""
+        """Serve discovery, OpenAPI and resource requests from the store; leave the rest to kmock."""
+        docs = self._serve_docs(raw)
+        if docs is not None:
+            return docs
         parsed = self._parse(raw.path)
         if parsed is None or self.info(parsed[0]) is None:
             try:
@@ -468,12 +509,20 @@ class ApiServer(kmock.KubernetesScaffold):
         self.log.append(entry)
         try:
             if verb == "watch":
-                return await self._serve_watch_stream(raw, res, ns, params)
+                as_table = apidocs.wants_table(raw.headers.get("Accept", "")) and not sub
+                return await self._serve_watch_stream(raw, res, ns, params, as_table)
+            as_table = apidocs.wants_table(raw.headers.get("Accept", ""))
             if verb == "list":
-                return self._json(self._list_body(res, ns, params))
+                body = self._list_body(res, ns, params)
+                return self._json(self._table(res, body["items"], params) if as_table and not sub else body)
             if verb == "get":
                 obj = self._get_checked(res, ns, name)
-                return self._json(obj)
+                return self._json(self._table(res, [obj], params) if as_table and not sub else obj)
+            if "protobuf" in raw.headers.get("Content-Type", "") or "cbor" in raw.headers.get("Content-Type", ""):
+                # What a server without protobuf says: clients then send JSON.
+                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                                            "accepted media types include: application/json, "
+                                                            "application/merge-patch+json, application/json-patch+json")
             text = (await raw.read()).decode() if raw.can_read_body else ""
             try:
                 body = json.loads(text) if text else None
@@ -504,6 +553,73 @@ class ApiServer(kmock.KubernetesScaffold):
             self.log[-1] = dataclasses.replace(entry, status=e.code)
             return self._json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                                "code": e.code, "reason": e.reason, "message": e.message}, e.code)
+
+    def _table(self, res: ResKey, objects: list[dict[str, Any]], params: dict[str, str]) -> dict[str, Any]:
+        printer = (self._printers.get(res) or apidocs.BUILTIN_PRINTERS.get((res[0], res[2]))
+                   or apidocs.DEFAULT_PRINTER)
+        return apidocs.table(printer, objects, str(self.rv), params.get("includeObject", "Metadata"))
+
+    # ---- discovery and OpenAPI -----------------------------------------------------------------
+
+    def _served(self) -> list[apidocs.Served]:
+        served = []
+        for key in self.resources:
+            info = self.resources[key]
+            served.append(apidocs.Served(
+                key.group or "", key.version or "", key.plural or "", info.kind or "",
+                info.singular or (info.kind or "").lower(), bool(info.namespaced), frozenset(info.verbs),
+                tuple(sorted(info.shortnames)), tuple(sorted(info.categories)), tuple(sorted(info.subresources))))
+        return served
+
+    def _group_versions(self) -> list[tuple[str, str]]:
+        return sorted({(s.group, s.version) for s in self._served() if s.group not in apidocs.UNSERVED_GROUPS})
+
+    def _openapi_v3(self, key: str) -> bytes | None:
+        if key not in self._openapi_cache:
+            for group, version in self._group_versions():
+                gv_key = f"apis/{group}/{version}" if group else f"api/{version}"
+                kinds = [k for k in self._schemas.values() if (k.group, k.version) == (group, version)]
+                self._openapi_cache[gv_key] = json.dumps(apidocs.openapi_v3_document(kinds)).encode()
+            self._openapi_cache[""] = json.dumps(apidocs.openapi_v3_index(
+                self._group_versions(), self._openapi_cache)).encode()
+        return self._openapi_cache.get(key)
+
+    def _serve_docs(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.Response | None:
+        """Discovery (/api, /apis, group versions) and OpenAPI (/openapi/v2, /openapi/v3/...), or None."""
+        path = raw.path.rstrip("/")
+        parts = [p for p in path.split("/") if p]
+        if raw.method.upper() != "GET" or not parts:
+            return None
+        if parts == ["api"]:
+            return self._json(apidocs.api_versions())
+        if parts == ["apis"]:
+            return self._json(apidocs.api_group_list(self._served(), self._crd_groups))
+        if parts[0] == "api" and len(parts) == 2:
+            return self._json(apidocs.api_resource_list(self._served(), "", parts[1]))
+        if parts[0] == "apis" and len(parts) in (2, 3):
+            served = [s for s in self._served() if s.group == parts[1] and s.group not in apidocs.UNSERVED_GROUPS]
+            if not served:
+                return self._json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                                   "code": 404, "reason": "NotFound",
+                                   "message": "the server could not find the requested resource"}, 404)
+            if len(parts) == 2:
+                return self._json(apidocs.api_group(parts[1], {s.version for s in served}))
+            return self._json(apidocs.api_resource_list(served, parts[1], parts[2]))
+        if parts == ["openapi", "v2"]:
+            if "v2" not in self._openapi_cache:
+                document = apidocs.openapi_v2_document(self._schemas.values())
+                self._openapi_cache["v2"] = json.dumps(document).encode()
+                self._openapi_cache["v2.pb"] = apidocs.openapi_v2_protobuf(document)
+            if "protobuf" in raw.headers.get("Accept", ""):
+                return aiohttp.web.Response(body=self._openapi_cache["v2.pb"], content_type="application/octet-stream")
+            return aiohttp.web.Response(body=self._openapi_cache["v2"], content_type="application/json")
+        if parts[:2] == ["openapi", "v3"]:
+            body = self._openapi_v3("/".join(parts[2:]))
+            if body is None:
+                return self._json({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                                   "code": 404, "reason": "NotFound", "message": f"{raw.path} not found"}, 404)
+            return aiohttp.web.Response(body=body, content_type="application/json")
+        return None
 
     def _key_ns(self, res: ResKey, ns: str | None) -> str | None:
         """Cluster-scoped objects are stored without a namespace, whatever the URL said."""
@@ -536,7 +652,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 "metadata": {"resourceVersion": str(self.rv)}, "items": list(self._select(res, ns, params))}
 
     async def _serve_watch_stream(self, raw: aiohttp.web.BaseRequest, res: ResKey, ns: str | None,
-                                  params: dict[str, str]) -> aiohttp.web.StreamResponse:
+                                  params: dict[str, str], as_table: bool = False) -> aiohttp.web.StreamResponse:
         watcher = _Watcher(res, ns, parse_label_selector(params.get("labelSelector")),
                            parse_field_selector(params.get("fieldSelector")))
         since = params.get("resourceVersion")
@@ -562,8 +678,22 @@ class ApiServer(kmock.KubernetesScaffold):
                     "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
                     "reason": "Expired", "message": "too old resource version"}}).encode() + b"\n")
                 return response
+            columns_sent = False
+
+            def encode(event: dict[str, Any]) -> bytes:
+                """An event as JSON; for ``kubectl get -w`` its object as a one-row Table (the column
+                definitions in the first event only, as the API server sends them)."""
+                nonlocal columns_sent
+                if as_table and event.get("type") != "ERROR":
+                    table = self._table(res, [event["object"]], params)
+                    if columns_sent:
+                        table["columnDefinitions"] = []
+                    columns_sent = True
+                    event = {"type": event["type"], "object": table}
+                return json.dumps(event).encode()
+
             for event in initial:
-                await response.write(json.dumps(event).encode() + b"\n")
+                await response.write(encode(event) + b"\n")
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout else None
@@ -575,12 +705,12 @@ class ApiServer(kmock.KubernetesScaffold):
                     break
                 if event is None:
                     break
-                chunk = [json.dumps(event).encode()]
+                chunk = [encode(event)]
                 while not watcher.queue.empty():
                     more = watcher.queue.get_nowait()
                     if more is None:
                         break
-                    chunk.append(json.dumps(more).encode())
+                    chunk.append(encode(more))
                 await response.write(b"\n".join(chunk) + b"\n")
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()

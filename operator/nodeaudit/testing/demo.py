@@ -10,8 +10,9 @@ one node's Job runs for real on a Debian root filesystem (see ``realhost.py``).
 
 The monitoring-agent check is real too: the operator's Azure SDK clients talk to a local https ARM
 endpoint on 127.0.0.1 (``armserver.py``, a trustme test CA the clients trust, a bearer token in a
-file), seeded from the demo's own scale sets, one user pool without a monitoring agent: the demo
-shows ``AgentReady=False`` and why. The operator's ARM settings are pointed there for the whole
+file), seeded from the demo's own scale sets (one user pool without an agent extension), a cluster
+with the monitoring add-on and its syslog DCR, and a Log Analytics workspace that receives every
+node's canary but one: the demo shows ``AgentReady`` and ``Delivered`` and why. The operator's ARM settings are pointed there for the whole
 run, so no policy applied during the demo (the example, or another one with kubectl) reaches past
 loopback: no DefaultAzureCredential chain, no instance metadata address, no management.azure.com.
 """
@@ -20,26 +21,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import kubernetes
-import yaml
 
 from nodeaudit.controller.config import DEFAULT_NAMESPACE
-from nodeaudit.core import loader
+from nodeaudit.core import documents
 from nodeaudit.core import nodes as nodes_mod
+from nodeaudit.hostaudit.guard import KernelAuditError
 from nodeaudit.testing import simulator as sim_mod
 from nodeaudit.testing.runtime import OperatorThread, ServerThread
 
 NAMESPACE = os.environ.get("NODEAUDIT_NAMESPACE") or DEFAULT_NAMESPACE
-REPO = Path(__file__).resolve().parents[3]
+# examples/procmon.yaml, shipped with the package (a test keeps the two the same).
+DEFAULT_POLICY = Path(__file__).resolve().parent / "data" / "procmon.yaml"
 GATE = {"key": "nodeaudit.io/unconfigured", "value": "true", "effect": "NoSchedule"}
 POOLS: list[tuple[str, str, list[dict[str, str]] | None, str]] = [
     ("system", "system", None, "10000001"), ("user1", "user", None, "20000002"),
@@ -47,9 +50,7 @@ POOLS: list[tuple[str, str, list[dict[str, str]] | None, str]] = [
 
 
 def _crd() -> dict[str, Any]:
-    path = REPO / "crds" / "nodeauditpolicy.yaml"
-    if path.exists() and path.stat().st_size:
-        return dict(yaml.safe_load(path.read_text()))
+    """The CRD, generated from the policy model (what crds/nodeauditpolicy.yaml holds)."""
     from nodeaudit.core.crd import crd
 
     return crd()
@@ -58,12 +59,12 @@ def _crd() -> dict[str, Any]:
 def _policy(path: str | None) -> dict[str, Any]:
     """The policy to apply, checked like ``nodeaudit render`` checks it (the exact problem, e.g.
     ``spec.rules[0]: unknown syscall "execvee" for arch b64``, and exit 2: never a traceback)."""
-    candidates = [Path(path)] if path else [Path("examples/procmon.yaml"), REPO / "examples" / "procmon.yaml"]
+    candidates = [Path(path)] if path else [DEFAULT_POLICY]
     for candidate in candidates:
         if candidate.exists():
             try:
-                doc = json.loads(json.dumps(loader.single_policy(str(candidate), None).raw))
-            except loader.LoadError as e:
+                doc = json.loads(json.dumps(documents.single_policy(str(candidate), None).raw))
+            except documents.LoadError as e:
                 print(f"nodeaudit demo: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
             return dict(doc)
@@ -74,7 +75,10 @@ def _policy(path: str | None) -> dict[str, Any]:
 #: The demo's scale sets and the extensions the local ARM endpoint gives each: the system and user1
 #: pools carry the Azure Monitor Agent, user2 none (what an AKS pool has without monitoring).
 AGENT_BY_POOL = {"system": True, "user1": True, "user2": False}
-ARM_ENV = ("NODEAUDIT_ARM_ENDPOINT", "NODEAUDIT_ARM_TOKEN_FILE", "NODEAUDIT_ARM_CA_FILE")
+ARM_ENV = ("NODEAUDIT_ARM_ENDPOINT", "NODEAUDIT_ARM_TOKEN_FILE", "NODEAUDIT_ARM_CA_FILE", "NODEAUDIT_LOGS_ENDPOINT")
+#: The node whose canaries never reach the workspace (its ama-logs pod keeps restarting): the demo's
+#: Delivered=False names it, while every check of the agent and the collection passes.
+LOST_POOL = "user1"
 
 
 @contextmanager
@@ -92,10 +96,12 @@ def local_arm() -> Iterator[Any]:
         for pool, _mode, _taints, suffix in POOLS:
             vmss = f"aks-{pool}-{suffix}-vmss"
             arm.extensions[vmss] = armserver.aks_extensions() + ([armserver.ama()] if AGENT_BY_POOL[pool] else [])
+        # the cluster with the monitoring add-on and its syslog DCR, and the workspace's Syslog table
+        armserver.seed_aks(arm, sim_mod.SUBSCRIPTION, sim_mod.NODE_RG)
         token = Path(tmp) / "arm-token"
         token.write_text(arm.token + "\n")
         os.environ.update({"NODEAUDIT_ARM_ENDPOINT": arm.endpoint, "NODEAUDIT_ARM_TOKEN_FILE": str(token),
-                           "NODEAUDIT_ARM_CA_FILE": arm.ca_file})
+                           "NODEAUDIT_ARM_CA_FILE": arm.ca_file, "NODEAUDIT_LOGS_ENDPOINT": arm.endpoint})
         try:
             yield arm
         finally:
@@ -106,12 +112,31 @@ def local_arm() -> Iterator[Any]:
                     os.environ[k] = v
 
 
-def _agent_line(policy: dict[str, Any]) -> str | None:
+def _agent_line(policy: dict[str, Any], kind: str = "AgentReady", pending: tuple[str, ...] = ("Checking",)) -> str | None:
     conds = {c["type"]: c for c in (policy.get("status") or {}).get("conditions") or []}
-    agent = conds.get("AgentReady")
-    if not agent or agent.get("reason") == "Checking":
+    agent = conds.get(kind)
+    if not agent or agent.get("reason") in pending:
         return None
-    return f"  AgentReady={agent.get('status')} ({agent.get('reason', '')}): {agent.get('message', '')}"
+    return f"  {kind}={agent.get('status')} ({agent.get('reason', '')}): {agent.get('message', '')}"
+
+
+def _with_workspace(policy: dict[str, Any], arm: Any) -> Callable[[str, str, int], None]:
+    """The demo's arrival check: the policy names the local workspace and is checked every few
+    seconds; the returned hook is each simulated node's agent, shipping its canary to Syslog."""
+    from nodeaudit.testing import armserver
+
+    agent = policy.setdefault("spec", {}).setdefault("monitoringAgent", {})
+    agent.setdefault("workspaceResourceId", armserver.WORKSPACE_ID)
+    agent.update(interval="5s", deliveryGrace="4s")
+    lost = next(f"aks-{p}-{sfx}-vmss{0:06x}" for p, _m, _t, sfx in POOLS if p == LOST_POOL)
+    name = policy["metadata"]["name"]
+
+    def ship(node: str, canary: str, at: int) -> None:
+        if node != lost:
+            arm.ship_canary(str(agent["workspaceResourceId"]), node, canary, name, at)
+
+    print(f"  Log Analytics {arm.endpoint} (local; {lost}'s agent ships nothing)")
+    return ship
 
 
 def _status_line(policy: dict[str, Any]) -> str:
@@ -162,12 +187,37 @@ def _row(raw: dict[str, Any], policy_name: str, selector: dict[str, Any]) -> tup
             str(rec.get("auditVersion", "-")), "yes" if tainted else "no", error)
 
 
+def _report(server: ServerThread, sim: Any, core: Any, api: Any, name: str, policy: dict[str, Any]) -> str:
+    """The per-node table and the counters, read afresh from the API server."""
+    assert server.server is not None
+    try:
+        current = server.call(lambda: server.server.get(  # type: ignore[union-attr]
+            ("nodeaudit.io", "v1alpha1", "nodeauditpolicies"), None, name))
+    except Exception:  # noqa: BLE001 - the table is still worth showing
+        current = None
+    spec = (current or policy).get("spec") or {}
+    ops = server.call(lambda: sum(1 for e in server.server.log  # type: ignore[union-attr]
+                                  if e.agent in ("kopf", "nodeaudit")))
+    writes = server.call(lambda: sum(1 for e in server.server.log  # type: ignore[union-attr]
+                                     if e.agent in ("kopf", "nodeaudit")
+                                     and e.verb in ("create", "patch", "update", "delete")))
+    jobs = server.call(lambda: len(server.server.list(("batch", "v1", "jobs"), NAMESPACE)))  # type: ignore[union-attr]
+    return (_table(core, api, name, spec.get("nodeSelector") or {}) + "\n\n" +
+            (_status_line(current) + "\n" if current else "") +
+            f"  operator API requests: {ops} ({writes} writes); Jobs run: {sim.started}; Jobs in {NAMESPACE}: {jobs}")
+
+
+def _without_requests(report: str) -> str:
+    return re.sub(r"operator API requests: \d+ \(\d+ writes\); ", "", report)
+
+
 def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_nodes: set[str] | None = None,
              keep_running: bool = False, port: int | None = None, timeout: float = 120,
-             metrics_port: int | None = 0, real_host: bool = False) -> int:
+             metrics_port: int | None = 0, real_host: bool = False, refresh: float = 5.0) -> int:
     if not real_host:
         return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
-                    keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port)
+                    keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
+                    refresh=refresh)
     from nodeaudit.testing import realhost
 
     policy = _policy(policy_path)  # a bad path fails before the kernel is touched
@@ -179,7 +229,7 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
               flush=True)
         try:
             host.open()
-        except realhost.RealHostError as e:
+        except KernelAuditError as e:  # RealHostError included
             print(f"nodeaudit demo --real-host: refusing: {e}", file=sys.stderr)
             return 2
         real_node = sim_mod.aks_node("user1", 0, mode="user", vmss_suffix=POOLS[1][3])["metadata"]["name"]
@@ -189,7 +239,7 @@ def run_demo(*, nodes_per_pool: int = 3, policy_path: str | None = None, fail_no
               "(chroot; kernel-audit lock held until exit)", flush=True)
         return _run(nodes_per_pool=nodes_per_pool, policy_path=policy_path, fail_nodes=fail_nodes,
                     keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
-                    real=(host, real_node))
+                    real=(host, real_node), refresh=refresh)
     except KeyboardInterrupt:
         print("\n  interrupted; restoring kernel audit", file=sys.stderr)
         return 130
@@ -216,21 +266,27 @@ def _labels_of(node_name: str) -> dict[str, str]:
 
 def _run(*, nodes_per_pool: int, policy_path: str | None, fail_nodes: set[str] | None, keep_running: bool,
          port: int | None, timeout: float, metrics_port: int | None,
-         real: tuple[Any, str] | None = None) -> int:
+         real: tuple[Any, str] | None = None, refresh: float = 5.0) -> int:
     policy = _policy(policy_path)
     print("nodeaudit demo: local API server on 127.0.0.1, simulated AKS cluster, the real operator")
     with local_arm() as arm:
         without = ", ".join(f"aks-{p}-{sfx}-vmss" for p, _m, _t, sfx in POOLS if not AGENT_BY_POOL[p])
         print(f"  ARM endpoint {arm.endpoint} (local https, test CA; no monitoring agent on {without})")
+        ship = _with_workspace(policy, arm)
         return _run_cluster(policy, nodes_per_pool=nodes_per_pool, fail_nodes=fail_nodes,
                             keep_running=keep_running, port=port, timeout=timeout, metrics_port=metrics_port,
-                            real=real)
+                            real=real, on_canary=ship, refresh=refresh)
 
 
 def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set[str] | None, keep_running: bool,
-                 port: int | None, timeout: float, metrics_port: int | None, real: tuple[Any, str] | None) -> int:
+                 port: int | None, timeout: float, metrics_port: int | None, real: tuple[Any, str] | None,
+                 on_canary: Callable[[str, str, int], None] | None = None, refresh: float = 5.0) -> int:
     name = policy["metadata"]["name"]
-    server = ServerThread([_crd()], port=port).start()
+    try:
+        server = ServerThread([_crd()], port=port).start()
+    except OSError as e:
+        print(f"nodeaudit demo: --port {port}: {e.strerror}", file=sys.stderr)
+        return 1
     operator: OperatorThread | None = None
     metrics_server: Any = None
     old_kubeconfig = os.environ.get("KUBECONFIG")
@@ -239,22 +295,28 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
         assert server.server is not None
         sim = server.call(lambda: sim_mod.NodeSimulator(server.server, delay=0.4, jitter=0.8).attach())  # type: ignore[arg-type]
         sim.fail_nodes = set(fail_nodes or ())
+        sim.on_canary = on_canary
         if real is not None:
             sim.real_run, sim.real_nodes = real[0].run_job, {real[1]}
         api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=server.url))
         core = kubernetes.client.CoreV1Api(api)
         custom = kubernetes.client.CustomObjectsApi(api)
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-        for pool, mode, taints, suffix in POOLS:
-            for i in range(nodes_per_pool):
-                core.create_node(sim_mod.aks_node(pool, i, mode=mode, taints=taints, vmss_suffix=suffix))
-        core.create_node(sim_mod.aks_node("win1", 0, os_name="windows", mode="user"))
+        core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=NAMESPACE)))
+        nodes = [sim_mod.aks_node(pool, i, mode=mode, taints=taints, vmss_suffix=suffix)
+                 for pool, mode, taints, suffix in POOLS for i in range(nodes_per_pool)]
+        for node in [*nodes, sim_mod.aks_node("win1", 0, os_name="windows", mode="user")]:
+            core.create_node(node)  # type: ignore[arg-type]  # the client sends a dict body as it is
         print(f"  API server {server.url}  (KUBECONFIG={server.kubeconfig_path})")
         print(f"  nodes: 3 pools x {nodes_per_pool} Linux (pool user2 gated by {GATE['key']}) + 1 Windows")
         if metrics_port is not None:
             from nodeaudit.controller import metrics
 
-            metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            try:
+                metrics_server = metrics.serve(metrics_port, "127.0.0.1")
+            except OSError as e:
+                print(f"nodeaudit demo: --metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: "
+                      f"{e.strerror or e}", file=sys.stderr)
+                return 1
             print(f"  metrics: http://127.0.0.1:{metrics_server.server_port}/metrics")
         operator = OperatorThread(NAMESPACE).start()
         custom.create_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", policy)
@@ -281,20 +343,32 @@ def _run_cluster(policy: dict[str, Any], *, nodes_per_pool: int, fail_nodes: set
             obj = custom.get_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", name)
             agent_line = _agent_line(obj)
         print(agent_line or "  AgentReady: no verdict yet")
+        # Delivered: the canaries in the workspace, once the grace period has passed
+        delivered = None
+        while delivered is None and time.monotonic() < deadline:
+            obj = custom.get_cluster_custom_object("nodeaudit.io", "v1alpha1", "nodeauditpolicies", name)
+            delivered = _agent_line(obj, "Delivered", ("NoCanary", "Waiting"))
+            if delivered is None:
+                time.sleep(0.3)
+        print(delivered or "  Delivered: no verdict yet")
         print()
-        print(_table(core, api, name, policy["spec"].get("nodeSelector") or {}))
-        print()
-        ops = [e for e in server.server.log if e.agent in ("kopf", "nodeaudit")]
-        writes = [e for e in ops if e.verb in ("create", "patch", "update", "delete")]
-        print(f"  operator API requests: {len(ops)} ({len(writes)} writes); Jobs run: {sim.started}")
+        shown = _report(server, sim, core, api, name, policy)
+        print(shown)
         if real is not None:
-            raw = api.sanitize_for_serialization(core.read_node(real[1]))
+            raw = api.sanitize_for_serialization(core.read_node(real[1]))  # type: ignore[no-untyped-call]
             record = (raw["metadata"].get("annotations") or {}).get(f"nodeaudit.io/{name}")
             print(f"  real host: {real[1]} record: {record}")
         if keep_running:
-            print("  still serving; Ctrl-C to stop")
+            print(f"  still serving; try: KUBECONFIG={server.kubeconfig_path} kubectl get nap,nodes,jobs -A")
+            print("  the table is printed again whenever it changes; Ctrl-C to stop", flush=True)
             while True:
-                time.sleep(1)
+                time.sleep(refresh)
+                # The policy may have been edited or nodes added (kubectl apply): show what is true now.
+                current = _report(server, sim, core, api, name, policy)
+                # The request counter moves with every periodic check: only the rest is news.
+                if _without_requests(current) != _without_requests(shown):
+                    print(f"\n  {time.strftime('%H:%M:%S')} (changed)\n{current}", flush=True)
+                    shown = current
         if not ready:
             conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
             worst = conds["Stalled"] if conds.get("Stalled", {}).get("status") == "True" else conds.get("Ready")

@@ -6,13 +6,10 @@ fallback, as in the host tests) into a real Debian 12 root filesystem with the r
 against this machine's real kernel audit facility, and its termination message becomes that
 node's record.
 
-Kernel audit state belongs to the whole machine. ``KernelAuditGuard`` is the one place that
-guards and restores it (the host tests and benchmarks wrap it): it holds
-``/run/lock/nodeaudit-kernel-audit.lock`` (exclusive flock) from its checks to close, refuses to
-start when not root, when the kernel has no audit facility, when another audit daemon is
-registered or rules are loaded, and on close (also after Ctrl-C) kills the processes started in
-its roots (by PID), flushes the rules (``auditctl -D``), puts back the ``enabled`` flag and the
-limits it found. It never loads ``-e 2``/``-f 2`` itself (apply.sh refuses them too).
+Kernel audit state belongs to the whole machine: ``hostaudit.guard.KernelAuditGuard`` (shared
+with ``nodeaudit estimate`` and the host tests) holds the lock, refuses someone else's state and
+restores the kernel on close, also after Ctrl-C. Nothing here loads ``-e 2``/``-f 2`` (apply.sh
+refuses them too).
 
 The root filesystem is the host tests' cached tarball (``.cache/rootfs/``, ``NODEAUDIT_CACHE_DIR``
 overrides), built with ``mmdebstrap`` on first use, before the kernel-audit lock is taken.
@@ -29,38 +26,30 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
 
 from nodeaudit.hostaudit import lock as kernellock
+from nodeaudit.hostaudit.guard import (
+    KernelAuditError,
+    KernelAuditGuard,
+    KernelAuditUnavailable,
+    processes_rooted_in,
+    root_env,
+)
 
-REPO = Path(__file__).resolve().parents[3]
 HOST_SCRIPTS = Path(__file__).resolve().parents[1] / "host"
 SUITE = "bookworm"
 AUDITD_TARBALL = f"debian-{SUITE}-minbase-auditd.tar.zst"
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Mount /proc inside a private mount namespace (it vanishes with the last process in it), then run
 # job-entry.sh, which chroots into the root: what the Job does when nsenter is not possible.
 _ENTER = 'mount -t proc proc "$1/proc" && shift && exec sh "$@"'
-# The limits auditctl -s reports and the flag that sets each (restored on close).
-_LIMITS = (("-b", "backlog_limit"), ("--backlog_wait_time", "backlog_wait_time"), ("-r", "rate_limit"),
-           ("-f", "failure"))
 
 Progress = Callable[[str], None]
 
 
-class RealHostError(Exception):
+class RealHostError(KernelAuditError):
     """The real host cannot be used here; the message says why and what to do."""
-
-
-class KernelAuditUnavailable(RealHostError):
-    """Not root, or auditctl cannot reach the kernel audit facility here."""
-
-
-class KernelAuditBusy(RealHostError):
-    """The lock stayed busy, or someone else's audit daemon, rules or -e 2 are in the kernel."""
 
 
 def cache_dir() -> Path:
@@ -68,10 +57,10 @@ def cache_dir() -> Path:
     base = os.environ.get("NODEAUDIT_CACHE_DIR")
     if base:
         path = Path(base)
-    elif (REPO / "pyproject.toml").exists():
-        path = REPO / ".cache"
+    elif (Path.cwd() / "operator" / "nodeaudit").is_dir():
+        path = Path.cwd() / ".cache"  # run from a checkout (make test, make demo): .cache/ there
     else:
-        path = Path.home() / ".cache" / "nodeaudit"
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nodeaudit"
     return path / "rootfs"
 
 
@@ -138,71 +127,6 @@ def auditd_tarball(progress: Progress | None = None) -> Path:
     return build_tarball(AUDITD_TARBALL, ["--include=auditd"], progress)
 
 
-def processes_rooted_in(path: Path) -> list[int]:
-    """PIDs whose root directory is ``path`` or below (auditd, its plugins, anything leaked)."""
-    prefix = str(path.resolve())
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            root = os.readlink(f"/proc/{entry}/root")
-        except OSError:
-            continue
-        if root == prefix or root.startswith(prefix + "/"):
-            found.append(int(entry))
-    return found
-
-
-def kill_pids(pids: list[int], timeout: float = 5.0) -> None:
-    """TERM, wait, then KILL: by PID, never by name."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if os.path.exists(f"/proc/{p}")]
-        time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def parse_status(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key:
-            out[key] = value.strip()
-    return out
-
-
-def comm(pid: int) -> str:
-    """The process's command name, or "" when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _rooted_under(pid: int, roots: Sequence[Path]) -> bool:
-    try:
-        root = os.readlink(f"/proc/{pid}/root")
-    except OSError:
-        return False
-    for path in roots:
-        prefix = str(path.resolve())
-        if root == prefix or root.startswith(prefix + "/"):
-            return True
-    return False
-
-
-def root_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for commands run in a root (nothing of the caller's leaks in)."""
-    return {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root", **(extra or {})}
-
-
 # ------------------------------------------------------------------------------------------------
 # One root: extract it, run a bundle's job-entry.sh in it
 
@@ -259,134 +183,6 @@ def kill_session(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-# ------------------------------------------------------------------------------------------------
-# Kernel audit: lock, guard, restore
-
-
-class KernelAuditGuard:
-    """The machine-wide kernel-audit lock, the checks before touching kernel audit, and the restore.
-
-    ``ctl`` is a root with auditd installed whose auditctl is used (the machine needs none of its
-    own). ``roots`` are the directories whose processes are ours: on close they are killed, and an
-    audit daemon registered from one of them is ours too. ``open()`` takes the lock and refuses
-    someone else's state; ``close()`` restores and returns the problems found (empty: clean)."""
-
-    def __init__(self, ctl: Path, *, roots: Sequence[Path] = (), lock_path: str = kernellock.KERNEL_AUDIT_LOCK,
-                 lock_timeout: float = 300.0, on_wait: Callable[[], None] | None = None) -> None:
-        self.ctl = ctl
-        self.roots: list[Path] = list(roots)
-        self.lock_path = lock_path
-        self.lock_timeout = lock_timeout
-        self.on_wait = on_wait
-        self.initial: dict[str, str] = {}
-        self._lock: IO[str] | None = None
-        self._armed = False  # the kernel was checked clean under the lock: from now on, we restore it
-
-    def auditctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """The control root's auditctl."""
-        return subprocess.run(["chroot", str(self.ctl), "auditctl", *args], capture_output=True, text=True,
-                              timeout=30, env=root_env())
-
-    def status(self) -> dict[str, str]:
-        return parse_status(self.auditctl("-s").stdout)
-
-    def rules(self) -> list[str]:
-        out = self.auditctl("-l").stdout.strip().splitlines()
-        return [] if out == ["No rules"] else out
-
-    def open(self) -> None:
-        if os.geteuid() != 0:
-            raise KernelAuditUnavailable("needs root (kernel audit control, chroot, mount); run it with sudo")
-        try:
-            self._lock = kernellock.acquire(self.lock_path, timeout=self.lock_timeout, poll=0.5,
-                                            on_wait=self.on_wait)
-        except kernellock.LockBusy as error:
-            raise KernelAuditBusy(f"{error}; try again later") from None
-        try:
-            probe = self.auditctl("-s")
-            if probe.returncode != 0 or "pid" not in probe.stdout:
-                raise KernelAuditUnavailable(
-                    "this kernel's audit facility cannot be reached (auditctl -s: "
-                    f"{(probe.stderr or probe.stdout).strip() or probe.returncode}); "
-                    "a container without CAP_AUDIT_CONTROL or a kernel without audit cannot run it")
-            self.initial = parse_status(probe.stdout)
-            pid = self.initial.get("pid", "0")
-            if pid != "0":
-                name = comm(int(pid)) if pid.isdigit() else ""
-                raise KernelAuditBusy(f"another audit daemon is registered with the kernel (pid {pid}"
-                                      f"{', ' + name if name else ''}); refusing to touch its rules")
-            if self.initial.get("enabled") == "2":
-                raise KernelAuditBusy("kernel audit is immutable (enabled 2) until reboot")
-            loaded = self.rules()
-            if loaded:
-                raise KernelAuditBusy(f"the kernel already has audit rules loaded by someone else: {loaded[:3]}")
-        except BaseException:
-            self._release_lock()
-            raise
-        self._armed = True
-
-    def flush_rules(self) -> None:
-        """``auditctl -D`` (a subclass may add more ways to get rid of stubborn rules)."""
-        self.auditctl("-D")
-
-    def close(self) -> list[str]:
-        """Kill what was started in our roots, flush the rules, put back ``enabled`` and the limits,
-        release the lock. Safe to call twice and after a failed open(). Returns the problems found.
-
-        Nothing is restored unless open() found the kernel clean under the lock: a refusal
-        (someone else's auditd or rules) leaves their state alone."""
-        problems: list[str] = []
-        try:
-            if self._armed:
-                problems = self._restore()
-        finally:
-            self._armed = False
-            self._release_lock()
-        return problems
-
-    def _restore(self) -> list[str]:
-        problems: list[str] = []
-        ours = [pid for root in self.roots for pid in processes_rooted_in(root)]
-        probe = self.auditctl("-s")
-        if probe.returncode != 0:
-            problems.append(f"auditctl -s failed in teardown: {(probe.stderr or probe.stdout).strip()}")
-        pid = int(parse_status(probe.stdout).get("pid", "0") or 0)
-        foreign = 0
-        if pid and pid not in ours:
-            if _rooted_under(pid, self.roots):
-                ours.append(pid)  # registered after we saw pid 0 under the lock, from our root
-            else:
-                # Not started in one of our roots: someone ignored the lock. Never kill it; say so.
-                # (Our rules are flushed all the same: the kernel was clean when we took over.)
-                foreign = pid
-                problems.append(f"an audit daemon outside our roots registered while we held the lock: pid {pid}"
-                                f" ({comm(pid) or 'gone'}); not killed")
-        kill_pids(sorted(set(ours)))
-        self.flush_rules()
-        self.auditctl("-e", self.initial.get("enabled", "0"))
-        for flag, key in _LIMITS:
-            if key in self.initial:
-                self.auditctl(flag, self.initial[key])
-        after = self.status()
-        if after.get("pid") not in ("0", str(foreign)):
-            problems.append(f"an audit daemon is still registered after teardown: pid {after.get('pid')}")
-        if after.get("enabled") != self.initial.get("enabled"):
-            problems.append(f"kernel audit enabled is {after.get('enabled')}, was {self.initial.get('enabled')}")
-        left_rules = self.rules()
-        if left_rules:
-            problems.append(f"rules still loaded after teardown: {left_rules[:3]}")
-        for root in self.roots:
-            left = processes_rooted_in(root)
-            if left:
-                problems.append(f"processes left in {root}: {[(p, comm(p)) for p in left]}")
-        return problems
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
 
 
 class RealHost:

@@ -61,6 +61,9 @@ class ServerThread:
     def start(self) -> ServerThread:
         self._thread.start()
         self._ready.wait(30)
+        if isinstance(self._error, OSError):  # the port is taken or not ours to bind: say which
+            raise OSError(self._error.errno, f"cannot listen on 127.0.0.1:{self._port or 0}: "
+                                             f"{self._error.strerror or self._error}")
         if self._error is not None:
             raise RuntimeError("the local API server did not start") from self._error
         fd, self.kubeconfig_path = tempfile.mkstemp(prefix="nodeaudit-kubeconfig-", suffix=".yaml")

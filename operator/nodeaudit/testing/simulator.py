@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class NodeSimulator:
     """Runs a bundle for real (``demo --real-host``): (ConfigMap files, remove) → (exit code,
     termination message). Blocking; called in a worker thread for the nodes in ``real_nodes``."""
     real_nodes: set[str] = field(default_factory=set)
+    on_canary: Callable[[str, str, int], None] | None = None
+    """Called with (node, canary id, time) for every simulated apply's canary: what the node's
+    agent would ship (the demo hands it to its Log Analytics emulator)."""
     distro: str = "ubuntu-22.04"
     audit_version: str = "3.0.7"
     started: int = 0
@@ -170,6 +174,12 @@ class NodeSimulator:
                           "rulesLoaded": 2 if ok else 0, "installed": True, "restarted": False, "lost": 0,
                           "backlog": 0, "message": "auditd running, rules loaded" if ok else
                           "augenrules --load failed: rule 1: Invalid argument"}
+                if ok and action == "apply":  # apply.sh's canary: node:bundle:time
+                    at = int(time.time())
+                    result.update(canaryId=f"{node}:{bundle.removeprefix('sha256:')[:12]}:{at}-{self.started}", canaryAt=at,
+                                  canarySeen="journal")
+                    if self.on_canary is not None:
+                        self.on_canary(node, str(result["canaryId"]), at)
                 message = json.dumps(result) + "\n"
             self.history.append((node, action, ok))
             labels = dict(job["spec"]["template"]["metadata"].get("labels") or {})

@@ -7,7 +7,7 @@ import sys
 import time
 
 root = sys.argv[1]
-children = []
+children: list[subprocess.Popen[bytes]] = []
 
 
 def load(*_):
