@@ -223,8 +223,8 @@ sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$cgroup"
   unshare --mount --propagation private -- "$SELF" --inside "$root" "$logs" || status=$?
 
 summary() { grep -E '^=+ .*[0-9]+ (passed|failed|error)' "$logs/test.log" 2>/dev/null | tail -n 1 | sed 's/^=* //; s/ =*$//'; }
-read -r demo_rc demo_s <"$logs/demo.rc" 2>/dev/null || { demo_rc=none demo_s=0; }
-read -r test_rc test_s <"$logs/test.rc" 2>/dev/null || { test_rc=none test_s=0; }
+{ read -r demo_rc demo_s <"$logs/demo.rc"; } 2>/dev/null || { demo_rc=none demo_s=0; }
+{ read -r test_rc test_s <"$logs/test.rc"; } 2>/dev/null || { test_rc=none test_s=0; }
 pytest_summary=$(summary)
 demo_outcome=$(grep -E 'Ready=|AgentReady' "$logs/demo.log" 2>/dev/null | tail -n 2 | sed 's/^ *//' | paste -sd ';' -)
 echo "fresh-check: HEAD $head on a fresh Debian 12 root"
