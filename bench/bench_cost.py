@@ -13,12 +13,12 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import uuid
-from pathlib import Path
 
 from tests.host import costlib, hostlib
 from tests.policies import PROCMON_RULES, policy_doc
+
+from bench.kernel import open_kernel_audit
 
 EXECS = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "3000"))
 REPEATS = 3
@@ -34,23 +34,11 @@ TARGET_RECORDS, TARGET_BYTES, TARGET_REDUCTION, TARGET_RATIO = 2, 640, 2.5, 1.2
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("bench_cost needs root (kernel audit)")
-        return 1
     tarball = hostlib.auditd_tarball()
-    tmp = Path(tempfile.mkdtemp(prefix="nodeaudit-bench-cost-"))
-    ctl = hostlib.Rootfs.extract(tarball, tmp / "ctl")
-    audit = hostlib.KernelAudit(ctl=ctl)
-    try:
-        audit.open()
-    except hostlib.KernelAuditUnavailable as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"bench_cost skipped: {exc}", file=sys.stderr)
-        return 0
-    except hostlib.KernelAuditBusy as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"bench_cost refused: {exc}", file=sys.stderr)
-        return 1
+    opened = open_kernel_audit("bench_cost", tarball)
+    if isinstance(opened, int):
+        return opened
+    tmp, audit = opened
     rows = []
     devlog = None
     try:

@@ -20,13 +20,14 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from tests.host import costlib, hostlib, podlib
 from tests.policies import policy_doc
+
+from bench.kernel import open_kernel_audit
 
 SAMPLE = int(os.environ.get("NODEAUDIT_BENCH_SAMPLE", "500"))
 TIMED = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "2000"))
@@ -173,23 +174,11 @@ def run_format(fmt: str, root: hostlib.Rootfs, audit: hostlib.KernelAudit, cgrou
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("bench_records needs root (kernel audit)")
-        return 1
     tarball = hostlib.python_tarball()
-    tmp = Path(tempfile.mkdtemp(prefix="nodeaudit-bench-records-"))
-    ctl = hostlib.Rootfs.extract(hostlib.auditd_tarball(), tmp / "ctl")
-    audit = hostlib.KernelAudit(ctl=ctl)
-    try:
-        audit.open()
-    except hostlib.KernelAuditUnavailable as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"bench_records skipped: {exc}", file=sys.stderr)
-        return 0
-    except hostlib.KernelAuditBusy as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"bench_records refused: {exc}", file=sys.stderr)
-        return 1
+    opened = open_kernel_audit("bench_records", hostlib.auditd_tarball())
+    if isinstance(opened, int):
+        return opened
+    tmp, audit = opened
     rows = []
     devlog = cgroup = None
     try:
