@@ -186,11 +186,13 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
                 break
         out = "".join(lines)
         assert "still serving" in out, out
-        # the three layers against the local emulators: the add-on and its DCR ship authpriv.info,
-        # and the one node whose agent ships nothing is named by Delivered
+        # the three layers against the local emulators: user2's scale set has no agent and the add-on
+        # is off, so AgentReady is False naming it with the fix, and Delivered names user2's nodes
         assert "aks-user2-30000003-vmss Missing" in out, out  # the agent layer: no extension there
-        assert "AgentReady=True (ContainerInsights)" in out and "MSCI-westeurope-aks-demo" in out, out
-        assert "Delivered=False (CanariesMissing)" in out and "aks-user1-20000002-vmss000000" in out, out
+        assert "AgentReady=False (NoCollectionPath)" in out and "aks-user2-30000003-vmss" in out, out
+        assert "az aks enable-addons" in out, out
+        assert "Delivered=False (CanariesMissing)" in out and "aks-user2-30000003-vmss000000" in out, out
+        assert "aks-user1-20000002-vmss000000" not in out.split("Delivered=False", 1)[1].split("\n", 1)[0], out
 
         created = _kubectl(proc.pid, kubeconfig, "create", str(second))
         assert created.returncode == 0, created.stderr
@@ -201,8 +203,8 @@ def test_demo_with_a_second_policy_never_leaves_loopback(netns_guard: tuple[Path
             agent = _agent_ready(proc.pid, kubeconfig, "second")
         assert agent is not None, "the second policy got no AgentReady verdict"
         # The default check (Auto) ran against the local endpoint: a verdict about the cluster's
-        # add-on and its DCR, no token dump.
-        assert (agent["status"], agent["reason"]) == ("True", "ContainerInsights"), agent
+        # add-on and the scale sets, no token dump.
+        assert (agent["status"], agent["reason"]) == ("False", "NoCollectionPath"), agent
         assert "aks-demo" in agent["message"] and "Traceback" not in agent["message"], agent
     finally:
         if proc.poll() is None:

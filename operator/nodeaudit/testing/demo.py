@@ -10,9 +10,10 @@ one node's Job runs for real on a Debian root filesystem (see ``realhost.py``).
 
 The monitoring-agent check is real too: the operator's Azure SDK clients talk to a local https ARM
 endpoint on 127.0.0.1 (``armserver.py``, a trustme test CA the clients trust, a bearer token in a
-file), seeded from the demo's own scale sets (one user pool without an agent extension), a cluster
-with the monitoring add-on and its syslog DCR, and a Log Analytics workspace that receives every
-node's canary but one: the demo shows ``AgentReady`` and ``Delivered`` and why. The operator's ARM settings are pointed there for the whole
+file), seeded from the demo's own scale sets (the Azure Monitor Agent on two pools, none on user2), a
+cluster without the Container Insights add-on but with a syslog DCR associated, and a Log Analytics
+workspace that receives the canaries of every node that has an agent: the demo shows ``AgentReady=False``
+naming user2's scale set and the command that fixes it, and ``Delivered=False`` naming user2's nodes. The operator's ARM settings are pointed there for the whole
 run, so no policy applied during the demo (the example, or another one with kubectl) reaches past
 loopback: no DefaultAzureCredential chain, no instance metadata address, no management.azure.com.
 """
@@ -76,9 +77,9 @@ def _policy(path: str | None) -> dict[str, Any]:
 #: pools carry the Azure Monitor Agent, user2 none (what an AKS pool has without monitoring).
 AGENT_BY_POOL = {"system": True, "user1": True, "user2": False}
 ARM_ENV = ("NODEAUDIT_ARM_ENDPOINT", "NODEAUDIT_ARM_TOKEN_FILE", "NODEAUDIT_ARM_CA_FILE", "NODEAUDIT_LOGS_ENDPOINT")
-#: The node whose canaries never reach the workspace (its ama-logs pod keeps restarting): the demo's
-#: Delivered=False names it, while every check of the agent and the collection passes.
-LOST_POOL = "user1"
+#: The pool whose canaries never reach the workspace: it has no agent, so AgentReady=False names its
+#: scale set and Delivered=False names its nodes, the two layers telling one story.
+LOST_POOL = "user2"
 
 
 @contextmanager
@@ -96,8 +97,11 @@ def local_arm() -> Iterator[Any]:
         for pool, _mode, _taints, suffix in POOLS:
             vmss = f"aks-{pool}-{suffix}-vmss"
             arm.extensions[vmss] = armserver.aks_extensions() + ([armserver.ama()] if AGENT_BY_POOL[pool] else [])
-        # the cluster with the monitoring add-on and its syslog DCR, and the workspace's Syslog table
+        # the cluster and its associated syslog DCR, the workspace's Syslog table; the Container Insights
+        # add-on off, so the scale sets' agents are the only way records leave the nodes
         armserver.seed_aks(arm, sim_mod.SUBSCRIPTION, sim_mod.NODE_RG)
+        arm.clusters["aks-demo"] = armserver.Resp(200, armserver.managed_cluster(
+            sim_mod.SUBSCRIPTION, "rg-demo", "aks-demo", sim_mod.NODE_RG, addon=False))
         token = Path(tmp) / "arm-token"
         token.write_text(arm.token + "\n")
         os.environ.update({"NODEAUDIT_ARM_ENDPOINT": arm.endpoint, "NODEAUDIT_ARM_TOKEN_FILE": str(token),
@@ -128,14 +132,14 @@ def _with_workspace(policy: dict[str, Any], arm: Any) -> Callable[[str, str, int
     agent = policy.setdefault("spec", {}).setdefault("monitoringAgent", {})
     agent.setdefault("workspaceResourceId", armserver.WORKSPACE_ID)
     agent.update(interval="5s", deliveryGrace="4s")
-    lost = next(f"aks-{p}-{sfx}-vmss{0:06x}" for p, _m, _t, sfx in POOLS if p == LOST_POOL)
+    lost = next(f"aks-{p}-{sfx}-vmss" for p, _m, _t, sfx in POOLS if p == LOST_POOL)
     name = policy["metadata"]["name"]
 
     def ship(node: str, canary: str, at: int) -> None:
-        if node != lost:
+        if not node.startswith(lost):
             arm.ship_canary(str(agent["workspaceResourceId"]), node, canary, name, at)
 
-    print(f"  Log Analytics {arm.endpoint} (local; {lost}'s agent ships nothing)")
+    print(f"  Log Analytics {arm.endpoint} (local; pool {LOST_POOL} has no agent, so its nodes ship nothing)")
     return ship
 
 
