@@ -171,7 +171,7 @@ def test_validate_prints_warnings_and_fails_only_with_strict(tmp_path: Path) -> 
     loose = runner.invoke(main, ["validate", str(path)])
     assert loose.exit_code == 0, loose.output
     lines = loose.stdout.splitlines()
-    assert lines[0].startswith(f"{path}:1: a-quiet: spec.rules[0]: `-a never,exit")
+    assert lines[0].startswith(f"{path}:1: warning: a-quiet: spec.rules[0]: `-a never,exit")
     assert lines[1].startswith(f"{path}:") and ": b-procmon: policy a-quiet (spec.rules[0]" in lines[1]
     assert lines[2] == "2 valid, 0 problem(s), 2 warning(s)"
     strict = runner.invoke(main, ["validate", "--strict", str(path)])

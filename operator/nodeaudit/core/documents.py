@@ -51,7 +51,9 @@ class Problem:
 
     def text(self) -> str:
         where = self.file + (f":{self.line}" if self.line else "")
-        return f"{where}: {self.policy + ': ' if self.policy else ''}{self.message}"
+        # as compilers print them: a warning says so, an error is the unmarked default
+        label = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {label}{self.policy + ': ' if self.policy else ''}{self.message}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
