@@ -19,6 +19,7 @@ from tests.host import costlib, hostlib
 from tests.policies import PROCMON_RULES, policy_doc
 
 from bench.kernel import open_kernel_audit
+from bench.targets import print_targets, verdict
 
 EXECS = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "3000"))
 REPEATS = 3
@@ -110,12 +111,8 @@ def main() -> int:
              f"{seed_bytes / byts:.2f}x"),
             (f"{label}: exec-time ratio <= {TARGET_RATIO}", ratio <= TARGET_RATIO, f"{ratio:.2f}"),
         ]
-        for name, ok, value in checks:
-            print(f"  {'PASS' if ok else 'MISS'}  {name} ({value})")
-            misses += not ok
-    if problems:
-        print("  FAIL  kernel audit not fully restored (see above)")
-    return 1 if misses or problems else 0
+        misses += print_targets(checks)
+    return verdict(misses, problems)
 
 
 if __name__ == "__main__":

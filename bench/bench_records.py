@@ -28,6 +28,7 @@ from tests.host import costlib, hostlib, podlib
 from tests.policies import policy_doc
 
 from bench.kernel import open_kernel_audit
+from bench.targets import print_targets, verdict
 
 SAMPLE = int(os.environ.get("NODEAUDIT_BENCH_SAMPLE", "500"))
 TIMED = int(os.environ.get("NODEAUDIT_BENCH_EXECS", "2000"))
@@ -228,12 +229,8 @@ def main() -> int:
         (f"json: no event lost at {RATE} execs/s for {SECONDS} s", got == n and j["lost"] == 0 and j["dropped"] == 0,
          f"{got}/{n}, kernel lost {j['lost']}, dropped {j['dropped']}"),
     ]
-    for name, ok, value in checks:
-        print(f"  {'PASS' if ok else 'MISS'}  {name} ({value})")
-        misses += not ok
-    if problems:
-        print("  FAIL  kernel audit not fully restored (see above)")
-    return 1 if misses or problems else 0
+    misses += print_targets(checks)
+    return verdict(misses, problems)
 
 
 if __name__ == "__main__":
